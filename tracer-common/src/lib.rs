@@ -1,0 +1,166 @@
+//! Plain `#[repr(C)]` data that crosses the kernel/userspace boundary.
+//!
+//! Every type here is read by the eBPF programs (tracer-ebpf) and written or decoded by the
+//! loader (tracer). Field order is chosen so that no implicit padding exists: the verifier and
+//! `aya::Pod` both need fully initialised bytes.
+#![no_std]
+
+/// Address families as the kernel numbers them (`AF_INET`, `AF_INET6`).
+pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
+
+/// Byte offsets into kernel structures, read from the running kernel's BTF in userspace and
+/// handed to the programs as a global, because Rust eBPF cannot emit CO-RE relocations yet:
+/// one compiled layout would be right for one kernel build only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `sk_buff.head` (unsigned char *)
+    pub skb_head: u32,
+    /// `sk_buff.network_header` (u16, offset from head)
+    pub skb_network_header: u32,
+    /// `sk_buff.protocol` (__be16, ETH_P_*)
+    pub skb_protocol: u32,
+    /// `sk_buff.dev` (struct net_device *)
+    pub skb_dev: u32,
+    /// `sk_buff.skb_iif` (int, ingress ifindex)
+    pub skb_iif: u32,
+    /// `sk_buff.len` (unsigned int)
+    pub skb_len: u32,
+    /// `sk_buff.sk` (struct sock *)
+    pub skb_sk: u32,
+    /// `net_device.ifindex` (int)
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net` (possible_net_t, whose first member is `struct net *net`)
+    pub dev_nd_net: u32,
+    /// `sock.__sk_common.skc_net` (possible_net_t)
+    pub sk_net: u32,
+    /// `net.ns.inum` (unsigned int): the namespace's nsfs inode, as `stat /run/netns/X` shows
+    pub net_ns_inum: u32,
+    /// Offsets of `skbaddr`, `location` and `reason` in the classic `skb/kfree_skb` tracepoint
+    /// record (from its tracefs `format`), used only by the fallback program.
+    pub tp_skbaddr: u32,
+    pub tp_location: u32,
+    pub tp_reason: u32,
+}
+
+impl KernelOffsets {
+    /// All zero: the value compiled into the object before the loader overrides it.
+    pub const ZERO: Self = Self {
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_protocol: 0,
+        skb_dev: 0,
+        skb_iif: 0,
+        skb_len: 0,
+        skb_sk: 0,
+        dev_ifindex: 0,
+        dev_nd_net: 0,
+        sk_net: 0,
+        net_ns_inum: 0,
+        tp_skbaddr: 0,
+        tp_location: 0,
+        tp_reason: 0,
+    };
+}
+
+/// Settings of one run, passed as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchConfig {
+    /// nsfs inode of the network namespace to report; 0 reports every namespace.
+    pub netns: u32,
+    /// Non-zero: report every watched drop, even without a port/address match (debugging).
+    pub match_all: u32,
+}
+
+impl WatchConfig {
+    pub const ZERO: Self = Self {
+        netns: 0,
+        match_all: 0,
+    };
+}
+
+/// Key of the WATCH_ADDR_PORT map: an (address, port) pair matched against source or
+/// destination. IPv4 addresses occupy the first four bytes of `addr`, the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrPort {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: u8,
+    /// Host byte order.
+    pub port: u16,
+}
+
+/// Key of the exact per-CPU drop counters: one slot per (drop reason, watched port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    pub reason: u32,
+    /// The watched port the packet matched on (host byte order).
+    pub port: u16,
+    /// IPPROTO_* of the packet.
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Indexes of the per-CPU STATS array: the program's own health, reported in the summary.
+pub mod stat {
+    /// Events the ring buffer could not take (the counters still counted the drop).
+    pub const RING_LOST: u32 = 0;
+    /// Events handed to the ring buffer.
+    pub const EVENTS: u32 = 1;
+    /// Drops not counted in COUNTERS because the map was full.
+    pub const COUNTER_FULL: u32 = 2;
+    /// Kernel memory reads that failed (skb or header not readable).
+    pub const READ_ERRORS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// One dropped packet that matched the watch, as the kernel saw it at `kfree_skb`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the drop.
+    pub ktime_ns: u64,
+    /// Return address where the skb was freed (`location` argument of kfree_skb).
+    pub location: u64,
+    /// `enum skb_drop_reason` value; its name comes from the running kernel's BTF.
+    pub reason: u32,
+    /// nsfs inode of the skb's network namespace (0 when it could not be read).
+    pub netns: u32,
+    /// `skb->skb_iif` when set (the ingress device), else `skb->dev->ifindex`.
+    pub ifindex: u32,
+    /// `skb->dev->ifindex` (0 when the skb had no device).
+    pub dev_ifindex: u32,
+    /// `skb->len`.
+    pub len: u32,
+    /// AF_INET or AF_INET6.
+    pub family: u8,
+    /// IPPROTO_* of the transport header.
+    pub proto: u8,
+    /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 …); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// ICMP type/code when `proto` is ICMP/ICMPv6.
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+    pub _pad: [u8; 1],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad2: [u8; 2],
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)], made of integers and byte arrays only, with every
+    // padding byte spelled out as a named field, so any bit pattern is valid.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::WatchConfig {}
+    unsafe impl aya::Pod for super::AddrPort {}
+    unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::DropEvent {}
+}

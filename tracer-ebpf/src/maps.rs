@@ -1,0 +1,49 @@
+//! Maps and load-time globals. Names are the contract with `tracer/src/loader.rs`.
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
+
+/// Field offsets of the running kernel, resolved from its BTF by the loader.
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ZERO);
+
+/// Namespace filter and switches of this run.
+#[unsafe(no_mangle)]
+pub static CONFIG: Global<WatchConfig> = Global::new(WatchConfig::ZERO);
+
+/// Watched ports (host byte order), matched against source or destination port.
+#[map]
+pub static WATCH_PORT: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Watched (address, port) pairs, matched against (saddr, sport) or (daddr, dport).
+#[map]
+pub static WATCH_ADDR_PORT: HashMap<AddrPort, u8> = HashMap::with_max_entries(1024, 0);
+
+/// Drop reasons that are not drops for us (SKB_CONSUMED, socket-teardown purges, …); the loader
+/// fills it with the values this kernel's BTF gives those names.
+#[map]
+pub static IGNORED_REASONS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+
+/// Exact drop counts per (reason, port, proto), kept whether or not the ring took the event.
+#[map]
+pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// The program's own health counters, indexed by `tracer_common::stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Drop events for userspace. The loader may resize it (`map_max_entries`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot is only touched by programs on this CPU, and BPF programs of
+        // one type do not preempt each other on a CPU, so this increment cannot race.
+        unsafe { *slot += 1 };
+    }
+}

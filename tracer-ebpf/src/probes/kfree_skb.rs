@@ -1,0 +1,41 @@
+//! The drop path: every `kfree_skb_reason()` in the kernel.
+//!
+//! tp_btf (preferred; kernel >= 5.5 with BTF, drop reasons since 5.17):
+//!   TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+//!            struct sock *rx_sk)            -- rx_sk added in 6.12; unused here
+//!   checked on 6.18.
+//! tracepoint skb/kfree_skb (fallback when tp_btf cannot load): the record's field offsets
+//!   (skbaddr, location, reason) come from tracefs `events/skb/kfree_skb/format`.
+use aya_ebpf::{
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
+
+use crate::{maps::OFFSETS, skb::on_drop};
+
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    let reason: u64 = ctx.arg(2);
+    on_drop(skb, location, reason as u32);
+    0
+}
+
+#[tracepoint(category = "skb", name = "kfree_skb")]
+pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
+    let off = OFFSETS.load();
+    // SAFETY: the offsets come from this tracepoint's own format file and lie inside the
+    // record; read_at goes through bpf_probe_read_kernel, which cannot fault.
+    let (skb, location, reason) = unsafe {
+        (
+            ctx.read_at::<u64>(off.tp_skbaddr as usize),
+            ctx.read_at::<u64>(off.tp_location as usize),
+            ctx.read_at::<u32>(off.tp_reason as usize),
+        )
+    };
+    if let (Ok(skb), Ok(location), Ok(reason)) = (skb, location, reason) {
+        on_drop(skb, location, reason);
+    }
+    0
+}

@@ -1,0 +1,2 @@
+//! One file per kernel hook.
+mod kfree_skb;

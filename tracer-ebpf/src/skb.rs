@@ -1,0 +1,243 @@
+//! What every drop hook does with an `sk_buff`: filter by namespace and watched port, count
+//! exactly, and hand a `DropEvent` to userspace.
+//!
+//! Kernel contract (offsets resolved from BTF by the loader, see `KernelOffsets`):
+//! `skb->head + skb->network_header` points at the IPv4/IPv6 header whenever `skb->protocol`
+//! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
+//! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
+use tracer_common::{AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, KernelOffsets, stat};
+
+use crate::maps::{
+    CONFIG, COUNTERS, EVENTS, IGNORED_REASONS, OFFSETS, WATCH_ADDR_PORT, WATCH_PORT, bump,
+};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+// IPv6 extension headers that may stand between the fixed header and the transport header.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_DEST: u8 = 60;
+const BPF_NOEXIST: u64 = 1;
+
+/// Reads a `T` at `base + off` in kernel memory.
+#[inline(always)]
+fn read<T>(base: u64, off: u32) -> Result<T, i32> {
+    // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
+    // address returns an error, it never faults. Every T used here is plain integers/bytes.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
+}
+
+/// nsfs inode of the namespace the skb belongs to: its device's namespace, or its socket's
+/// when it has no device (locally generated, not yet routed). 0 when neither is readable.
+#[inline(always)]
+fn netns_of(skb: u64, dev: u64, off: &KernelOffsets) -> u32 {
+    let net: u64 = if dev != 0 {
+        read(dev, off.dev_nd_net).unwrap_or(0)
+    } else {
+        let sk: u64 = read(skb, off.skb_sk).unwrap_or(0);
+        if sk == 0 {
+            0
+        } else {
+            read(sk, off.sk_net).unwrap_or(0)
+        }
+    };
+    if net == 0 {
+        return 0;
+    }
+    read(net, off.net_ns_inum).unwrap_or(0)
+}
+
+/// Why a packet could not be parsed: the first is normal (ARP, a driver-level drop before the
+/// IP header is known), the second is counted as a program error.
+enum NotParsed {
+    NotIp,
+    Unreadable,
+}
+
+impl From<i32> for NotParsed {
+    fn from(_: i32) -> Self {
+        NotParsed::Unreadable
+    }
+}
+
+/// Fills addresses, protocol, ports and flags from the packet headers.
+#[inline(always)]
+fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotParsed> {
+    let protocol = u16::from_be(read::<u16>(skb, off.skb_protocol)?);
+    if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
+        return Err(NotParsed::NotIp);
+    }
+    let head: u64 = read(skb, off.skb_head)?;
+    let nh: u16 = read(skb, off.skb_network_header)?;
+    let ip = head + nh as u64;
+    let l4;
+    match protocol {
+        ETH_P_IP => {
+            let hdr: [u8; 20] = read(ip, 0)?;
+            if hdr[0] >> 4 != 4 {
+                return Err(NotParsed::NotIp);
+            }
+            ev.family = AF_INET;
+            ev.proto = hdr[9];
+            ev.saddr[..4].copy_from_slice(&hdr[12..16]);
+            ev.daddr[..4].copy_from_slice(&hdr[16..20]);
+            // A non-first fragment has no transport header: keep the addresses, no ports.
+            let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
+            if frag_off != 0 {
+                return Ok(());
+            }
+            l4 = ip + ((hdr[0] & 0x0f) as u64) * 4;
+        }
+        ETH_P_IPV6 => {
+            let hdr: [u8; 40] = read(ip, 0)?;
+            if hdr[0] >> 4 != 6 {
+                return Err(NotParsed::NotIp);
+            }
+            ev.family = AF_INET6;
+            ev.saddr.copy_from_slice(&hdr[8..24]);
+            ev.daddr.copy_from_slice(&hdr[24..40]);
+            let mut next = hdr[6];
+            let mut at = ip + 40;
+            // Bounded walk over the extension headers that commonly precede TCP/UDP.
+            for _ in 0..4 {
+                if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
+                    break;
+                }
+                let ext: [u8; 2] = read(at, 0)?;
+                next = ext[0];
+                at += (ext[1] as u64 + 1) * 8;
+            }
+            ev.proto = next;
+            l4 = at;
+        }
+        _ => return Err(NotParsed::NotIp),
+    }
+    match ev.proto {
+        IPPROTO_TCP => {
+            let th: [u8; 14] = read(l4, 0)?;
+            ev.sport = u16::from_be_bytes([th[0], th[1]]);
+            ev.dport = u16::from_be_bytes([th[2], th[3]]);
+            ev.tcp_flags = th[13];
+        }
+        IPPROTO_UDP | IPPROTO_SCTP => {
+            let ports: [u8; 4] = read(l4, 0)?;
+            ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
+            ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            let ih: [u8; 2] = read(l4, 0)?;
+            ev.icmp_type = ih[0];
+            ev.icmp_code = ih[1];
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The watched port this packet matches, if any: destination first (the published port of an
+/// inbound packet), then source (a reply, e.g. the RST or SYN-ACK of the service).
+#[inline(always)]
+fn matched_port(ev: &DropEvent) -> Option<u16> {
+    if ev.dport != 0 && WATCH_PORT.get_ptr(&ev.dport).is_some() {
+        return Some(ev.dport);
+    }
+    if ev.sport != 0 && WATCH_PORT.get_ptr(&ev.sport).is_some() {
+        return Some(ev.sport);
+    }
+    let mut key = AddrPort {
+        addr: ev.daddr,
+        family: ev.family,
+        _pad: 0,
+        port: ev.dport,
+    };
+    if WATCH_ADDR_PORT.get_ptr(&key).is_some() {
+        return Some(ev.dport);
+    }
+    key.addr = ev.saddr;
+    key.port = ev.sport;
+    if WATCH_ADDR_PORT.get_ptr(&key).is_some() {
+        return Some(ev.sport);
+    }
+    None
+}
+
+#[inline(always)]
+fn count(reason: u32, port: u16, proto: u8) {
+    let key = CounterKey {
+        reason,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(slot) = COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, see `maps::bump`.
+        unsafe { *slot += 1 };
+        return;
+    }
+    if COUNTERS.insert(&key, &1, BPF_NOEXIST).is_ok() {
+        return;
+    }
+    // Another CPU created the key between our lookup and insert: count in the existing slot.
+    match COUNTERS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(slot) => unsafe { *slot += 1 },
+        None => bump(stat::COUNTER_FULL),
+    }
+}
+
+/// Shared body of every kfree_skb program.
+#[inline(always)]
+pub fn on_drop(skb: u64, location: u64, reason: u32) {
+    // SAFETY: lookups in a map that only the loader writes, before the program is attached.
+    if unsafe { IGNORED_REASONS.get(&reason) }.is_some() || skb == 0 {
+        return;
+    }
+    let off = OFFSETS.load();
+    let cfg = CONFIG.load();
+    let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
+    let netns = netns_of(skb, dev, &off);
+    if cfg.netns != 0 && netns != cfg.netns {
+        return;
+    }
+    let mut ev = DropEvent {
+        location,
+        reason,
+        netns,
+        ..DropEvent::default()
+    };
+    match parse(skb, &off, &mut ev) {
+        Ok(()) => {}
+        Err(NotParsed::NotIp) => return,
+        Err(NotParsed::Unreadable) => {
+            bump(stat::READ_ERRORS);
+            return;
+        }
+    }
+    let port = match matched_port(&ev) {
+        Some(port) => port,
+        None if cfg.match_all != 0 => ev.dport,
+        None => return,
+    };
+    count(reason, port, ev.proto);
+
+    if dev != 0 {
+        ev.dev_ifindex = read(dev, off.dev_ifindex).unwrap_or(0);
+    }
+    let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
+    ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
+    ev.len = read(skb, off.skb_len).unwrap_or(0);
+    // SAFETY: a helper call without arguments.
+    ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
+
+    if EVENTS.output(&ev, 0).is_ok() {
+        bump(stat::EVENTS);
+    } else {
+        bump(stat::RING_LOST);
+    }
+}

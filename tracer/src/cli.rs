@@ -1,0 +1,123 @@
+//! The command line. Flags and their meaning are a contract: add, never rename.
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "droptrace",
+    version,
+    about = "Why are packets to my published port being dropped, and who caused it?",
+    long_about = "droptrace watches the kernel's drop path (kfree_skb with drop reasons) for the ports you name, \
+inside the network namespace you name, and prints every dropped packet with the reason and the place \
+the kernel dropped it."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every dropped packet to or from the watched ports, then a summary.
+    Watch(WatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Port to watch, as source or destination (repeatable; 1-65535).
+    #[arg(long = "port", short = 'p', value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Address and port pair to watch, as source or destination, e.g. 172.17.0.2:5000 or
+    /// [2001:db8::2]:5000 (repeatable).
+    #[arg(long = "addr", value_name = "ADDR:PORT")]
+    pub addrs: Vec<SocketAddr>,
+
+    /// Network namespace to watch: a name from `ip netns list` or a path such as
+    /// /proc/PID/ns/net. Default: the namespace droptrace runs in.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+
+    /// JSON Lines on stdout: a "start" object, one "drop" object per packet, a "summary".
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also report frees on socket teardown (QUEUE_PURGE, SOCKET_CLOSE), normally noise.
+    #[arg(long)]
+    pub include_teardown: bool,
+
+    /// Size of the kernel event ring in bytes (power of two, >= 4096). Counters stay exact
+    /// whatever its size; a small ring only loses event lines.
+    #[arg(long, value_name = "BYTES", hide = true, value_parser = parse_ring_bytes)]
+    pub ring_bytes: Option<u32>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("{s} must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let n: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} must be a power of two of at least 4096"));
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_zero_and_out_of_range_are_usage_errors() {
+        for bad in ["0", "65536", "-1", "http"] {
+            let err = Cli::try_parse_from(["droptrace", "watch", "--port", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn repeated_ports_and_addresses_are_collected() {
+        let cli = Cli::try_parse_from([
+            "droptrace",
+            "watch",
+            "--port",
+            "5000",
+            "-p",
+            "8080",
+            "--addr",
+            "[2001:db8::2]:5000",
+            "--duration",
+            "1.5",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Watch(args) = cli.command;
+        assert_eq!(args.ports, vec![5000, 8080]);
+        assert_eq!(args.addrs[0].port(), 5000);
+        assert_eq!(args.duration, Some(Duration::from_millis(1500)));
+        assert!(args.json);
+    }
+
+    #[test]
+    fn nonsense_durations_and_ring_sizes_are_refused() {
+        assert!(parse_secs("0").is_err());
+        assert!(parse_secs("soon").is_err());
+        assert!(parse_ring_bytes("5000").is_err());
+        assert_eq!(parse_ring_bytes("4096"), Ok(4096));
+    }
+}

@@ -1,0 +1,216 @@
+//! Raw kernel events → user-facing records with names, addresses and wall-clock times.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use tracer_common::{AF_INET, AF_INET6, DropEvent};
+
+use crate::{
+    kernel::{btf::DropReasons, kallsyms::Symbols},
+    netns::IfNames,
+};
+
+/// Decodes one ring-buffer record. None when its size is not a DropEvent's (a mismatched
+/// object, never expected; counted by the caller).
+pub fn decode(bytes: &[u8]) -> Option<DropEvent> {
+    if bytes.len() < size_of::<DropEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked; DropEvent is plain data valid for any bit pattern, and
+    // read_unaligned does not require the ring's alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DropEvent>()) })
+}
+
+/// Converts CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time, with the offset measured
+/// once at start.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+fn clock_ns(id: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into a valid timespec.
+    unsafe { libc::clock_gettime(id, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            realtime_minus_monotonic_ns: real - mono,
+        }
+    }
+
+    pub fn wall(&self, ktime_ns: u64) -> DateTime<Utc> {
+        let ns = ktime_ns as i128 + self.realtime_minus_monotonic_ns;
+        DateTime::from_timestamp_nanos(ns as i64)
+    }
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+pub fn proto_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        132 => "sctp".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `SYN`, `SYN|ACK`, `RST|ACK` … from the TCP flags byte.
+pub fn tcp_flags(flags: u8) -> String {
+    const NAMES: [(u8, &str); 8] = [
+        (0x02, "SYN"),
+        (0x01, "FIN"),
+        (0x04, "RST"),
+        (0x08, "PSH"),
+        (0x10, "ACK"),
+        (0x20, "URG"),
+        (0x40, "ECE"),
+        (0x80, "CWR"),
+    ];
+    let set: Vec<&str> = NAMES
+        .iter()
+        .filter(|(bit, _)| flags & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.join("|")
+    }
+}
+
+fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// A drop as the user sees it; field names are the JSON Lines contract (`"type":"drop"`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DropRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub netns: u32,
+    pub ifindex: u32,
+    pub ifname: String,
+    pub family: &'static str,
+    pub proto: String,
+    pub src: String,
+    pub sport: u16,
+    pub dst: String,
+    pub dport: u16,
+    pub reason: String,
+    pub location: String,
+    /// Additional fields (free to add, never to rename).
+    pub reason_code: u32,
+    pub tcp_flags: Option<String>,
+    pub icmp: Option<String>,
+    pub len: u32,
+    /// The function the packet was freed in, without offset (`ip_error`, `tcp_v4_rcv`).
+    pub function: Option<String>,
+}
+
+/// What turns raw events into records: the kernel's names and the namespace's interfaces.
+pub struct Namer {
+    pub clock: Clock,
+    pub reasons: DropReasons,
+    pub symbols: Symbols,
+    pub ifnames: IfNames,
+}
+
+impl Namer {
+    pub fn record(&mut self, ev: &DropEvent) -> DropRecord {
+        let family = match ev.family {
+            AF_INET => "ipv4",
+            AF_INET6 => "ipv6",
+            _ => "unknown",
+        };
+        let is_icmp = ev.proto == 1 || ev.proto == 58;
+        DropRecord {
+            kind: "drop",
+            time: rfc3339(self.clock.wall(ev.ktime_ns)),
+            netns: ev.netns,
+            ifindex: ev.ifindex,
+            ifname: self.ifnames.name(ev.ifindex),
+            family,
+            proto: proto_name(ev.proto),
+            src: addr(ev.family, &ev.saddr).to_string(),
+            sport: ev.sport,
+            dst: addr(ev.family, &ev.daddr).to_string(),
+            dport: ev.dport,
+            reason: self.reasons.name(ev.reason),
+            location: self.symbols.resolve(ev.location),
+            reason_code: ev.reason,
+            tcp_flags: (ev.proto == 6).then(|| tcp_flags(ev.tcp_flags)),
+            icmp: is_icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
+            len: ev.len,
+            function: self.symbols.function(ev.location).map(str::to_string),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_flags_are_spelled_like_tcpdump_users_expect() {
+        assert_eq!(tcp_flags(0x02), "SYN");
+        assert_eq!(tcp_flags(0x12), "SYN|ACK");
+        assert_eq!(tcp_flags(0x14), "RST|ACK");
+        assert_eq!(tcp_flags(0), "-");
+    }
+
+    #[test]
+    fn short_records_are_refused_not_read_past() {
+        assert!(decode(&[0u8; 10]).is_none());
+        let ev = DropEvent {
+            reason: 7,
+            dport: 5000,
+            ..Default::default()
+        };
+        // SAFETY: viewing a plain-data struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const DropEvent).cast::<u8>(),
+                size_of::<DropEvent>(),
+            )
+        };
+        assert_eq!(decode(bytes), Some(ev));
+    }
+
+    #[test]
+    fn ipv6_and_ipv4_addresses_are_rendered_by_family() {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&[198, 51, 100, 1]);
+        assert_eq!(addr(AF_INET, &raw).to_string(), "198.51.100.1");
+        let v6: [u8; 16] = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(addr(AF_INET6, &v6).to_string(), "2001:db8::1");
+    }
+
+    #[test]
+    fn wall_clock_follows_monotonic_time() {
+        let clock = Clock::now();
+        let mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        let wall = clock.wall(mono);
+        let delta = (Utc::now() - wall).num_milliseconds().abs();
+        assert!(delta < 1000, "wall clock off by {delta} ms");
+        assert!(rfc3339(wall).ends_with('Z'));
+    }
+}

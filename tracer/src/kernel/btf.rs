@@ -1,0 +1,263 @@
+//! Facts read from the running kernel's BTF (/sys/kernel/btf/vmlinux): the struct field
+//! offsets the eBPF programs need, and the names of `enum skb_drop_reason`, which change from
+//! one kernel version to the next and so are never compiled in.
+use std::{collections::BTreeMap, path::Path};
+
+use btf_rs::{Btf, BtfType, Type};
+use tracer_common::KernelOffsets;
+
+use crate::error::Error;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The running kernel's BTF, parsed once.
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_sys() -> Result<Self, Error> {
+        Self::from_file(Path::new(VMLINUX_BTF))
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        if !path.exists() {
+            return Err(Error::NoBtf(path.display().to_string()));
+        }
+        let btf = Btf::from_file(path).map_err(|err| Error::BadBtf {
+            path: path.display().to_string(),
+            reason: err.to_string(),
+        })?;
+        Ok(Self { btf })
+    }
+
+    /// Byte offset of `path` (e.g. `["__sk_common", "skc_net"]`) inside `struct name`,
+    /// looking through anonymous structs and unions on the way.
+    pub fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, Error> {
+        let missing = || Error::MissingField {
+            field: format!("{name}.{}", path.join(".")),
+        };
+        let mut current = self.named_struct(name).ok_or_else(missing)?;
+        let mut bits = 0u32;
+        for (i, field) in path.iter().enumerate() {
+            let (offset, type_id) = self.find_member(&current, field).ok_or_else(missing)?;
+            bits += offset;
+            if i + 1 < path.len() {
+                current = self.struct_behind(type_id).ok_or_else(missing)?;
+            }
+        }
+        if bits % 8 != 0 {
+            // A bitfield: the programs read whole bytes only.
+            return Err(missing());
+        }
+        Ok(bits / 8)
+    }
+
+    fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
+        self.btf
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+    }
+
+    /// The struct or union a member's type id designates, through typedefs and qualifiers.
+    fn struct_behind(&self, mut id: u32) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            match self.btf.resolve_type_by_id(id).ok()? {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(t) => id = t.get_type_id()?,
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => id = t.get_type_id()?,
+                Type::TypeTag(t) => id = t.get_type_id()?,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// (bit offset, type id) of a member, descending into anonymous members.
+    fn find_member(&self, st: &btf_rs::Struct, field: &str) -> Option<(u32, u32)> {
+        for member in &st.members {
+            let name = self.btf.resolve_name(member).unwrap_or_default();
+            let type_id = member.get_type_id()?;
+            if name == field {
+                return Some((member.bit_offset(), type_id));
+            }
+            if name.is_empty()
+                && let Some(inner) = self.struct_behind(type_id)
+                && let Some((offset, id)) = self.find_member(&inner, field)
+            {
+                return Some((member.bit_offset() + offset, id));
+            }
+        }
+        None
+    }
+
+    /// Every field offset the drop programs use.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, Error> {
+        Ok(KernelOffsets {
+            skb_head: self.field_offset("sk_buff", &["head"])?,
+            skb_network_header: self.field_offset("sk_buff", &["network_header"])?,
+            skb_protocol: self.field_offset("sk_buff", &["protocol"])?,
+            skb_dev: self.field_offset("sk_buff", &["dev"])?,
+            skb_iif: self.field_offset("sk_buff", &["skb_iif"])?,
+            skb_len: self.field_offset("sk_buff", &["len"])?,
+            skb_sk: self.field_offset("sk_buff", &["sk"])?,
+            dev_ifindex: self.field_offset("net_device", &["ifindex"])?,
+            dev_nd_net: self.field_offset("net_device", &["nd_net"])?,
+            sk_net: self.field_offset("sock", &["__sk_common", "skc_net"])?,
+            net_ns_inum: self.field_offset("net", &["ns", "inum"])?,
+            tp_skbaddr: 0,
+            tp_location: 0,
+            tp_reason: 0,
+        })
+    }
+
+    /// `enum skb_drop_reason` of this kernel: value → name as the kernel spells it.
+    pub fn drop_reasons(&self) -> Result<DropReasons, Error> {
+        let types = self
+            .btf
+            .resolve_types_by_name("skb_drop_reason")
+            .map_err(|_| Error::NoDropReasons)?;
+        let members = types
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Enum(e) => Some(e.members),
+                _ => None,
+            })
+            .ok_or(Error::NoDropReasons)?;
+        let mut names = BTreeMap::new();
+        for member in members {
+            if let Ok(name) = self.btf.resolve_name(&member) {
+                names.insert(member.val(), name);
+            }
+        }
+        Ok(DropReasons { names })
+    }
+
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|types| !types.is_empty())
+            .unwrap_or(false)
+    }
+}
+
+/// Names of the kernel's drop reasons, keyed by value.
+#[derive(Clone, Debug, Default)]
+pub struct DropReasons {
+    names: BTreeMap<u32, String>,
+}
+
+/// Frees that are not drops: a packet delivered, or a socket's queue purged on close.
+/// `--include-teardown` keeps the purge reasons.
+const NOT_DROPS: &[&str] = &["SKB_NOT_DROPPED_YET", "SKB_CONSUMED"];
+const TEARDOWN: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE"];
+
+impl DropReasons {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
+        Self {
+            names: pairs.into_iter().map(|(v, n)| (v, n.to_string())).collect(),
+        }
+    }
+
+    /// The reason's short name: `NO_SOCKET` for SKB_DROP_REASON_NO_SOCKET; values the kernel
+    /// does not name (subsystem reasons) as `UNKNOWN_0x…`.
+    pub fn name(&self, value: u32) -> String {
+        match self.names.get(&value) {
+            Some(full) => full
+                .strip_prefix("SKB_DROP_REASON_")
+                .unwrap_or(full)
+                .to_string(),
+            None => format!("UNKNOWN_{value:#x}"),
+        }
+    }
+
+    pub fn value(&self, short: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .find(|(_, full)| {
+                full.as_str() == short || full.strip_prefix("SKB_DROP_REASON_") == Some(short)
+            })
+            .map(|(v, _)| *v)
+    }
+
+    /// Values the kernel filter skips.
+    pub fn ignored(&self, include_teardown: bool) -> Vec<u32> {
+        let mut names: Vec<&str> = NOT_DROPS.to_vec();
+        if !include_teardown {
+            names.extend_from_slice(TEARDOWN);
+        }
+        names.iter().filter_map(|n| self.value(n)).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel() -> Option<KernelBtf> {
+        KernelBtf::from_sys().ok()
+    }
+
+    #[test]
+    fn offsets_of_this_kernel_are_found_and_plausible() {
+        let Some(btf) = kernel() else {
+            eprintln!("no {VMLINUX_BTF}: skipped");
+            return;
+        };
+        let off = btf.kernel_offsets().expect("offsets");
+        // sk_buff.head comes after the list/dev/cb[48] members on every kernel since 4.x.
+        assert!(off.skb_head > 48, "sk_buff.head at {}", off.skb_head);
+        assert!(off.skb_network_header > 0 && off.skb_network_header < 512);
+        assert_ne!(off.skb_dev, off.skb_sk);
+        assert!(off.net_ns_inum > 0);
+    }
+
+    #[test]
+    fn drop_reason_names_come_from_btf() {
+        let Some(btf) = kernel() else {
+            return;
+        };
+        let reasons = btf.drop_reasons().expect("enum skb_drop_reason");
+        let no_socket = reasons.value("NO_SOCKET").expect("NO_SOCKET");
+        assert_eq!(reasons.name(no_socket), "NO_SOCKET");
+        assert!(reasons.value("NETFILTER_DROP").is_some());
+        assert!(reasons.value("IP_INADDRERRORS").is_some());
+        let ignored = reasons.ignored(false);
+        assert!(ignored.contains(&reasons.value("SKB_CONSUMED").unwrap()));
+        assert!(ignored.contains(&reasons.value("QUEUE_PURGE").unwrap()));
+        assert!(
+            !reasons
+                .ignored(true)
+                .contains(&reasons.value("QUEUE_PURGE").unwrap())
+        );
+    }
+
+    #[test]
+    fn unknown_reason_values_are_named_not_dropped() {
+        let reasons = DropReasons::from_pairs([(2, "SKB_DROP_REASON_NOT_SPECIFIED")]);
+        assert_eq!(reasons.name(2), "NOT_SPECIFIED");
+        assert_eq!(reasons.name(0x10001), "UNKNOWN_0x10001");
+    }
+
+    #[test]
+    fn missing_field_is_a_clear_error() {
+        let Some(btf) = kernel() else {
+            return;
+        };
+        let err = btf.field_offset("sk_buff", &["no_such_field"]).unwrap_err();
+        assert!(err.to_string().contains("sk_buff.no_such_field"), "{err}");
+    }
+}

@@ -1,0 +1,101 @@
+//! tracefs: where classic tracepoints live. A fresh machine may boot without it mounted
+//! (measured on the build machine); droptrace mounts it only when the fallback needs it.
+use std::{fs, path::PathBuf};
+
+use crate::error::Error;
+
+const CANDIDATES: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracefs mount point, if one is mounted.
+pub fn mounted() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    let points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let _dev = f.next()?;
+            let point = f.next()?;
+            let fstype = f.next()?;
+            (fstype == "tracefs").then_some(point)
+        })
+        .collect();
+    CANDIDATES
+        .iter()
+        .find(|c| points.contains(c))
+        .map(PathBuf::from)
+        .or_else(|| points.first().map(PathBuf::from))
+}
+
+/// Mounts tracefs at /sys/kernel/tracing. Returns the mount point.
+pub fn mount() -> Result<PathBuf, Error> {
+    let target = PathBuf::from(CANDIDATES[0]);
+    let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
+    let (src, dst, fstype) = (c("tracefs"), c(CANDIDATES[0]), c("tracefs"));
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(Error::NoTracefs(
+            std::io::Error::last_os_error().to_string(),
+        ));
+    }
+    Ok(target)
+}
+
+/// Offset of each named field in a tracepoint's `format` file.
+pub fn field_offsets(format: &str, fields: &[&str]) -> Option<Vec<u32>> {
+    fields
+        .iter()
+        .map(|want| {
+            format.lines().find_map(|line| {
+                let line = line.trim();
+                let decl = line.strip_prefix("field:")?.split(';').next()?;
+                let name = decl.split_whitespace().last()?.trim_start_matches('*');
+                if name != *want {
+                    return None;
+                }
+                let off = line.split("offset:").nth(1)?.split(';').next()?;
+                off.trim().parse().ok()
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // From /sys/kernel/tracing/events/skb/kfree_skb/format on Linux 6.18.
+    const KFREE_SKB_FORMAT: &str = "name: kfree_skb
+ID: 1597
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
+\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
+";
+
+    #[test]
+    fn kfree_skb_format_offsets_are_read() {
+        let offs = field_offsets(KFREE_SKB_FORMAT, &["skbaddr", "location", "reason"]).unwrap();
+        assert_eq!(offs, vec![8, 16, 36]);
+    }
+
+    #[test]
+    fn a_missing_field_gives_none() {
+        assert!(field_offsets(KFREE_SKB_FORMAT, &["skbaddr", "nope"]).is_none());
+    }
+}

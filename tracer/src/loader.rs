@@ -1,0 +1,286 @@
+//! Loads the embedded eBPF object, probes which drop hook this kernel accepts, fills the watch
+//! maps and attaches. Everything it creates is owned by `Tracer`: dropping it (or the process
+//! dying, even by SIGKILL) closes the fds and the kernel detaches the programs. Nothing is
+//! pinned.
+use std::{collections::BTreeMap, fs, path::PathBuf};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{BtfTracePoint, TracePoint},
+};
+use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
+
+use crate::{error::Error, kernel::tracefs};
+
+/// The object built by build.rs from tracer-ebpf.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
+
+/// Which program carries the drop path on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropHook {
+    /// tp_btf/kfree_skb: typed arguments, no tracefs needed.
+    TpBtf,
+    /// tracepoint/skb/kfree_skb: the fallback, through tracefs.
+    Tracepoint,
+}
+
+impl DropHook {
+    pub fn name(self) -> &'static str {
+        match self {
+            DropHook::TpBtf => "tp_btf/kfree_skb",
+            DropHook::Tracepoint => "tracepoint/skb/kfree_skb",
+        }
+    }
+}
+
+/// What to load and watch.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    pub offsets: KernelOffsets,
+    pub config: WatchConfig,
+    pub ports: Vec<u16>,
+    pub addr_ports: Vec<AddrPort>,
+    pub ignored_reasons: Vec<u32>,
+    /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
+    pub ring_bytes: Option<u32>,
+}
+
+/// The loaded and attached kernel side.
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub hook: DropHook,
+    /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
+    pub notes: Vec<String>,
+    mounted_tracefs: Option<PathBuf>,
+}
+
+/// Exact totals read from the per-CPU maps.
+#[derive(Clone, Debug, Default)]
+pub struct Totals {
+    /// (reason value, port, proto) → packets.
+    pub counters: BTreeMap<(u32, u16, u8), u64>,
+    pub ring_lost: u64,
+    pub events: u64,
+    pub counter_full: u64,
+    pub read_errors: u64,
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones ignore it.
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid struct; failure only means old kernels may refuse maps.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Error> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .override_global("OFFSETS", offsets, true)
+        .override_global("CONFIG", &opts.config, true);
+    if let Some(bytes) = opts.ring_bytes {
+        loader.map_max_entries("EVENTS", bytes);
+    }
+    loader
+        .load(EBPF_OBJECT)
+        .map_err(|e| Error::Load(e.to_string()))
+}
+
+/// Offsets of the classic tracepoint's record fields, mounting tracefs if nobody has.
+fn tracepoint_offsets(
+    mounted: &mut Option<PathBuf>,
+    notes: &mut Vec<String>,
+) -> Result<[u32; 3], Error> {
+    let root = match tracefs::mounted() {
+        Some(root) => root,
+        None => {
+            let root = tracefs::mount()?;
+            notes.push(format!(
+                "mounted tracefs at {} for the tracepoint fallback (unmounted on exit)",
+                root.display()
+            ));
+            *mounted = Some(root.clone());
+            root
+        }
+    };
+    let format_path = root.join("events/skb/kfree_skb/format");
+    let format = fs::read_to_string(&format_path)
+        .map_err(|e| Error::Attach(format!("{}: {e}", format_path.display())))?;
+    let offs =
+        tracefs::field_offsets(&format, &["skbaddr", "location", "reason"]).ok_or_else(|| {
+            Error::Attach(format!(
+                "{} has no reason field: this kernel predates drop reasons (Linux 5.17)",
+                format_path.display()
+            ))
+        })?;
+    Ok([offs[0], offs[1], offs[2]])
+}
+
+impl Tracer {
+    pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
+        raise_memlock();
+        let mut notes = Vec::new();
+        let mut mounted_tracefs = None;
+
+        let mut ebpf = open_object(opts, &opts.offsets)?;
+        let hook = match attach_tp_btf(&mut ebpf) {
+            Ok(()) => DropHook::TpBtf,
+            Err(why) => {
+                notes.push(format!(
+                    "tp_btf/kfree_skb unavailable ({why}); using the classic skb:kfree_skb tracepoint"
+                ));
+                let [skbaddr, location, reason] =
+                    tracepoint_offsets(&mut mounted_tracefs, &mut notes)?;
+                let offsets = KernelOffsets {
+                    tp_skbaddr: skbaddr,
+                    tp_location: location,
+                    tp_reason: reason,
+                    ..opts.offsets
+                };
+                // Globals are frozen when the object is created: reopen it with the offsets.
+                drop(ebpf);
+                ebpf = open_object(opts, &offsets)?;
+                attach_tracepoint(&mut ebpf)?;
+                DropHook::Tracepoint
+            }
+        };
+        let mut tracer = Self {
+            ebpf,
+            hook,
+            notes,
+            mounted_tracefs,
+        };
+        tracer.fill_maps(opts)?;
+        Ok(tracer)
+    }
+
+    fn fill_maps(&mut self, opts: &LoadOptions) -> Result<(), Error> {
+        let map_err = |what: &str, e: aya::maps::MapError| Error::Load(format!("{what}: {e}"));
+        {
+            let map = self.map_mut("IGNORED_REASONS")?;
+            let mut ignored: HashMap<_, u32, u8> =
+                HashMap::try_from(map).map_err(|e| map_err("IGNORED_REASONS", e))?;
+            for reason in &opts.ignored_reasons {
+                ignored
+                    .insert(reason, &1u8, 0)
+                    .map_err(|e| map_err("IGNORED_REASONS", e))?;
+            }
+        }
+        {
+            let map = self.map_mut("WATCH_PORT")?;
+            let mut ports: HashMap<_, u16, u8> =
+                HashMap::try_from(map).map_err(|e| map_err("WATCH_PORT", e))?;
+            for port in &opts.ports {
+                ports
+                    .insert(port, &1u8, 0)
+                    .map_err(|e| map_err("WATCH_PORT", e))?;
+            }
+        }
+        {
+            let map = self.map_mut("WATCH_ADDR_PORT")?;
+            let mut pairs: HashMap<_, AddrPort, u8> =
+                HashMap::try_from(map).map_err(|e| map_err("WATCH_ADDR_PORT", e))?;
+            for pair in &opts.addr_ports {
+                pairs
+                    .insert(pair, &1u8, 0)
+                    .map_err(|e| map_err("WATCH_ADDR_PORT", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, Error> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Load(format!("map {name} missing from the eBPF object")))
+    }
+
+    /// The event ring, taken out of the object (once).
+    pub fn take_ring(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or_else(|| Error::Load("map EVENTS missing or already taken".into()))?;
+        RingBuf::try_from(map).map_err(|e| Error::Load(format!("EVENTS: {e}")))
+    }
+
+    /// Reads the exact counters and the program's health counters.
+    pub fn totals(&self) -> Result<Totals, Error> {
+        let map_err =
+            |what: &str, e: aya::maps::MapError| Error::Io(format!("reading {what}: {e}"));
+        let mut totals = Totals::default();
+        let counters_map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or_else(|| Error::Load("map COUNTERS missing".into()))?;
+        let counters: PerCpuHashMap<_, CounterKey, u64> =
+            PerCpuHashMap::try_from(counters_map).map_err(|e| map_err("COUNTERS", e))?;
+        for item in counters.iter() {
+            let (key, values) = item.map_err(|e| map_err("COUNTERS", e))?;
+            let sum: u64 = values.iter().sum();
+            *totals
+                .counters
+                .entry((key.reason, key.port, key.proto))
+                .or_default() += sum;
+        }
+        let stats_map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| Error::Load("map STATS missing".into()))?;
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(stats_map).map_err(|e| map_err("STATS", e))?;
+        let read = |index: u32| -> Result<u64, Error> {
+            Ok(stats
+                .get(&index, 0)
+                .map_err(|e| map_err("STATS", e))?
+                .iter()
+                .sum())
+        };
+        totals.ring_lost = read(stat::RING_LOST)?;
+        totals.events = read(stat::EVENTS)?;
+        totals.counter_full = read(stat::COUNTER_FULL)?;
+        totals.read_errors = read(stat::READ_ERRORS)?;
+        Ok(totals)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(root) = self.mounted_tracefs.take()
+            && let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+        {
+            // The programs must be gone before tracefs can be unmounted; detach is implicit
+            // when `ebpf` drops, which happens after this body, so unmount lazily.
+            // SAFETY: a valid NUL-terminated path.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut("kfree_skb_btf")
+        .ok_or("program kfree_skb_btf missing")?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load("kfree_skb", &btf).map_err(|e| e.to_string())?;
+    program.attach().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let program: &mut TracePoint = ebpf
+        .program_mut("kfree_skb_tp")
+        .ok_or_else(|| Error::Load("program kfree_skb_tp missing".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| Error::Load(e.to_string()))?;
+    program.load().map_err(|e| Error::Load(e.to_string()))?;
+    program
+        .attach("skb", "kfree_skb")
+        .map_err(|e| Error::Attach(format!("skb:kfree_skb: {e}")))?;
+    Ok(())
+}

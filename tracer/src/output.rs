@@ -1,0 +1,258 @@
+//! Printing: one aligned human line per drop, or JSON Lines (`--json`), each object with a
+//! `"type"`. Field names are a contract with users' scripts: add, never rename.
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+};
+
+use serde::Serialize;
+
+use crate::event::DropRecord;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// `{"type":"start",…}`: what is watched, with which hook, and what precision was lost.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub version: &'static str,
+    pub kernel: String,
+    pub netns: u32,
+    pub netns_name: String,
+    pub ports: Vec<u16>,
+    pub addrs: Vec<String>,
+    pub hook: &'static str,
+    pub notes: Vec<String>,
+}
+
+/// One exact counter: packets dropped with `reason` on watched `port`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CounterRecord {
+    pub reason: String,
+    pub port: u16,
+    pub proto: String,
+    pub packets: u64,
+}
+
+/// `{"type":"summary",…}`: closes every run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub duration_s: f64,
+    /// Exact count of watched drops (kernel counters, independent of the ring).
+    pub drops: u64,
+    /// Drop events delivered to userspace.
+    pub events: u64,
+    /// Events the ring buffer could not take (their drops are still in `drops`).
+    pub lost: u64,
+    pub by_reason: BTreeMap<String, u64>,
+    pub by_port: BTreeMap<u16, u64>,
+    pub counters: Vec<CounterRecord>,
+    /// Drops missing from `counters` because the counter map was full.
+    pub uncounted: u64,
+    /// Kernel reads of skb/headers that failed.
+    pub read_errors: u64,
+    pub hook: &'static str,
+}
+
+pub struct Printer<W: Write> {
+    out: W,
+    format: Format,
+    header_done: bool,
+}
+
+impl<W: Write> Printer<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Self {
+            out,
+            format,
+            header_done: false,
+        }
+    }
+
+    fn json<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+
+    pub fn start(&mut self, start: &StartRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(start),
+            // Human mode: the banner is for the operator, on stderr, so stdout stays drops.
+            Format::Human => {
+                let mut what: Vec<String> =
+                    start.ports.iter().map(|p| format!("port {p}")).collect();
+                what.extend(start.addrs.iter().cloned());
+                eprintln!(
+                    "droptrace {}: watching {} in netns {} (inode {}) via {}; Ctrl-C to stop",
+                    start.version,
+                    what.join(", "),
+                    start.netns_name,
+                    start.netns,
+                    start.hook
+                );
+                for note in &start.notes {
+                    eprintln!("  note: {note}");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub fn drop_line(&mut self, rec: &DropRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Human => {
+                if !self.header_done {
+                    writeln!(
+                        self.out,
+                        "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} LOCATION",
+                        "TIME",
+                        "NETNS",
+                        "IFACE",
+                        "PROTO",
+                        "SOURCE -> DESTINATION",
+                        "FLAGS",
+                        "REASON"
+                    )?;
+                    self.header_done = true;
+                }
+                let time = rec.time.get(11..26).unwrap_or(&rec.time);
+                let flow = format!(
+                    "{} -> {}",
+                    endpoint(&rec.src, rec.sport),
+                    endpoint(&rec.dst, rec.dport)
+                );
+                let flags = rec
+                    .tcp_flags
+                    .as_deref()
+                    .or(rec.icmp.as_deref())
+                    .unwrap_or("-");
+                writeln!(
+                    self.out,
+                    "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} {}",
+                    time, rec.netns, rec.ifname, rec.proto, flow, flags, rec.reason, rec.location
+                )?;
+                self.out.flush()
+            }
+        }
+    }
+
+    pub fn summary(&mut self, sum: &SummaryRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(sum),
+            Format::Human => {
+                writeln!(
+                    self.out,
+                    "\n-- summary: {:.1} s, {} watched drop(s), {} event(s) delivered, {} lost --",
+                    sum.duration_s, sum.drops, sum.events, sum.lost
+                )?;
+                for c in &sum.counters {
+                    writeln!(
+                        self.out,
+                        "  {:>10}  {:<24} port {}/{}",
+                        c.packets, c.reason, c.port, c.proto
+                    )?;
+                }
+                if sum.drops == 0 {
+                    writeln!(self.out, "  no watched packet was dropped")?;
+                }
+                if sum.lost > 0 {
+                    writeln!(
+                        self.out,
+                        "  {} event(s) did not fit the ring buffer; the counts above are still exact",
+                        sum.lost
+                    )?;
+                }
+                self.out.flush()
+            }
+        }
+    }
+}
+
+fn endpoint(addr: &str, port: u16) -> String {
+    match (addr.contains(':'), port) {
+        (_, 0) => addr.to_string(),
+        (true, p) => format!("[{addr}]:{p}"),
+        (false, p) => format!("{addr}:{p}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> DropRecord {
+        DropRecord {
+            kind: "drop",
+            time: "2026-11-25T09:41:02.123456789Z".into(),
+            netns: 4026532285,
+            ifindex: 2,
+            ifname: "eth-ext".into(),
+            family: "ipv4",
+            proto: "tcp".into(),
+            src: "198.51.100.2".into(),
+            sport: 40000,
+            dst: "198.51.100.1".into(),
+            dport: 5000,
+            reason: "NO_SOCKET".into(),
+            location: "tcp_v4_rcv+0x1b2".into(),
+            reason_code: 3,
+            tcp_flags: Some("SYN".into()),
+            icmp: None,
+            len: 60,
+            function: Some("tcp_v4_rcv".into()),
+        }
+    }
+
+    #[test]
+    fn json_drop_line_keeps_the_contract_fields() {
+        let mut buf = Vec::new();
+        Printer::new(&mut buf, Format::Json)
+            .drop_line(&record())
+            .unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "type", "time", "netns", "ifindex", "ifname", "family", "proto", "src", "sport", "dst",
+            "dport", "reason", "location",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key} in {text}");
+        }
+        assert_eq!(v["type"], "drop");
+        assert_eq!(v["dport"], 5000);
+    }
+
+    #[test]
+    fn human_line_shows_the_flow_and_reason() {
+        let mut buf = Vec::new();
+        let mut p = Printer::new(&mut buf, Format::Human);
+        p.drop_line(&record()).unwrap();
+        let mut v6 = record();
+        v6.src = "2001:db8:1::2".into();
+        v6.dst = "2001:db8:1::1".into();
+        p.drop_line(&v6).unwrap();
+        let text = String::from_utf8(buf).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("TIME"));
+        assert!(
+            lines[1].contains("198.51.100.2:40000 -> 198.51.100.1:5000"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].contains("NO_SOCKET") && lines[1].contains("09:41:02.123456"));
+        assert!(lines[2].contains("[2001:db8:1::2]:40000 -> [2001:db8:1::1]:5000"));
+        // Aligned: the reason column starts at the same place on both lines.
+        assert_eq!(lines[1].find("NO_SOCKET"), lines[2].find("NO_SOCKET"));
+    }
+}
