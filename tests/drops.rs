@@ -1,1 +1,308 @@
+//! The drop path end to end: the real eBPF program in this kernel, real packets from a client
+//! namespace to a Docker-like host namespace, real faults, and droptrace's JSON Lines output.
+mod common;
 
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
+
+use common::{Watch, netns_inode, require_root, run_droptrace};
+use serde_json::Value;
+use tracer::lab::{self, Backend, Lab, LabSpec, Outcome};
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lab(label: &str) -> Lab {
+    lab_with(LabSpec::new(label))
+}
+
+fn lab_with(spec: LabSpec) -> Lab {
+    require_root();
+    Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+fn host_addr(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), port)
+}
+
+fn assert_field(drop: &Value, key: &str, want: impl Into<Value>) {
+    let want = want.into();
+    assert_eq!(drop[key], want, "field {key} of {drop}");
+}
+
+#[test]
+fn closed_port_drops_are_no_socket_with_tuple_and_namespace() {
+    let lab = lab("closedport");
+    let watch = Watch::start(&["--port", "5001", "--netns", &lab.host]);
+    let seen = lab.request(&lab.ext, host_addr(5001), CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(
+        seen,
+        Outcome::Refused,
+        "client should be refused by the RST"
+    );
+    assert!(out.status.success(), "droptrace failed: {}", out.dump());
+
+    let drops = out.drops();
+    assert!(!drops.is_empty(), "no drop reported: {}", out.dump());
+    let inode = netns_inode(&lab.host);
+    for d in &drops {
+        assert_field(d, "reason", "NO_SOCKET");
+        assert_field(d, "family", "ipv4");
+        assert_field(d, "proto", "tcp");
+        assert_field(d, "src", "198.51.100.2");
+        assert_field(d, "dst", "198.51.100.1");
+        assert_field(d, "dport", 5001);
+        assert_field(d, "netns", inode);
+        assert_field(d, "ifname", lab::HOST_EXT_IF);
+        assert_field(d, "tcp_flags", "SYN");
+        let location = d["location"].as_str().unwrap_or_default();
+        assert!(location.starts_with("tcp_v4_rcv+0x"), "location {location}");
+        assert!(d["sport"].as_u64().unwrap_or(0) > 1024, "{d}");
+        assert!(d["ifindex"].as_u64().unwrap_or(0) > 0, "{d}");
+        let time = d["time"].as_str().unwrap_or_default();
+        assert!(
+            time.len() == 30 && time.ends_with('Z'),
+            "RFC3339 with ns: {time}"
+        );
+    }
+    let summary = out.summary();
+    assert_eq!(
+        summary["by_reason"]["NO_SOCKET"],
+        drops.len() as u64,
+        "{}",
+        out.dump()
+    );
+    assert_eq!(summary["lost"], 0);
+    assert_eq!(summary["drops"], drops.len() as u64);
+}
+
+fn forwarding_disabled_is_seen_after_dnat(backend: Backend) {
+    let mut spec = LabSpec::new("fwdoff");
+    spec.backend = backend;
+    let lab = lab_with(spec);
+    assert_eq!(
+        lab.client_request(CLIENT_TIMEOUT),
+        Outcome::Http(200),
+        "control must work"
+    );
+
+    lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0")
+        .expect("sysctl");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(
+        seen,
+        Outcome::Timeout,
+        "no ICMP is sent when forwarding is off"
+    );
+
+    let drops = out.drops();
+    assert!(!drops.is_empty(), "no drop reported: {}", out.dump());
+    for d in &drops {
+        assert_field(d, "reason", "IP_INADDRERRORS");
+        assert_field(d, "function", "ip_error");
+        // Already translated by Docker's DNAT: the destination is the container.
+        assert_field(d, "dst", lab::CTR_ADDR.to_string());
+        assert_field(d, "dport", 5000);
+        assert_field(d, "src", lab::EXT_ADDR.to_string());
+        assert_field(d, "ifname", lab::HOST_EXT_IF);
+        assert_field(d, "netns", netns_inode(&lab.host));
+    }
+    assert_eq!(
+        out.summary()["by_reason"]["IP_INADDRERRORS"],
+        drops.len() as u64
+    );
+}
+
+#[test]
+fn forwarding_disabled_drops_dnated_syns_with_ip_inaddrerrors() {
+    forwarding_disabled_is_seen_after_dnat(Backend::IptablesNft);
+}
+
+#[test]
+fn forwarding_disabled_is_seen_the_same_on_an_iptables_legacy_host() {
+    forwarding_disabled_is_seen_after_dnat(Backend::IptablesLegacy);
+}
+
+#[test]
+fn unwatched_port_produces_no_event() {
+    let lab = lab("unwatched");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    // Refused on 5001: a real drop, but not of a watched port.
+    let seen = lab.request(&lab.ext, host_addr(5001), CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Refused);
+    assert!(out.drops().is_empty(), "unexpected drops: {}", out.dump());
+    assert_eq!(out.summary()["drops"], 0);
+}
+
+#[test]
+fn healthy_published_port_produces_no_drop() {
+    let lab = lab("healthy");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    for _ in 0..3 {
+        assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
+    }
+    let out = watch.stop();
+    assert!(
+        out.drops().is_empty(),
+        "healthy traffic reported as dropped: {}",
+        out.dump()
+    );
+    assert_eq!(out.summary()["drops"], 0);
+}
+
+#[test]
+fn ipv6_drop_is_parsed_with_addresses_and_ports() {
+    let lab = lab("ipv6");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let target = SocketAddr::new(IpAddr::V6(lab::HOST_ADDR6), 5000);
+    let seen = lab.request(&lab.ext, target, CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(
+        seen,
+        Outcome::Refused,
+        "Docker's rules are IPv4-only: nothing listens on v6"
+    );
+    let drops = out.drops();
+    assert!(!drops.is_empty(), "no drop reported: {}", out.dump());
+    for d in &drops {
+        assert_field(d, "family", "ipv6");
+        assert_field(d, "proto", "tcp");
+        assert_field(d, "src", lab::EXT_ADDR6.to_string());
+        assert_field(d, "dst", lab::HOST_ADDR6.to_string());
+        assert_field(d, "dport", 5000);
+        assert_field(d, "reason", "NO_SOCKET");
+        let location = d["location"].as_str().unwrap_or_default();
+        assert!(location.starts_with("tcp_v6_rcv+0x"), "location {location}");
+    }
+}
+
+#[test]
+fn drops_in_other_namespaces_are_not_reported() {
+    let watched = lab("nswatched");
+    let other = lab("nsother");
+    other
+        .sysctl(&other.host, "net.ipv4.ip_forward", "0")
+        .expect("sysctl");
+    let watch = Watch::start(&["--port", "5000", "--netns", &watched.host]);
+    // Same addresses, same port, same drop — but in the other lab's host namespace.
+    assert_eq!(other.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+    let out = watch.stop();
+    assert!(
+        out.drops().is_empty(),
+        "another namespace leaked in: {}",
+        out.dump()
+    );
+    assert_eq!(out.summary()["drops"], 0);
+}
+
+#[test]
+fn address_port_pairs_match_only_that_address() {
+    let lab = lab("addrpair");
+    let watch = Watch::start(&["--addr", "198.51.100.1:5001", "--netns", &lab.host]);
+    assert_eq!(
+        lab.request(&lab.ext, host_addr(5001), CLIENT_TIMEOUT),
+        Outcome::Refused
+    );
+    assert_eq!(
+        lab.request(&lab.ext, host_addr(5002), CLIENT_TIMEOUT),
+        Outcome::Refused
+    );
+    let out = watch.stop();
+    let drops = out.drops();
+    assert!(!drops.is_empty(), "no drop reported: {}", out.dump());
+    for d in &drops {
+        assert_field(d, "dport", 5001);
+    }
+}
+
+#[test]
+fn tracepoint_fallback_reports_the_same_drop() {
+    let lab = lab("tpfallback");
+    let watch = Watch::start(&[
+        "--port",
+        "5001",
+        "--netns",
+        &lab.host,
+        "--drop-hook",
+        "tracepoint",
+    ]);
+    assert_eq!(watch.start["hook"], "tracepoint/skb/kfree_skb");
+    let seen = lab.request(&lab.ext, host_addr(5001), CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Refused);
+    let drops = out.drops();
+    assert!(!drops.is_empty(), "no drop reported: {}", out.dump());
+    assert_field(drops[0], "reason", "NO_SOCKET");
+    assert_field(drops[0], "dst", "198.51.100.1");
+    let notes = out.records[0]["notes"].to_string();
+    assert!(
+        notes.contains("classic skb:kfree_skb tracepoint"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn duration_ends_the_run_with_a_summary() {
+    require_root();
+    let out = run_droptrace(&["watch", "--port", "5000", "--duration", "0.5", "--json"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).expect("json");
+    assert_eq!(last["type"], "summary", "{text}");
+}
+
+#[test]
+fn port_zero_is_a_usage_error() {
+    let out = run_droptrace(&["watch", "--port", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--port") && err.contains('0'), "{err}");
+}
+
+#[test]
+fn unknown_netns_says_how_to_find_one() {
+    require_root();
+    let out = run_droptrace(&["watch", "--port", "5000", "--netns", "no-such-namespace-dt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-namespace-dt") && err.contains("ip netns list"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn without_privileges_it_says_to_use_sudo() {
+    require_root();
+    // setpriv (util-linux) runs it as nobody with every capability dropped.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([
+            common::DROPTRACE,
+            "watch",
+            "--port",
+            "5000",
+            "--duration",
+            "1",
+        ])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+}

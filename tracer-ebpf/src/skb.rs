@@ -76,8 +76,7 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotPar
     let head: u64 = read(skb, off.skb_head)?;
     let nh: u16 = read(skb, off.skb_network_header)?;
     let ip = head + nh as u64;
-    let l4;
-    match protocol {
+    let l4 = match protocol {
         ETH_P_IP => {
             let hdr: [u8; 20] = read(ip, 0)?;
             if hdr[0] >> 4 != 4 {
@@ -92,7 +91,7 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotPar
             if frag_off != 0 {
                 return Ok(());
             }
-            l4 = ip + ((hdr[0] & 0x0f) as u64) * 4;
+            ip + ((hdr[0] & 0x0f) as u64) * 4
         }
         ETH_P_IPV6 => {
             let hdr: [u8; 40] = read(ip, 0)?;
@@ -114,10 +113,10 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotPar
                 at += (ext[1] as u64 + 1) * 8;
             }
             ev.proto = next;
-            l4 = at;
+            at
         }
         _ => return Err(NotParsed::NotIp),
-    }
+    };
     match ev.proto {
         IPPROTO_TCP => {
             let th: [u8; 14] = read(l4, 0)?;

@@ -3,6 +3,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::loader::HookChoice;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "droptrace",
@@ -56,6 +58,11 @@ pub struct WatchArgs {
     /// whatever its size; a small ring only loses event lines.
     #[arg(long, value_name = "BYTES", hide = true, value_parser = parse_ring_bytes)]
     pub ring_bytes: Option<u32>,
+
+    /// Which drop hook to use: auto (tp_btf, falling back to the tracepoint), tp_btf, or
+    /// tracepoint. For testing the fallback on kernels that have both.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto, hide = true)]
+    pub drop_hook: HookChoice,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

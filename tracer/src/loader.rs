@@ -34,6 +34,16 @@ impl DropHook {
     }
 }
 
+/// Which drop hook the user allows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    #[default]
+    Auto,
+    #[value(name = "tp_btf")]
+    TpBtf,
+    Tracepoint,
+}
+
 /// What to load and watch.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -44,6 +54,7 @@ pub struct LoadOptions {
     pub ignored_reasons: Vec<u32>,
     /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
     pub ring_bytes: Option<u32>,
+    pub hook: HookChoice,
 }
 
 /// The loaded and attached kernel side.
@@ -126,8 +137,15 @@ impl Tracer {
         let mut mounted_tracefs = None;
 
         let mut ebpf = open_object(opts, &opts.offsets)?;
-        let hook = match attach_tp_btf(&mut ebpf) {
+        let tried = match opts.hook {
+            HookChoice::Tracepoint => Err("not requested (--drop-hook tracepoint)".to_string()),
+            _ => attach_tp_btf(&mut ebpf),
+        };
+        let hook = match tried {
             Ok(()) => DropHook::TpBtf,
+            Err(why) if opts.hook == HookChoice::TpBtf => {
+                return Err(Error::Attach(format!("tp_btf/kfree_skb: {why}")));
+            }
             Err(why) => {
                 notes.push(format!(
                     "tp_btf/kfree_skb unavailable ({why}); using the classic skb:kfree_skb tracepoint"

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
                 json: args.json,
                 include_teardown: args.include_teardown,
                 ring_bytes: args.ring_bytes,
+                hook: args.drop_hook,
             };
             runtime().and_then(|rt| {
                 rt.block_on(watch::run(req, std::io::stdout().lock()))

@@ -16,7 +16,7 @@ use crate::{
     error::Error,
     event::{self, Clock, Namer},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
-    loader::{LoadOptions, Totals, Tracer},
+    loader::{HookChoice, LoadOptions, Totals, Tracer},
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
 };
@@ -31,6 +31,7 @@ pub struct WatchRequest {
     pub json: bool,
     pub include_teardown: bool,
     pub ring_bytes: Option<u32>,
+    pub hook: HookChoice,
 }
 
 pub fn addr_port(sa: &SocketAddr) -> AddrPort {
@@ -75,6 +76,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         addr_ports: req.addrs.iter().map(addr_port).collect(),
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes,
+        hook: req.hook,
     };
     let mut tracer = Tracer::load(&opts)?;
     let ring = tracer.take_ring()?;

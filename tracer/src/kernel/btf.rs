@@ -46,7 +46,7 @@ impl KernelBtf {
                 current = self.struct_behind(type_id).ok_or_else(missing)?;
             }
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             // A bitfield: the programs read whole bytes only.
             return Err(missing());
         }

@@ -72,21 +72,8 @@ pub fn field_offsets(format: &str, fields: &[&str]) -> Option<Vec<u32>> {
 mod tests {
     use super::*;
 
-    // From /sys/kernel/tracing/events/skb/kfree_skb/format on Linux 6.18.
-    const KFREE_SKB_FORMAT: &str = "name: kfree_skb
-ID: 1597
-format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
-\tfield:void * skbaddr;\toffset:8;\tsize:8;\tsigned:0;
-\tfield:void * location;\toffset:16;\tsize:8;\tsigned:0;
-\tfield:void * rx_sk;\toffset:24;\tsize:8;\tsigned:0;
-\tfield:unsigned short protocol;\toffset:32;\tsize:2;\tsigned:0;
-\tfield:enum skb_drop_reason reason;\toffset:36;\tsize:4;\tsigned:0;
-";
+    // Captured with `cat /sys/kernel/tracing/events/skb/kfree_skb/format` on Linux 6.18.44.
+    const KFREE_SKB_FORMAT: &str = include_str!("testdata/kfree_skb-6.18.format");
 
     #[test]
     fn kfree_skb_format_offsets_are_read() {

@@ -1,0 +1,192 @@
+//! Shared harness of the integration tests: runs the real `droptrace` binary against the
+//! real kernel while the lab (tracer::lab) makes real packets cross real namespaces.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    os::unix::fs::MetadataExt,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const DROPTRACE: &str = env!("CARGO_BIN_EXE_droptrace");
+
+/// The tests need root (eBPF, namespaces). Fail loudly instead of passing vacuously.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests load eBPF programs and build network namespaces: run them as root"
+    );
+}
+
+/// nsfs inode of a named namespace, as droptrace reports it in `netns`.
+pub fn netns_inode(name: &str) -> u64 {
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .unwrap_or_else(|e| panic!("/run/netns/{name}: {e}"))
+        .ino()
+}
+
+/// A running `droptrace watch --json`.
+pub struct Watch {
+    child: Option<Child>,
+    lines: Receiver<String>,
+    reader: Option<JoinHandle<()>>,
+    pub start: Value,
+    early: Vec<String>,
+}
+
+pub struct Output {
+    pub records: Vec<Value>,
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn of_type(&self, kind: &str) -> Vec<&Value> {
+        self.records.iter().filter(|r| r["type"] == kind).collect()
+    }
+
+    pub fn drops(&self) -> Vec<&Value> {
+        self.of_type("drop")
+    }
+
+    pub fn summary(&self) -> &Value {
+        let all = self.of_type("summary");
+        assert_eq!(
+            all.len(),
+            1,
+            "expected exactly one summary line, got: {:#?}",
+            self.records
+        );
+        all[0]
+    }
+
+    /// A readable dump for assertion messages.
+    pub fn dump(&self) -> String {
+        let mut text: Vec<String> = self.records.iter().map(|r| r.to_string()).collect();
+        text.push(format!("stderr: {}", self.stderr));
+        text.join("\n")
+    }
+}
+
+impl Watch {
+    /// Starts `droptrace watch --json ARGS…` and waits until it reports it is attached.
+    pub fn start(args: &[&str]) -> Watch {
+        require_root();
+        let mut cmd = Command::new(DROPTRACE);
+        cmd.arg("watch").arg("--json").args(args);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn droptrace");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut watch = Watch {
+            child: Some(child),
+            lines: rx,
+            reader: Some(reader),
+            start: Value::Null,
+            early: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match watch.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                    if v["type"] == "start" {
+                        watch.start = v;
+                        break;
+                    }
+                    watch.early.push(line);
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    let out = watch.finish();
+                    panic!("droptrace did not start: {}", out.dump());
+                }
+            }
+        }
+        watch
+    }
+
+    /// Ctrl-C, then everything it printed.
+    pub fn stop(mut self) -> Output {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        }
+        self.finish()
+    }
+
+    /// Waits for exit (bounded), then collects stdout/stderr.
+    fn finish(&mut self) -> Output {
+        let mut child = self.child.take().expect("child");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().expect("wait after kill");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        let mut stderr = String::new();
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut stderr);
+        }
+        let mut lines: Vec<String> = std::mem::take(&mut self.early);
+        if !self.start.is_null() {
+            lines.insert(0, self.start.to_string());
+        }
+        lines.extend(self.lines.try_iter());
+        let records = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        Output {
+            records,
+            status,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs droptrace to completion with the given arguments (for error cases).
+pub fn run_droptrace(args: &[&str]) -> std::process::Output {
+    Command::new(DROPTRACE)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run droptrace")
+}
