@@ -38,6 +38,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
     || die "apt-get install failed for: ${APT_PACKAGES[*]}"
 fi
 
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 command -v rustup >/dev/null || die "rustup not found: install it (https://rustup.rs) and re-run"
 say "rust toolchain $TOOLCHAIN (+rust-src, rustfmt, clippy)"
 rustup toolchain install "$TOOLCHAIN" --profile minimal -c rust-src -c rustfmt -c clippy >/dev/null \
