@@ -42,7 +42,19 @@ pub struct KernelOffsets {
     pub tp_skbaddr: u32,
     pub tp_location: u32,
     pub tp_reason: u32,
+    /// `sk_buff._nfct` (unsigned long: nf_conn pointer | ctinfo in the low 3 bits), or ABSENT
+    /// on kernels built without conntrack.
+    pub skb_nfct: u32,
+    /// `nf_conn.status` (unsigned long, IPS_* bits).
+    pub ct_status: u32,
+    /// `nf_conn.tuplehash[IP_CT_DIR_ORIGINAL].tuple.dst.u3` and `.dst.u.all`: where the client
+    /// originally sent the packet, before any DNAT.
+    pub ct_orig_daddr: u32,
+    pub ct_orig_dport: u32,
 }
+
+/// Offset value meaning "this kernel has no such field": the program skips the read.
+pub const ABSENT: u32 = u32::MAX;
 
 impl KernelOffsets {
     /// All zero: the value compiled into the object before the loader overrides it.
@@ -61,6 +73,10 @@ impl KernelOffsets {
         tp_skbaddr: 0,
         tp_location: 0,
         tp_reason: 0,
+        skb_nfct: ABSENT,
+        ct_status: ABSENT,
+        ct_orig_daddr: ABSENT,
+        ct_orig_dport: ABSENT,
     };
 }
 
@@ -118,15 +134,32 @@ pub mod stat {
     pub const COUNT: u32 = 4;
 }
 
-/// One dropped packet that matched the watch, as the kernel saw it at `kfree_skb`.
+/// What a ring event reports.
+pub mod kind {
+    /// The packet was freed with a drop reason (kfree_skb).
+    pub const DROP: u8 = 0;
+    /// The kernel sent an ICMP error about this packet (icmp_send): a REJECT, or an error.
+    pub const ICMP_SENT: u8 = 1;
+    /// The kernel's TCP stack answered this packet with a RST (tcp_send_reset).
+    pub const RST_SENT: u8 = 2;
+}
+
+/// IPS_* bits of `nf_conn.status` (uapi nf_conntrack_common.h, stable).
+pub mod ct {
+    pub const IPS_DST_NAT: u32 = 1 << 5;
+    pub const IPS_DST_NAT_DONE: u32 = 1 << 8;
+    pub const IPS_UNTRACKED: u32 = 1 << 12;
+}
+
+/// One watched packet the kernel dropped, or answered with an ICMP error or a RST.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the drop.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the event.
     pub ktime_ns: u64,
-    /// Return address where the skb was freed (`location` argument of kfree_skb).
+    /// Drop: return address where the skb was freed (`location` of kfree_skb). Else 0.
     pub location: u64,
-    /// `enum skb_drop_reason` value; its name comes from the running kernel's BTF.
+    /// Drop: `enum skb_drop_reason`. RST_SENT: `enum sk_rst_reason`. ICMP_SENT: 0.
     pub reason: u32,
     /// nsfs inode of the skb's network namespace (0 when it could not be read).
     pub netns: u32,
@@ -136,22 +169,32 @@ pub struct DropEvent {
     pub dev_ifindex: u32,
     /// `skb->len`.
     pub len: u32,
+    /// Low 32 bits of the conntrack entry's status (IPS_*), when `has_ct`.
+    pub ct_status: u32,
     /// AF_INET or AF_INET6.
     pub family: u8,
     /// IPPROTO_* of the transport header.
     pub proto: u8,
     /// TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 …); 0 for other protocols.
     pub tcp_flags: u8,
-    /// ICMP type/code when `proto` is ICMP/ICMPv6.
+    /// ICMP_SENT: the type/code sent. Otherwise: the packet's own ICMP type/code, if ICMP.
     pub icmp_type: u8,
     pub icmp_code: u8,
-    pub _pad: [u8; 1],
+    /// `kind::*`
+    pub kind: u8,
+    /// 1 when the packet had a conntrack entry attached (it had passed conntrack).
+    pub has_ct: u8,
+    pub _pad: u8,
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
-    pub _pad2: [u8; 2],
+    /// Original destination port from conntrack (host byte order), when `has_ct`.
+    pub orig_dport: u16,
+    pub _pad2: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// Original destination address from conntrack, when `has_ct` (IPv4 in the first 4 bytes).
+    pub orig_daddr: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -164,3 +207,7 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::DropEvent {}
 }
+
+// The ring record's size is part of the contract with the decoder; a field added without
+// updating both sides fails the build here instead of garbling events.
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 104);

@@ -6,7 +6,9 @@
 //! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
 //! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
-use tracer_common::{AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, KernelOffsets, stat};
+use tracer_common::{
+    ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, KernelOffsets, kind, stat,
+};
 
 use crate::maps::{
     CONFIG, COUNTERS, EVENTS, IGNORED_REASONS, OFFSETS, WATCH_ADDR_PORT, WATCH_PORT, bump,
@@ -190,11 +192,61 @@ fn count(reason: u32, port: u16, proto: u8) {
     }
 }
 
-/// Shared body of every kfree_skb program.
+/// Conntrack facts of the packet: whether it had passed conntrack, its status bits (was it
+/// DNATed?) and its original destination.
+#[inline(always)]
+fn read_conntrack(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) {
+    if off.skb_nfct == ABSENT || off.ct_status == ABSENT {
+        return;
+    }
+    let nfct: u64 = read(skb, off.skb_nfct).unwrap_or(0);
+    // The low 3 bits carry ctinfo (NFCT_INFOMASK); the rest is the nf_conn pointer.
+    let ct = nfct & !7u64;
+    if ct == 0 {
+        return;
+    }
+    ev.has_ct = 1;
+    ev.ct_status = read::<u64>(ct, off.ct_status).unwrap_or(0) as u32;
+    if off.ct_orig_daddr != ABSENT {
+        if ev.family == AF_INET {
+            if let Ok(a) = read::<[u8; 4]>(ct, off.ct_orig_daddr) {
+                ev.orig_daddr[..4].copy_from_slice(&a);
+            }
+        } else if let Ok(a) = read::<[u8; 16]>(ct, off.ct_orig_daddr) {
+            ev.orig_daddr = a;
+        }
+    }
+    if off.ct_orig_dport != ABSENT {
+        ev.orig_dport = u16::from_be(read::<u16>(ct, off.ct_orig_dport).unwrap_or(0));
+    }
+}
+
+/// kfree_skb: a packet freed with a drop reason.
 #[inline(always)]
 pub fn on_drop(skb: u64, location: u64, reason: u32) {
     // SAFETY: lookups in a map that only the loader writes, before the program is attached.
-    if unsafe { IGNORED_REASONS.get(&reason) }.is_some() || skb == 0 {
+    if unsafe { IGNORED_REASONS.get(&reason) }.is_some() {
+        return;
+    }
+    observe(skb, kind::DROP, reason, location, 0, 0);
+}
+
+/// icmp_send: the kernel answers `skb` with an ICMP error (a REJECT, or a routing error).
+#[inline(always)]
+pub fn on_icmp_send(skb: u64, icmp_type: u8, icmp_code: u8) {
+    observe(skb, kind::ICMP_SENT, 0, 0, icmp_type, icmp_code);
+}
+
+/// tcp_send_reset: the TCP stack answers `skb` with a RST (`reason`: enum sk_rst_reason).
+#[inline(always)]
+pub fn on_rst(skb: u64, reason: u32) {
+    observe(skb, kind::RST_SENT, reason, 0, 0, 0);
+}
+
+/// Shared body of every hook: namespace filter, parse, watch filter, count, emit.
+#[inline(always)]
+fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, icmp_code: u8) {
+    if skb == 0 {
         return;
     }
     let off = OFFSETS.load();
@@ -208,6 +260,7 @@ pub fn on_drop(skb: u64, location: u64, reason: u32) {
         location,
         reason,
         netns,
+        kind: event_kind,
         ..DropEvent::default()
     };
     match parse(skb, &off, &mut ev) {
@@ -223,7 +276,12 @@ pub fn on_drop(skb: u64, location: u64, reason: u32) {
         None if cfg.match_all != 0 => ev.dport,
         None => return,
     };
-    count(reason, port, ev.proto);
+    if event_kind == kind::DROP {
+        count(reason, port, ev.proto);
+    } else {
+        ev.icmp_type = icmp_type;
+        ev.icmp_code = icmp_code;
+    }
 
     if dev != 0 {
         ev.dev_ifindex = read(dev, off.dev_ifindex).unwrap_or(0);
@@ -231,6 +289,7 @@ pub fn on_drop(skb: u64, location: u64, reason: u32) {
     let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
     ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
     ev.len = read(skb, off.skb_len).unwrap_or(0);
+    read_conntrack(skb, &off, &mut ev);
     // SAFETY: a helper call without arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
 

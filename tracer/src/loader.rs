@@ -61,6 +61,8 @@ pub struct LoadOptions {
 pub struct Tracer {
     ebpf: Ebpf,
     pub hook: DropHook,
+    /// Optional signal tracepoints that attached (icmp_send, tcp_send_reset).
+    pub signals: Vec<&'static str>,
     /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
     pub notes: Vec<String>,
     mounted_tracefs: Option<PathBuf>,
@@ -139,7 +141,7 @@ impl Tracer {
         let mut ebpf = open_object(opts, &opts.offsets)?;
         let tried = match opts.hook {
             HookChoice::Tracepoint => Err("not requested (--drop-hook tracepoint)".to_string()),
-            _ => attach_tp_btf(&mut ebpf),
+            _ => attach_tp_btf(&mut ebpf, "kfree_skb_btf", "kfree_skb"),
         };
         let hook = match tried {
             Ok(()) => DropHook::TpBtf,
@@ -165,9 +167,20 @@ impl Tracer {
                 DropHook::Tracepoint
             }
         };
+        let mut signals = Vec::new();
+        for (program, tracepoint, lost) in SIGNAL_HOOKS {
+            match attach_tp_btf(&mut ebpf, program, tracepoint) {
+                Ok(()) => signals.push(*tracepoint),
+                Err(why) => notes.push(format!(
+                    "tracepoint {tracepoint} unavailable ({}): {lost}",
+                    why.lines().next().unwrap_or_default()
+                )),
+            }
+        }
         let mut tracer = Self {
             ebpf,
             hook,
+            signals,
             notes,
             mounted_tracefs,
         };
@@ -278,17 +291,31 @@ impl Drop for Tracer {
     }
 }
 
-fn attach_tp_btf(ebpf: &mut Ebpf) -> Result<(), String> {
+fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
     let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
     let program: &mut BtfTracePoint = ebpf
-        .program_mut("kfree_skb_btf")
-        .ok_or("program kfree_skb_btf missing")?
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load("kfree_skb", &btf).map_err(|e| e.to_string())?;
+    program.load(tracepoint, &btf).map_err(|e| e.to_string())?;
     program.attach().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// Optional signal hooks: each adds precision; a missing one is a note, never a failure.
+const SIGNAL_HOOKS: &[(&str, &str, &str)] = &[
+    (
+        "icmp_send",
+        "icmp_send",
+        "a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
+    ),
+    (
+        "tcp_send_reset",
+        "tcp_send_reset",
+        "RSTs sent for closed ports are not seen (the NO_SOCKET drop still is)",
+    ),
+];
 
 fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), Error> {
     let program: &mut TracePoint = ebpf

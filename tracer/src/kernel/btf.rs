@@ -4,15 +4,19 @@
 use std::{collections::BTreeMap, path::Path};
 
 use btf_rs::{Btf, BtfType, Type};
-use tracer_common::KernelOffsets;
+use tracer_common::{ABSENT, KernelOffsets};
 
 use crate::error::Error;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// Where nf_conntrack's types live when it is a module (distribution kernels); built-in
+/// conntrack (as on the build machine) has them in vmlinux.
+const CONNTRACK_MODULE_BTF: &str = "/sys/kernel/btf/nf_conntrack";
 
 /// The running kernel's BTF, parsed once.
 pub struct KernelBtf {
     btf: Btf,
+    conntrack: Option<Btf>,
 }
 
 impl KernelBtf {
@@ -28,76 +32,35 @@ impl KernelBtf {
             path: path.display().to_string(),
             reason: err.to_string(),
         })?;
-        Ok(Self { btf })
+        let conntrack = Path::new(CONNTRACK_MODULE_BTF)
+            .exists()
+            .then(|| Btf::from_split_file(CONNTRACK_MODULE_BTF, &btf).ok())
+            .flatten();
+        Ok(Self { btf, conntrack })
     }
 
     /// Byte offset of `path` (e.g. `["__sk_common", "skc_net"]`) inside `struct name`,
-    /// looking through anonymous structs and unions on the way.
+    /// looking through anonymous structs and unions on the way; an array member is entered
+    /// at its first element.
     pub fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, Error> {
-        let missing = || Error::MissingField {
-            field: format!("{name}.{}", path.join(".")),
-        };
-        let mut current = self.named_struct(name).ok_or_else(missing)?;
-        let mut bits = 0u32;
-        for (i, field) in path.iter().enumerate() {
-            let (offset, type_id) = self.find_member(&current, field).ok_or_else(missing)?;
-            bits += offset;
-            if i + 1 < path.len() {
-                current = self.struct_behind(type_id).ok_or_else(missing)?;
-            }
-        }
-        if !bits.is_multiple_of(8) {
-            // A bitfield: the programs read whole bytes only.
-            return Err(missing());
-        }
-        Ok(bits / 8)
+        Lookup(&self.btf).field_offset(name, path)
     }
 
-    fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
-        self.btf
-            .resolve_types_by_name(name)
-            .ok()?
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Struct(s) if !s.members.is_empty() => Some(s),
-                _ => None,
-            })
+    /// Like `field_offset`, for a type that may live in the nf_conntrack module's BTF.
+    /// ABSENT when the kernel has no conntrack at all: droptrace then works without it.
+    fn conntrack_offset(&self, name: &str, path: &[&str]) -> u32 {
+        let module = self
+            .conntrack
+            .as_ref()
+            .and_then(|m| Lookup(m).field_offset(name, path).ok());
+        module
+            .or_else(|| self.field_offset(name, path).ok())
+            .unwrap_or(ABSENT)
     }
 
-    /// The struct or union a member's type id designates, through typedefs and qualifiers.
-    fn struct_behind(&self, mut id: u32) -> Option<btf_rs::Struct> {
-        for _ in 0..16 {
-            match self.btf.resolve_type_by_id(id).ok()? {
-                Type::Struct(s) | Type::Union(s) => return Some(s),
-                Type::Typedef(t) => id = t.get_type_id()?,
-                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => id = t.get_type_id()?,
-                Type::TypeTag(t) => id = t.get_type_id()?,
-                _ => return None,
-            }
-        }
-        None
-    }
-
-    /// (bit offset, type id) of a member, descending into anonymous members.
-    fn find_member(&self, st: &btf_rs::Struct, field: &str) -> Option<(u32, u32)> {
-        for member in &st.members {
-            let name = self.btf.resolve_name(member).unwrap_or_default();
-            let type_id = member.get_type_id()?;
-            if name == field {
-                return Some((member.bit_offset(), type_id));
-            }
-            if name.is_empty()
-                && let Some(inner) = self.struct_behind(type_id)
-                && let Some((offset, id)) = self.find_member(&inner, field)
-            {
-                return Some((member.bit_offset() + offset, id));
-            }
-        }
-        None
-    }
-
-    /// Every field offset the drop programs use.
+    /// Every field offset the programs use.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, Error> {
+        let orig_dst = ["tuplehash", "tuple", "dst"];
         Ok(KernelOffsets {
             skb_head: self.field_offset("sk_buff", &["head"])?,
             skb_network_header: self.field_offset("sk_buff", &["network_header"])?,
@@ -113,6 +76,10 @@ impl KernelBtf {
             tp_skbaddr: 0,
             tp_location: 0,
             tp_reason: 0,
+            skb_nfct: self.field_offset("sk_buff", &["_nfct"]).unwrap_or(ABSENT),
+            ct_status: self.conntrack_offset("nf_conn", &["status"]),
+            ct_orig_daddr: self.conntrack_offset("nf_conn", &[&orig_dst[..], &["u3"]].concat()),
+            ct_orig_dport: self.conntrack_offset("nf_conn", &[&orig_dst[..], &["u", "all"]].concat()),
         })
     }
 
@@ -138,11 +105,82 @@ impl KernelBtf {
         Ok(DropReasons { names })
     }
 
-    pub fn has_type(&self, name: &str) -> bool {
+    /// Whether the kernel has a BTF-typed tracepoint `name` (`btf_trace_<name>`).
+    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
         self.btf
-            .resolve_types_by_name(name)
+            .resolve_types_by_name(&format!("btf_trace_{name}"))
             .map(|types| !types.is_empty())
             .unwrap_or(false)
+    }
+}
+
+/// Type lookups over one BTF object (vmlinux, or a module's split BTF).
+struct Lookup<'a>(&'a Btf);
+
+impl Lookup<'_> {
+    fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, Error> {
+        let missing = || Error::MissingField {
+            field: format!("{name}.{}", path.join(".")),
+        };
+        let mut current = self.named_struct(name).ok_or_else(missing)?;
+        let mut bits = 0u32;
+        for (i, field) in path.iter().enumerate() {
+            let (offset, type_id) = self.find_member(&current, field).ok_or_else(missing)?;
+            bits += offset;
+            if i + 1 < path.len() {
+                current = self.struct_behind(type_id).ok_or_else(missing)?;
+            }
+        }
+        if !bits.is_multiple_of(8) {
+            // A bitfield: the programs read whole bytes only.
+            return Err(missing());
+        }
+        Ok(bits / 8)
+    }
+
+    fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
+        self.0
+            .resolve_types_by_name(name)
+            .ok()?
+            .into_iter()
+            .find_map(|t| match t {
+                Type::Struct(s) if !s.members.is_empty() => Some(s),
+                _ => None,
+            })
+    }
+
+    /// The struct or union a member's type id designates, through typedefs, qualifiers and
+    /// arrays (element 0).
+    fn struct_behind(&self, mut id: u32) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            match self.0.resolve_type_by_id(id).ok()? {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(t) => id = t.get_type_id()?,
+                Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => id = t.get_type_id()?,
+                Type::TypeTag(t) => id = t.get_type_id()?,
+                Type::Array(a) => id = a.get_type_id()?,
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// (bit offset, type id) of a member, descending into anonymous members.
+    fn find_member(&self, st: &btf_rs::Struct, field: &str) -> Option<(u32, u32)> {
+        for member in &st.members {
+            let name = self.0.resolve_name(member).unwrap_or_default();
+            let type_id = member.get_type_id()?;
+            if name == field {
+                return Some((member.bit_offset(), type_id));
+            }
+            if name.is_empty()
+                && let Some(inner) = self.struct_behind(type_id)
+                && let Some((offset, id)) = self.find_member(&inner, field)
+            {
+                return Some((member.bit_offset() + offset, id));
+            }
+        }
+        None
     }
 }
 
@@ -223,6 +261,12 @@ mod tests {
         assert!(off.skb_network_header > 0 && off.skb_network_header < 512);
         assert_ne!(off.skb_dev, off.skb_sk);
         assert!(off.net_ns_inum > 0);
+        // Conntrack is built in on the build machine; on module kernels it comes from the
+        // module's split BTF. Either way the DNAT bit and original tuple must be readable.
+        assert_ne!(off.skb_nfct, ABSENT);
+        assert_ne!(off.ct_status, ABSENT);
+        assert_ne!(off.ct_orig_daddr, ABSENT);
+        assert_eq!(off.ct_orig_dport, off.ct_orig_daddr + 16, "u.all follows u3 (16 bytes)");
     }
 
     #[test]
