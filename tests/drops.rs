@@ -110,6 +110,10 @@ fn forwarding_disabled_is_seen_after_dnat(backend: Backend) {
         assert_field(d, "src", lab::EXT_ADDR.to_string());
         assert_field(d, "ifname", lab::HOST_EXT_IF);
         assert_field(d, "netns", netns_inode(&lab.host));
+        // Conntrack says so too, and remembers where the client sent it.
+        assert_field(d, "dnat", true);
+        assert_field(d, "orig_dst", lab::HOST_ADDR.to_string());
+        assert_field(d, "orig_dport", 5000);
     }
     assert_eq!(
         out.summary()["by_reason"]["IP_INADDRERRORS"],

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use tracer_common::{AF_INET, AF_INET6, DropEvent};
+use tracer_common::{AF_INET, AF_INET6, DropEvent, ct, kind};
 
 use crate::{
     kernel::{btf::DropReasons, kallsyms::Symbols},
@@ -124,6 +124,66 @@ pub struct DropRecord {
     pub len: u32,
     /// The function the packet was freed in, without offset (`ip_error`, `tcp_v4_rcv`).
     pub function: Option<String>,
+    /// Netfilter hook (or `routing`/`socket`) the packet died in; from attribution.
+    pub hook: Option<String>,
+    /// Whether a DNAT had rewritten the destination (conntrack's IPS_DST_NAT); null when the
+    /// packet had not passed conntrack.
+    pub dnat: Option<bool>,
+    /// Where the client sent it, before DNAT (when `dnat`).
+    pub orig_dst: Option<String>,
+    pub orig_dport: Option<u16>,
+    /// The ICMP error (type/code) or RST the kernel sent for this packet just before.
+    pub answered: Option<String>,
+    /// Verdict cause this drop was attributed to.
+    pub cause: Option<String>,
+}
+
+/// The kernel answered a watched packet with an ICMP error or a RST (`"type":"signal"`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SignalRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `icmp_sent` or `rst_sent`.
+    pub signal: &'static str,
+    pub time: String,
+    pub netns: u32,
+    pub ifname: String,
+    pub family: &'static str,
+    pub proto: String,
+    pub src: String,
+    pub sport: u16,
+    pub dst: String,
+    pub dport: u16,
+    /// `3/10` for an ICMP error.
+    pub icmp: Option<String>,
+    /// `enum sk_rst_reason` value for a RST.
+    pub rst_reason: Option<u32>,
+    #[serde(skip)]
+    pub ktime_ns: u64,
+}
+
+/// One decoded ring event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Observed {
+    Drop(DropRecord),
+    Signal(SignalRecord),
+}
+
+/// ICMP error names users recognise from firewall configs.
+pub fn icmp_name(family: &str, icmp_type: u8, code: u8) -> &'static str {
+    match (family, icmp_type, code) {
+        ("ipv4", 3, 0) => "net-unreachable",
+        ("ipv4", 3, 1) => "host-unreachable",
+        ("ipv4", 3, 3) => "port-unreachable",
+        ("ipv4", 3, 9) => "net-prohibited",
+        ("ipv4", 3, 10) => "host-prohibited",
+        ("ipv4", 3, 13) => "admin-prohibited",
+        ("ipv6", 1, 1) => "adm-prohibited",
+        ("ipv6", 1, 4) => "port-unreachable",
+        ("ipv6", 1, 3) => "addr-unreachable",
+        ("ipv6", 1, 0) => "no-route",
+        _ => "icmp-error",
+    }
 }
 
 /// What turns raw events into records: the kernel's names and the namespace's interfaces.
@@ -135,13 +195,38 @@ pub struct Namer {
 }
 
 impl Namer {
+    pub fn observe(&mut self, ev: &DropEvent) -> Observed {
+        match ev.kind {
+            kind::ICMP_SENT | kind::RST_SENT => Observed::Signal(self.signal(ev)),
+            _ => Observed::Drop(self.record(ev)),
+        }
+    }
+
+    fn signal(&mut self, ev: &DropEvent) -> SignalRecord {
+        let family = family_name(ev.family);
+        let icmp = ev.kind == kind::ICMP_SENT;
+        SignalRecord {
+            kind: "signal",
+            signal: if icmp { "icmp_sent" } else { "rst_sent" },
+            time: rfc3339(self.clock.wall(ev.ktime_ns)),
+            netns: ev.netns,
+            ifname: self.ifnames.name(ev.ifindex),
+            family,
+            proto: proto_name(ev.proto),
+            src: addr(ev.family, &ev.saddr).to_string(),
+            sport: ev.sport,
+            dst: addr(ev.family, &ev.daddr).to_string(),
+            dport: ev.dport,
+            icmp: icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
+            rst_reason: (!icmp).then_some(ev.reason),
+            ktime_ns: ev.ktime_ns,
+        }
+    }
+
     pub fn record(&mut self, ev: &DropEvent) -> DropRecord {
-        let family = match ev.family {
-            AF_INET => "ipv4",
-            AF_INET6 => "ipv6",
-            _ => "unknown",
-        };
+        let family = family_name(ev.family);
         let is_icmp = ev.proto == 1 || ev.proto == 58;
+        let dnat = (ev.has_ct != 0).then_some(ev.ct_status & ct::IPS_DST_NAT != 0);
         DropRecord {
             kind: "drop",
             time: rfc3339(self.clock.wall(ev.ktime_ns)),
@@ -161,7 +246,21 @@ impl Namer {
             icmp: is_icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
             len: ev.len,
             function: self.symbols.function(ev.location).map(str::to_string),
+            hook: None,
+            dnat,
+            orig_dst: (dnat == Some(true)).then(|| addr(ev.family, &ev.orig_daddr).to_string()),
+            orig_dport: (dnat == Some(true)).then_some(ev.orig_dport),
+            answered: None,
+            cause: None,
         }
+    }
+}
+
+fn family_name(family: u8) -> &'static str {
+    match family {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        _ => "unknown",
     }
 }
 

@@ -7,7 +7,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::event::DropRecord;
+use crate::event::{DropRecord, SignalRecord};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -105,6 +105,14 @@ impl<W: Write> Printer<W> {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// ICMP errors and RSTs: JSON only; the human view shows them inside verdicts.
+    pub fn signal_line(&mut self, rec: &SignalRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(rec),
+            Format::Human => Ok(()),
         }
     }
 
@@ -211,6 +219,12 @@ mod tests {
             icmp: None,
             len: 60,
             function: Some("tcp_v4_rcv".into()),
+            hook: Some("socket".into()),
+            dnat: Some(false),
+            orig_dst: None,
+            orig_dport: None,
+            answered: Some("RST".into()),
+            cause: None,
         }
     }
 

@@ -14,7 +14,7 @@ use tracer_common::{AF_INET, AF_INET6, AddrPort, WatchConfig};
 
 use crate::{
     error::Error,
-    event::{self, Clock, Namer},
+    event::{self, Clock, Namer, Observed},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
     loader::{HookChoice, LoadOptions, Totals, Tracer},
     netns::{IfNames, Netns},
@@ -138,7 +138,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
                 while let Some(item) = rb.next() {
                     if let Some(ev) = event::decode(&item) {
                         delivered += 1;
-                        printer.drop_line(&namer.record(&ev)).map_err(io_err)?;
+                        emit(&mut printer, namer.observe(&ev)).map_err(io_err)?;
                     }
                 }
                 guard.clear_ready();
@@ -151,7 +151,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         while let Some(item) = rb.next() {
             if let Some(ev) = event::decode(&item) {
                 delivered += 1;
-                printer.drop_line(&namer.record(&ev)).map_err(io_err)?;
+                emit(&mut printer, namer.observe(&ev)).map_err(io_err)?;
             }
         }
     }
@@ -167,6 +167,13 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     printer.summary(&summary).map_err(io_err)?;
     drop(tracer);
     Ok(summary)
+}
+
+fn emit<W: Write>(printer: &mut Printer<W>, observed: Observed) -> std::io::Result<()> {
+    match observed {
+        Observed::Drop(rec) => printer.drop_line(&rec),
+        Observed::Signal(sig) => printer.signal_line(&sig),
+    }
 }
 
 fn summarize(
