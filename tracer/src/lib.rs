@@ -12,4 +12,5 @@ pub mod lab;
 pub mod loader;
 pub mod netns;
 pub mod output;
+pub mod state;
 pub mod watch;

@@ -79,7 +79,8 @@ impl KernelBtf {
             skb_nfct: self.field_offset("sk_buff", &["_nfct"]).unwrap_or(ABSENT),
             ct_status: self.conntrack_offset("nf_conn", &["status"]),
             ct_orig_daddr: self.conntrack_offset("nf_conn", &[&orig_dst[..], &["u3"]].concat()),
-            ct_orig_dport: self.conntrack_offset("nf_conn", &[&orig_dst[..], &["u", "all"]].concat()),
+            ct_orig_dport: self
+                .conntrack_offset("nf_conn", &[&orig_dst[..], &["u", "all"]].concat()),
         })
     }
 
@@ -266,7 +267,11 @@ mod tests {
         assert_ne!(off.skb_nfct, ABSENT);
         assert_ne!(off.ct_status, ABSENT);
         assert_ne!(off.ct_orig_daddr, ABSENT);
-        assert_eq!(off.ct_orig_dport, off.ct_orig_daddr + 16, "u.all follows u3 (16 bytes)");
+        assert_eq!(
+            off.ct_orig_dport,
+            off.ct_orig_daddr + 16,
+            "u.all follows u3 (16 bytes)"
+        );
     }
 
     #[test]

@@ -1,0 +1,483 @@
+//! The state of the watched namespace that explains drops: forwarding sysctls, local
+//! addresses, and the firewall rulesets (iptables-nft, iptables-legacy, native nftables),
+//! read without changing anything. `capture` does the I/O; everything else here is pure.
+pub mod iptables;
+pub mod nft;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+    process::{Command, Stdio},
+};
+
+use serde::Serialize;
+
+use crate::netns::Netns;
+
+/// Sysctls that decide whether a published port can be forwarded, keyed by dotted name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Sysctls {
+    pub values: BTreeMap<String, String>,
+}
+
+impl Sysctls {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// "1" → true, "0" → false (rp_filter 2 counts as on).
+    pub fn flag(&self, key: &str) -> Option<bool> {
+        self.get(key).map(|v| v.trim() != "0")
+    }
+
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.values.insert(key.to_string(), value.to_string());
+    }
+}
+
+/// A read-only snapshot of one network namespace.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub sysctls: Sysctls,
+    /// Interface names of the namespace.
+    pub interfaces: Vec<String>,
+    pub local_addrs: Vec<IpAddr>,
+    /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
+    pub iptables: Vec<iptables::Ruleset>,
+    pub nft: nft::Ruleset,
+    /// What could not be read, said once in the output (a missing binary, a parse error).
+    pub problems: Vec<String>,
+}
+
+/// A DNAT for a published port found in the ruleset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dnat {
+    /// `iptables-nft nat DOCKER rule 2` / `table ip docker chain … handle 7`
+    pub location: String,
+    pub table: String,
+    pub chain: String,
+    pub to: Option<(Ipv4Addr, Option<u16>)>,
+    /// The chain holding it is reached from nat PREROUTING.
+    pub reachable: bool,
+    pub packets: Option<u64>,
+}
+
+/// A container the filter rules say the port is published to (Docker's `DOCKER` filter chain
+/// accepts `-d CONTAINER --dport PORT`): proof that a DNAT *should* exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedHint {
+    pub container: Ipv4Addr,
+    pub port: u16,
+    pub location: String,
+}
+
+/// Where a rule sits, for the `rule` field and human output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleRef {
+    /// `iptables-nft filter DOCKER-USER rule 1: -p tcp -m tcp --dport 5000 -j DROP`
+    pub text: String,
+    pub verdict: String,
+    pub reject_with: Option<String>,
+    pub packets: Option<u64>,
+    /// The rule names the watched port explicitly.
+    pub names_port: bool,
+    /// A chain policy rather than a rule.
+    pub policy: bool,
+}
+
+fn ipt_family(backend: &str) -> &'static str {
+    if backend.starts_with("ip6") {
+        "ip6"
+    } else {
+        "ip"
+    }
+}
+
+impl Snapshot {
+    pub fn is_local(&self, addr: &IpAddr) -> bool {
+        self.local_addrs.contains(addr) || addr.is_loopback()
+    }
+
+    /// Every DNAT in the nat tables (and native nft) that may apply to TCP/UDP `port`.
+    pub fn dnats_for(&self, port: u16) -> Vec<Dnat> {
+        let mut out = Vec::new();
+        for rs in &self.iptables {
+            let Some(nat) = rs.table("nat") else { continue };
+            for chain in &nat.chains {
+                for rule in &chain.rules {
+                    if rule.target.as_deref() == Some("DNAT") && rule.names_dport(port) {
+                        out.push(Dnat {
+                            location: format!(
+                                "{} {} nat {} rule {}",
+                                rs.backend,
+                                ipt_family(&rs.backend),
+                                chain.name,
+                                rule.number
+                            ),
+                            table: "nat".into(),
+                            chain: chain.name.clone(),
+                            to: rule.dnat_target(),
+                            reachable: nat.reachable("PREROUTING", &chain.name),
+                            packets: Some(rule.packets),
+                        });
+                    }
+                }
+            }
+        }
+        for rule in self.nft.native_rules() {
+            if rule.verdict.as_deref() == Some("dnat") && rule.names_dport(port) {
+                let reachable = self
+                    .nft
+                    .chains
+                    .iter()
+                    .filter(|c| {
+                        c.family == rule.family
+                            && c.table == rule.table
+                            && c.hook.as_deref() == Some("prerouting")
+                    })
+                    .any(|base| self.nft.reachable_from(base).contains(&rule.chain));
+                out.push(Dnat {
+                    location: rule.location(),
+                    table: rule.table.clone(),
+                    chain: rule.chain.clone(),
+                    to: None,
+                    reachable,
+                    packets: rule.packets,
+                });
+            }
+        }
+        out
+    }
+
+    /// Docker's filter rules that accept forwarded traffic to a container on `port`.
+    pub fn published_hints(&self, port: u16) -> Vec<PublishedHint> {
+        let mut out = Vec::new();
+        for rs in &self.iptables {
+            let Some(filter) = rs.table("filter") else {
+                continue;
+            };
+            let Some(docker) = filter.chain("DOCKER") else {
+                continue;
+            };
+            for rule in &docker.rules {
+                if rule.target.as_deref() != Some("ACCEPT") || !rule.names_dport(port) {
+                    continue;
+                }
+                let Some(dst) = rule.dst.as_deref() else {
+                    continue;
+                };
+                let Ok(container) = dst.trim_end_matches("/32").parse() else {
+                    continue;
+                };
+                out.push(PublishedHint {
+                    container,
+                    port,
+                    location: format!("{} filter DOCKER rule {}", rs.backend, rule.number),
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether nat chain `chain` exists in any iptables backend.
+    pub fn nat_chain_exists(&self, chain: &str) -> bool {
+        self.iptables
+            .iter()
+            .any(|rs| rs.table("nat").and_then(|t| t.chain(chain)).is_some())
+    }
+
+    /// Drop/reject rules and DROP policies on the path of `hook` that may apply to `port`:
+    /// (iptables: the built-in chain of that name in every table and what it jumps to;
+    /// nft: the base chains on that hook in native tables and what they jump to).
+    pub fn blockers(&self, hook: &str, port: u16) -> Vec<RuleRef> {
+        let (ipt_chain, nft_hook) = match hook {
+            "PRE_ROUTING" => ("PREROUTING", "prerouting"),
+            "LOCAL_IN" => ("INPUT", "input"),
+            "FORWARD" => ("FORWARD", "forward"),
+            "LOCAL_OUT" => ("OUTPUT", "output"),
+            "POST_ROUTING" => ("POSTROUTING", "postrouting"),
+            _ => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        for rs in &self.iptables {
+            let fam = ipt_family(&rs.backend);
+            for table in &rs.tables {
+                if table.chain(ipt_chain).is_none() {
+                    continue;
+                }
+                for chain in table.reachable_chains(ipt_chain) {
+                    for rule in chain
+                        .rules
+                        .iter()
+                        .filter(|r| r.is_terminal_drop() && r.may_match_dport(port))
+                    {
+                        out.push(RuleRef {
+                            text: format!(
+                                "{} {fam} {} {} rule {}: {}",
+                                rs.backend, table.name, chain.name, rule.number, rule.spec
+                            ),
+                            verdict: rule.target.clone().unwrap_or_default(),
+                            reject_with: rule.reject_with.clone(),
+                            packets: Some(rule.packets),
+                            names_port: rule.names_dport(port),
+                            policy: false,
+                        });
+                    }
+                }
+                if let Some(base) = table.chain(ipt_chain)
+                    && base.policy.as_deref() == Some("DROP")
+                {
+                    out.push(RuleRef {
+                        text: format!(
+                            "{} {fam} {} {} policy DROP (no rule accepted the packet)",
+                            rs.backend, table.name, ipt_chain
+                        ),
+                        verdict: "DROP".into(),
+                        reject_with: None,
+                        packets: None,
+                        names_port: false,
+                        policy: true,
+                    });
+                }
+            }
+        }
+        for base in self.nft.native_base_chains(nft_hook) {
+            let reachable = self.nft.reachable_from(base);
+            for rule in self.nft.native_rules().filter(|r| {
+                r.family == base.family
+                    && r.table == base.table
+                    && reachable.contains(&r.chain)
+                    && r.is_terminal_drop()
+                    && r.may_match_dport(port)
+            }) {
+                out.push(RuleRef {
+                    text: format!("nftables {}: {}", rule.location(), rule.text),
+                    verdict: rule.verdict.clone().unwrap_or_default().to_uppercase(),
+                    reject_with: rule.reject_with.clone(),
+                    packets: rule.packets,
+                    names_port: rule.names_dport(port),
+                    policy: false,
+                });
+            }
+            if base.policy.as_deref() == Some("drop") {
+                out.push(RuleRef {
+                    text: format!(
+                        "nftables table {} {} chain {} policy drop",
+                        base.family, base.table, base.name
+                    ),
+                    verdict: "DROP".into(),
+                    reject_with: None,
+                    packets: None,
+                    names_port: false,
+                    policy: true,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Runs a read-only tool inside the namespace (`nsenter --net=PATH CMD…`). None when the tool
+/// is missing or fails; the reason goes to `problems`.
+fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<String> {
+    let ns_arg = format!("--net={}", ns.path.display());
+    let out = Command::new("nsenter")
+        .arg(&ns_arg)
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            let missing = err.contains("No such file") || o.status.code() == Some(127);
+            problems.push(if missing {
+                format!(
+                    "{} is not installed: install it for rule-level evidence",
+                    args[0]
+                )
+            } else {
+                format!("`{}` failed: {}", args.join(" "), err.trim())
+            });
+            None
+        }
+        Err(e) => {
+            problems.push(format!("cannot run nsenter ({e}): install util-linux"));
+            None
+        }
+    }
+}
+
+/// Reads the sysctls that matter, from inside the namespace (/proc/sys/net is per-namespace
+/// for the reading thread).
+fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
+    ns.run_in(|| {
+        let mut s = Sysctls::default();
+        let read = |path: &str| {
+            std::fs::read_to_string(format!("/proc/sys/{path}"))
+                .ok()
+                .map(|v| v.trim().to_string())
+        };
+        let mut ifaces: Vec<String> = std::fs::read_dir("/proc/sys/net/ipv4/conf")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ifaces.sort();
+        for key in [
+            "net/ipv4/ip_forward",
+            "net/bridge/bridge-nf-call-iptables",
+            "net/bridge/bridge-nf-call-ip6tables",
+        ] {
+            if let Some(v) = read(key) {
+                s.set(&key.replace('/', "."), &v);
+            }
+        }
+        for iface in &ifaces {
+            for leaf in ["forwarding", "rp_filter"] {
+                let key = format!("net/ipv4/conf/{iface}/{leaf}");
+                if let Some(v) = read(&key) {
+                    s.set(&format!("net.ipv4.conf.{iface}.{leaf}"), &v);
+                }
+            }
+            let key = format!("net/ipv6/conf/{iface}/forwarding");
+            if let Some(v) = read(&key) {
+                s.set(&format!("net.ipv6.conf.{iface}.forwarding"), &v);
+            }
+        }
+        let names = ifaces
+            .into_iter()
+            .filter(|i| i != "all" && i != "default")
+            .collect();
+        (s, names)
+    })
+    .unwrap_or_default()
+}
+
+fn parse_ip_addr_json(text: &str) -> Vec<IpAddr> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return Vec::new();
+    };
+    links
+        .iter()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+/// Takes a snapshot of the namespace. Never fails: what cannot be read is in `problems`.
+pub fn capture(ns: &Netns) -> Snapshot {
+    let mut snap = Snapshot::default();
+    let (sysctls, interfaces) = read_sysctls(ns);
+    snap.sysctls = sysctls;
+    snap.interfaces = interfaces;
+    if let Some(text) = run_in(ns, &["ip", "-j", "addr", "show"], &mut snap.problems) {
+        snap.local_addrs = parse_ip_addr_json(&text);
+    }
+    for backend in [
+        "iptables-nft",
+        "iptables-legacy",
+        "ip6tables-nft",
+        "ip6tables-legacy",
+    ] {
+        let save = format!("{backend}-save");
+        let mut problems = Vec::new();
+        if let Some(text) = run_in(ns, &[&save, "-c"], &mut problems) {
+            let rs = iptables::parse(backend, &text);
+            if !rs.is_empty() {
+                snap.iptables.push(rs);
+            }
+        } else if backend == "iptables-nft" {
+            snap.problems.extend(problems);
+        }
+    }
+    if let Some(text) = run_in(ns, &["nft", "-j", "list", "ruleset"], &mut snap.problems) {
+        match nft::parse(&text) {
+            Ok(rs) => snap.nft = rs,
+            Err(e) => snap.problems.push(e),
+        }
+    }
+    snap
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docker_snapshot() -> Snapshot {
+        Snapshot {
+            iptables: vec![iptables::parse(
+                "iptables-nft",
+                include_str!("testdata/iptables-nft-save-docker-user-drop.txt"),
+            )],
+            nft: nft::parse(include_str!("testdata/nft-list-ruleset-blocker.json")).unwrap(),
+            local_addrs: vec![
+                "198.51.100.1".parse().unwrap(),
+                "172.17.0.1".parse().unwrap(),
+            ],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn docker_dnat_is_found_and_reachable() {
+        let snap = docker_snapshot();
+        let dnats = snap.dnats_for(5000);
+        assert_eq!(dnats.len(), 1, "{dnats:#?}");
+        assert!(dnats[0].reachable);
+        assert_eq!(dnats[0].location, "iptables-nft ip nat DOCKER rule 2");
+        assert!(snap.dnats_for(5001).is_empty());
+        assert!(snap.nat_chain_exists("DOCKER"));
+    }
+
+    #[test]
+    fn docker_filter_rule_proves_the_port_is_published() {
+        let hints = docker_snapshot().published_hints(5000);
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].container, Ipv4Addr::new(172, 17, 0, 2));
+    }
+
+    #[test]
+    fn forward_blockers_include_rules_nft_tables_and_the_policy() {
+        let snap = docker_snapshot();
+        let blockers = snap.blockers("FORWARD", 5000);
+        let texts: Vec<&str> = blockers.iter().map(|b| b.text.as_str()).collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("filter DOCKER-USER rule 1")),
+            "{texts:#?}"
+        );
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("table inet blocker chain forward_block handle 2"))
+        );
+        assert!(texts.iter().any(|t| t.contains("FORWARD policy DROP")));
+        // Docker's isolation DROP only matches -o docker0 from another bridge: still a
+        // candidate by port, but it does not name the port.
+        let iso = blockers
+            .iter()
+            .find(|b| b.text.contains("DOCKER-ISOLATION-STAGE-2"))
+            .unwrap();
+        assert!(!iso.names_port);
+        let input = snap.blockers("LOCAL_IN", 5000);
+        assert!(
+            input
+                .iter()
+                .any(|b| b.text.contains("input_block") && b.verdict == "REJECT")
+        );
+    }
+
+    #[test]
+    fn ip_json_addresses() {
+        let text = r#"[{"ifindex":1,"ifname":"lo","addr_info":[{"family":"inet","local":"127.0.0.1"}]},
+            {"ifindex":2,"ifname":"eth-ext","addr_info":[{"family":"inet","local":"198.51.100.1"},{"family":"inet6","local":"2001:db8:1::1"}]}]"#;
+        let addrs = parse_ip_addr_json(text);
+        assert_eq!(addrs.len(), 3);
+        assert!(parse_ip_addr_json("garbage").is_empty());
+    }
+}
