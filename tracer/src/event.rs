@@ -136,6 +136,8 @@ pub struct DropRecord {
     pub answered: Option<String>,
     /// Verdict cause this drop was attributed to.
     pub cause: Option<String>,
+    #[serde(skip)]
+    pub ktime_ns: u64,
 }
 
 /// The kernel answered a watched packet with an ICMP error or a RST (`"type":"signal"`).
@@ -252,6 +254,7 @@ impl Namer {
             orig_dport: (dnat == Some(true)).then_some(ev.orig_dport),
             answered: None,
             cause: None,
+            ktime_ns: ev.ktime_ns,
         }
     }
 }

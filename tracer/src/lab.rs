@@ -396,11 +396,22 @@ COMMIT
 
     /// An HTTP GET from inside namespace `from`, reporting what the client saw.
     pub fn request(&self, from: &str, target: SocketAddr, timeout: Duration) -> Outcome {
+        self.request_from(from, None, target, timeout)
+    }
+
+    /// Like `request`, with the client socket bound to `source` first.
+    pub fn request_from(
+        &self,
+        from: &str,
+        source: Option<IpAddr>,
+        target: SocketAddr,
+        timeout: Duration,
+    ) -> Outcome {
         let ns = match Netns::resolve(from) {
             Ok(ns) => ns,
             Err(e) => return Outcome::Other(e.to_string()),
         };
-        ns.run_in(move || http_get(target, timeout))
+        ns.run_in(move || http_get(source, target, timeout))
             .unwrap_or_else(|e| Outcome::Other(format!("entering {from}: {e}")))
     }
 
@@ -469,8 +480,23 @@ pub fn cleanup_stale() -> Vec<String> {
     stale
 }
 
-fn http_get(target: SocketAddr, timeout: Duration) -> Outcome {
-    let mut stream = match TcpStream::connect_timeout(&target, timeout) {
+fn connect(
+    source: Option<IpAddr>,
+    target: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&target, timeout);
+    };
+    let domain = socket2::Domain::for_address(target);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    sock.bind(&SocketAddr::new(source, 0).into())?;
+    sock.connect_timeout(&target.into(), timeout)?;
+    Ok(sock.into())
+}
+
+fn http_get(source: Option<IpAddr>, target: SocketAddr, timeout: Duration) -> Outcome {
+    let mut stream = match connect(source, target, timeout) {
         Ok(s) => s,
         Err(e) => {
             return match e.raw_os_error() {

@@ -4,6 +4,7 @@
 //! `netns` (where to look) → `loader` (the eBPF side, attached) → `event` (raw → named) →
 //! `output` (human / JSON Lines) → `watch` (the loop that ties them together). `lab` builds
 //! the namespace lab that the integration tests and the demo use.
+pub mod attribute;
 pub mod cli;
 pub mod error;
 pub mod event;
@@ -13,4 +14,5 @@ pub mod loader;
 pub mod netns;
 pub mod output;
 pub mod state;
+pub mod verdict;
 pub mod watch;

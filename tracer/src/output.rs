@@ -7,7 +7,10 @@ use std::{
 
 use serde::Serialize;
 
-use crate::event::{DropRecord, SignalRecord};
+use crate::{
+    event::{DropRecord, SignalRecord},
+    verdict::VerdictRecord,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -28,6 +31,8 @@ pub struct StartRecord {
     pub ports: Vec<u16>,
     pub addrs: Vec<String>,
     pub hook: &'static str,
+    /// Optional signal tracepoints attached (`icmp_send`, `tcp_send_reset`).
+    pub signals: Vec<&'static str>,
     pub notes: Vec<String>,
 }
 
@@ -104,6 +109,54 @@ impl<W: Write> Printer<W> {
                     eprintln!("  note: {note}");
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// A verdict: the cause in one sentence, then where, the evidence and the fix.
+    pub fn verdict(&mut self, v: &VerdictRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(v),
+            Format::Human => {
+                let head = if v.is_final {
+                    "VERDICT (total)"
+                } else {
+                    "VERDICT"
+                };
+                writeln!(
+                    self.out,
+                    "\n{head} port {}/{}: {} — {}",
+                    v.port, v.proto, v.cause, v.sentence
+                )?;
+                writeln!(
+                    self.out,
+                    "  packets:  {} (first {}, last {})",
+                    v.packets, v.first, v.last
+                )?;
+                let p = &v.proximate;
+                writeln!(
+                    self.out,
+                    "  where:    {} at {}, hook {}, dnat {}{}",
+                    p.reason,
+                    p.location,
+                    p.hook.as_deref().unwrap_or("unknown"),
+                    p.dnat.map_or("unknown".to_string(), |d| d.to_string()),
+                    p.icmp
+                        .as_deref()
+                        .map(|i| format!(", answered {i}"))
+                        .unwrap_or_default()
+                )?;
+                if let Some(rule) = &p.rule {
+                    writeln!(self.out, "  rule:     {rule}")?;
+                }
+                for e in &v.evidence {
+                    writeln!(self.out, "  evidence: {e}")?;
+                }
+                writeln!(self.out, "  fix:      {}", v.fix)?;
+                if let Some(persist) = &v.fix_persistent {
+                    writeln!(self.out, "  persist:  {persist}")?;
+                }
+                self.out.flush()
             }
         }
     }
@@ -225,6 +278,7 @@ mod tests {
             orig_dport: None,
             answered: Some("RST".into()),
             cause: None,
+            ktime_ns: 0,
         }
     }
 

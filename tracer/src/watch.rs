@@ -1,6 +1,6 @@
 //! `droptrace watch`: discover → load → observe → report, until Ctrl-C/SIGTERM or --duration.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     io::Write,
     net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
@@ -13,12 +13,15 @@ use tokio::{
 use tracer_common::{AF_INET, AF_INET6, AddrPort, WatchConfig};
 
 use crate::{
+    attribute::{Answer, Context, DropFacts, attribute},
     error::Error,
-    event::{self, Clock, Namer, Observed},
+    event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
     loader::{HookChoice, LoadOptions, Totals, Tracer},
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
+    state::{self, Snapshot},
+    verdict::{Book, Signature},
 };
 
 /// What `watch` was asked to do (already validated by the CLI).
@@ -52,6 +55,177 @@ pub fn addr_port(sa: &SocketAddr) -> AddrPort {
     key
 }
 
+/// Everything that turns one ring event into output: naming, signal correlation,
+/// attribution (with a state snapshot per new kind of drop) and the verdict book.
+struct Observer<W: Write> {
+    namer: Namer,
+    printer: Printer<W>,
+    netns: Netns,
+    ports: Vec<u16>,
+    exec_prefix: String,
+    before: Snapshot,
+    latest: Option<(Instant, Snapshot)>,
+    recent_signals: VecDeque<SignalRecord>,
+    book: Book,
+    delivered: u64,
+}
+
+/// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
+/// microseconds before the drop, on the same CPU).
+const ANSWER_WINDOW_NS: u64 = 50_000_000;
+/// A snapshot younger than this is reused for the next new kind of drop.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
+
+impl<W: Write> Observer<W> {
+    fn handle(&mut self, ev: &tracer_common::DropEvent) -> std::io::Result<()> {
+        self.delivered += 1;
+        match self.namer.observe(ev) {
+            Observed::Signal(sig) => {
+                self.printer.signal_line(&sig)?;
+                if self.recent_signals.len() >= 256 {
+                    self.recent_signals.pop_front();
+                }
+                self.recent_signals.push_back(sig);
+                Ok(())
+            }
+            Observed::Drop(mut rec) => {
+                rec.answered = self.answer_for(&rec);
+                let port = self.watched_port(&rec);
+                let sig = Signature::of(port, &rec);
+                let attribution = match self.book.known(&sig) {
+                    Some(a) => a.clone(),
+                    None => {
+                        let facts = facts_of(&rec, &self.recent_answer(&rec));
+                        self.refresh_snapshot();
+                        let now = &self.latest.as_ref().expect("refreshed").1;
+                        let ctx = Context {
+                            port,
+                            exec_prefix: self.exec_prefix.clone(),
+                            before: Some(&self.before),
+                            published_elsewhere: false,
+                        };
+                        let a = attribute(&facts, now, &ctx);
+                        self.book.learn(sig, a.clone());
+                        a
+                    }
+                };
+                rec.hook = attribution.hook.map(|h| h.name().to_string());
+                rec.cause = Some(attribution.cause.name().to_string());
+                self.printer.drop_line(&rec)?;
+                if let Some(verdict) = self.book.add(port, &rec, &attribution) {
+                    self.printer.verdict(&verdict)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The watched port a drop belongs to: the destination, the pre-DNAT destination, or the
+    /// source (a reply).
+    fn watched_port(&self, rec: &DropRecord) -> u16 {
+        [Some(rec.dport), rec.orig_dport, Some(rec.sport)]
+            .into_iter()
+            .flatten()
+            .find(|p| self.ports.contains(p))
+            .unwrap_or(rec.dport)
+    }
+
+    fn recent_answer(&self, rec: &DropRecord) -> Option<Answer> {
+        let sig = self.recent_signals.iter().rev().find(|s| {
+            s.src == rec.src
+                && s.sport == rec.sport
+                && s.dst == rec.dst
+                && s.dport == rec.dport
+                && rec.ktime_ns.saturating_sub(s.ktime_ns) < ANSWER_WINDOW_NS
+        })?;
+        Some(match &sig.icmp {
+            Some(code) => {
+                let (t, c) = code.split_once('/').unwrap_or(("0", "0"));
+                Answer::Icmp {
+                    code: code.clone(),
+                    name: event::icmp_name(
+                        sig.family,
+                        t.parse().unwrap_or(0),
+                        c.parse().unwrap_or(0),
+                    ),
+                }
+            }
+            None => Answer::Rst,
+        })
+    }
+
+    fn answer_for(&self, rec: &DropRecord) -> Option<String> {
+        match self.recent_answer(rec)? {
+            Answer::Icmp { code, name } => Some(format!("icmp {code} {name}")),
+            Answer::Rst => Some("rst".into()),
+        }
+    }
+
+    fn refresh_snapshot(&mut self) {
+        let fresh = matches!(&self.latest, Some((at, _)) if at.elapsed() < SNAPSHOT_REUSE);
+        if !fresh {
+            self.latest = Some((Instant::now(), state::capture(&self.netns)));
+        }
+    }
+}
+
+fn facts_of(rec: &DropRecord, answered: &Option<Answer>) -> DropFacts {
+    let ip = |s: &str| {
+        s.parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    };
+    DropFacts {
+        reason: rec.reason.clone(),
+        function: rec.function.clone(),
+        location: rec.location.clone(),
+        ipv6: rec.family == "ipv6",
+        proto: rec.proto.clone(),
+        src: ip(&rec.src),
+        sport: rec.sport,
+        dst: ip(&rec.dst),
+        dport: rec.dport,
+        ifname: rec.ifname.clone(),
+        dnat: rec.dnat,
+        orig_dst: rec.orig_dst.as_deref().map(ip),
+        orig_dport: rec.orig_dport,
+        answered: answered.clone(),
+    }
+}
+
+/// How to run a command in the watched namespace, for the fixes droptrace prints.
+fn exec_prefix(req: &WatchRequest, ns: &Netns) -> String {
+    match &req.netns {
+        None => String::new(),
+        Some(spec) if !spec.contains('/') => format!("ip netns exec {spec} "),
+        Some(_) => format!("nsenter --net={} ", ns.path.display()),
+    }
+}
+
+/// The translated side of each watched port (container address and port from its DNAT, or
+/// from Docker's filter rule), so the kernel filter also matches packets after DNAT.
+fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
+    let mut out = Vec::new();
+    for &port in ports {
+        for dnat in snap.dnats_for(port) {
+            if let Some((addr, to_port)) = dnat.to {
+                out.push(addr_port(&SocketAddr::new(
+                    IpAddr::V4(addr),
+                    to_port.unwrap_or(port),
+                )));
+            }
+        }
+        for hint in snap.published_hints(port) {
+            out.push(addr_port(&SocketAddr::new(
+                IpAddr::V4(hint.container),
+                hint.port,
+            )));
+        }
+    }
+    out.sort_by_key(|a| (a.addr, a.port));
+    out.dedup();
+    out
+}
+
 pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, Error> {
     if req.ports.is_empty() && req.addrs.is_empty() {
         return Err(Error::NoPorts);
@@ -66,6 +240,11 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let reasons = btf.drop_reasons()?;
     drop(btf);
 
+    // Read before any drop of this run, so rule counters that move later name the rule.
+    let before = state::capture(&netns);
+    let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
+    addr_ports.extend(translated_tuples(&before, &req.ports));
+
     let opts = LoadOptions {
         offsets,
         config: WatchConfig {
@@ -73,7 +252,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
             match_all: 0,
         },
         ports: req.ports.clone(),
-        addr_ports: req.addrs.iter().map(addr_port).collect(),
+        addr_ports,
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes,
         hook: req.hook,
@@ -85,34 +264,46 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
 
-    let clock = Clock::now();
-    let mut namer = Namer {
-        clock,
-        reasons,
-        symbols: Symbols::from_proc(),
-        ifnames: IfNames::new(&netns),
-    };
     let format = if req.json {
         Format::Json
     } else {
         Format::Human
     };
-    let mut printer = Printer::new(out, format);
     let io_err = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
     let now = || event::rfc3339(chrono::Utc::now());
+    let mut notes = tracer.notes.clone();
+    notes.extend(before.problems.iter().cloned());
+    let mut obs = Observer {
+        namer: Namer {
+            clock: Clock::now(),
+            reasons,
+            symbols: Symbols::from_proc(),
+            ifnames: IfNames::new(&netns),
+        },
+        printer: Printer::new(out, format),
+        exec_prefix: exec_prefix(&req, &netns),
+        ports: req.ports.clone(),
+        before,
+        latest: None,
+        recent_signals: VecDeque::new(),
+        book: Book::default(),
+        delivered: 0,
+        netns,
+    };
 
-    printer
+    obs.printer
         .start(&StartRecord {
             kind: "start",
             time: now(),
             version: env!("CARGO_PKG_VERSION"),
             kernel: kernel::release(),
-            netns: netns.inode,
-            netns_name: netns.name.clone(),
+            netns: obs.netns.inode,
+            netns_name: obs.netns.name.clone(),
             ports: req.ports.clone(),
             addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
             hook: tracer.hook.name(),
-            notes: tracer.notes.clone(),
+            signals: tracer.signals.clone(),
+            notes,
         })
         .map_err(io_err)?;
 
@@ -120,7 +311,6 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
     let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut delivered = 0u64;
 
     loop {
         tokio::select! {
@@ -137,8 +327,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     if let Some(ev) = event::decode(&item) {
-                        delivered += 1;
-                        emit(&mut printer, namer.observe(&ev)).map_err(io_err)?;
+                        obs.handle(&ev).map_err(io_err)?;
                     }
                 }
                 guard.clear_ready();
@@ -150,30 +339,30 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         let rb = ring.get_mut();
         while let Some(item) = rb.next() {
             if let Some(ev) = event::decode(&item) {
-                delivered += 1;
-                emit(&mut printer, namer.observe(&ev)).map_err(io_err)?;
+                obs.handle(&ev).map_err(io_err)?;
             }
         }
     }
     let totals = tracer.totals()?;
     let summary = summarize(
         &totals,
-        &namer,
-        delivered,
+        &obs.namer,
+        obs.delivered,
         started.elapsed(),
         tracer.hook.name(),
         now(),
     );
-    printer.summary(&summary).map_err(io_err)?;
+    let exact: BTreeMap<(String, u16), u64> =
+        summary.counters.iter().fold(BTreeMap::new(), |mut m, c| {
+            *m.entry((c.reason.clone(), c.port)).or_insert(0) += c.packets;
+            m
+        });
+    for verdict in obs.book.finish(&exact) {
+        obs.printer.verdict(&verdict).map_err(io_err)?;
+    }
+    obs.printer.summary(&summary).map_err(io_err)?;
     drop(tracer);
     Ok(summary)
-}
-
-fn emit<W: Write>(printer: &mut Printer<W>, observed: Observed) -> std::io::Result<()> {
-    match observed {
-        Observed::Drop(rec) => printer.drop_line(&rec),
-        Observed::Signal(sig) => printer.signal_line(&sig),
-    }
 }
 
 fn summarize(

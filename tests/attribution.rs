@@ -1,0 +1,427 @@
+//! Attribution end to end: each real fault injected into the lab's Docker-like host, a real
+//! client failing to connect, and droptrace naming the exact cause, hook, rule and fix.
+mod common;
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use common::{Output, Watch, require_root};
+use serde_json::Value;
+use tracer::lab::{self, Backend, Lab, LabSpec, Outcome};
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn lab(label: &str, backend: Backend) -> Lab {
+    require_root();
+    let mut spec = LabSpec::new(label);
+    spec.backend = backend;
+    Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+/// Runs droptrace on the lab's host namespace while the client tries the published port.
+fn watch_client(lab: &Lab) -> (Outcome, Output) {
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(CLIENT_TIMEOUT);
+    (seen, watch.stop())
+}
+
+/// The run's single verdict: exactly one (port, cause) group, streamed once and closed once.
+fn the_verdict(out: &Output) -> Value {
+    let verdicts = out.of_type("verdict");
+    let finals: Vec<&&Value> = verdicts.iter().filter(|v| v["final"] == true).collect();
+    assert_eq!(finals.len(), 1, "expected one verdict, got: {}", out.dump());
+    let streamed = verdicts.iter().filter(|v| v["final"] == false).count();
+    assert_eq!(
+        streamed,
+        1,
+        "the verdict must be streamed at its first drop: {}",
+        out.dump()
+    );
+    let v = (*finals[0]).clone();
+    let drops = out.drops().len() as u64;
+    assert!(v["packets"].as_u64().unwrap_or(0) >= drops.max(1), "{v}");
+    for key in [
+        "cause",
+        "port",
+        "proto",
+        "packets",
+        "first",
+        "last",
+        "proximate",
+        "evidence",
+        "fix",
+    ] {
+        assert!(v.get(key).is_some(), "verdict lacks {key}: {v}");
+    }
+    v
+}
+
+fn assert_cause(v: &Value, cause: &str, hook: Option<&str>) {
+    assert_eq!(v["cause"], cause, "{v:#}");
+    assert_eq!(v["port"], 5000);
+    assert_eq!(
+        v["proximate"]["hook"],
+        hook.map_or(Value::Null, Value::from),
+        "{v:#}"
+    );
+}
+
+fn rule_of(v: &Value) -> String {
+    v["proximate"]["rule"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn control_gives_no_verdict_at_all() {
+    let lab = lab("ctl", Backend::IptablesNft);
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Http(200));
+    assert!(
+        out.of_type("verdict").is_empty(),
+        "healthy path got a verdict: {}",
+        out.dump()
+    );
+    assert!(out.drops().is_empty(), "{}", out.dump());
+}
+
+#[test]
+fn ip_forward_off_is_forwarding_disabled() {
+    let lab = lab("fwd", Backend::IptablesNft);
+    lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0").unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "forwarding_disabled", Some("routing"));
+    assert_eq!(v["proximate"]["reason"], "IP_INADDRERRORS");
+    assert_eq!(v["proximate"]["dnat"], true);
+    let fix = v["fix"].as_str().unwrap();
+    assert_eq!(
+        fix,
+        format!("ip netns exec {} sysctl -w net.ipv4.ip_forward=1", lab.host)
+    );
+    assert!(
+        v["fix_persistent"]
+            .as_str()
+            .unwrap()
+            .contains("/etc/sysctl.d/")
+    );
+}
+
+#[test]
+fn ingress_interface_forwarding_off_is_forwarding_disabled_on_that_interface() {
+    let lab = lab("fwdif", Backend::IptablesNft);
+    let key = format!("net.ipv4.conf.{}.forwarding", lab::HOST_EXT_IF);
+    lab.sysctl(&lab.host, &key, "0").unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "forwarding_disabled", Some("routing"));
+    assert!(
+        v["fix"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("sysctl -w {key}=1")),
+        "{v:#}"
+    );
+}
+
+fn nat_chain_gone_without_listener(backend: Backend) {
+    let lab = lab("natgone", backend);
+    for args in [
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ][..],
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "OUTPUT",
+            "!",
+            "-d",
+            "127.0.0.0/8",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ],
+        &["-t", "nat", "-F", "DOCKER"],
+        &["-t", "nat", "-X", "DOCKER"],
+    ] {
+        lab.iptables(args).unwrap();
+    }
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Refused, "nothing listens on the host: RST");
+    let v = the_verdict(&out);
+    assert_cause(&v, "missing_chain", Some("socket"));
+    assert_eq!(v["proximate"]["reason"], "NO_SOCKET");
+    assert_eq!(v["proximate"]["dnat"], false);
+    assert_eq!(v["proximate"]["icmp"], "tcp-reset");
+    assert!(
+        v["sentence"]
+            .as_str()
+            .unwrap()
+            .contains("nat chain DOCKER is gone"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn nat_chain_flushed_and_deleted_is_missing_chain() {
+    nat_chain_gone_without_listener(Backend::IptablesNft);
+}
+
+#[test]
+fn nat_chain_flushed_and_deleted_is_missing_chain_on_legacy() {
+    nat_chain_gone_without_listener(Backend::IptablesLegacy);
+}
+
+fn dnat_gone_and_input_reject(backend: Backend) {
+    let lab = lab("dnatrej", backend);
+    lab.iptables(&[
+        "-t",
+        "nat",
+        "-D",
+        "DOCKER",
+        "!",
+        "-i",
+        "docker0",
+        "-p",
+        "tcp",
+        "-m",
+        "tcp",
+        "--dport",
+        "5000",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "172.17.0.2:5000",
+    ])
+    .unwrap();
+    lab.iptables(&[
+        "-A",
+        "INPUT",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ])
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert!(matches!(seen, Outcome::Unreachable(_)), "client saw {seen}");
+    let v = the_verdict(&out);
+    assert_cause(&v, "missing_chain", Some("LOCAL_IN"));
+    assert_eq!(v["proximate"]["reason"], "NETFILTER_DROP");
+    assert_eq!(v["proximate"]["dnat"], false);
+    assert_eq!(v["proximate"]["icmp"], "3/10 host-prohibited");
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains(&format!("{} ip filter INPUT rule 1", backend.iptables())),
+        "rule: {rule}"
+    );
+}
+
+#[test]
+fn dnat_rule_gone_with_input_reject_is_missing_chain_rejected_in_local_in() {
+    dnat_gone_and_input_reject(Backend::IptablesNft);
+}
+
+#[test]
+fn dnat_rule_gone_with_input_reject_is_missing_chain_on_legacy() {
+    dnat_gone_and_input_reject(Backend::IptablesLegacy);
+}
+
+fn forward_reject(backend: Backend) {
+    let lab = lab("fwdrej", backend);
+    lab.iptables(&[
+        "-I",
+        "FORWARD",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "icmp-host-prohibited",
+    ])
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert!(matches!(seen, Outcome::Unreachable(_)), "client saw {seen}");
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_reject", Some("FORWARD"));
+    assert_eq!(v["proximate"]["dnat"], true);
+    assert_eq!(v["proximate"]["icmp"], "3/10 host-prohibited");
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains("filter FORWARD rule 1") && rule.contains("-j REJECT"),
+        "rule: {rule}"
+    );
+}
+
+#[test]
+fn forward_reject_is_firewall_reject() {
+    forward_reject(Backend::IptablesNft);
+}
+
+#[test]
+fn forward_reject_is_firewall_reject_on_legacy() {
+    forward_reject(Backend::IptablesLegacy);
+}
+
+fn docker_user_drop(backend: Backend) {
+    let lab = lab("dudrop", backend);
+    lab.iptables(&[
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    assert_eq!(v["proximate"]["icmp"], Value::Null);
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains("filter DOCKER-USER rule 1") && rule.contains("-j DROP"),
+        "rule: {rule}"
+    );
+    assert!(
+        v["evidence"].to_string().contains("packet counter rose"),
+        "the rule must be confirmed by its counter: {v:#}"
+    );
+}
+
+#[test]
+fn docker_user_drop_is_firewall_drop_naming_the_rule() {
+    docker_user_drop(Backend::IptablesNft);
+}
+
+#[test]
+fn docker_user_drop_is_firewall_drop_on_legacy() {
+    docker_user_drop(Backend::IptablesLegacy);
+}
+
+fn forward_policy_drop(backend: Backend) {
+    let lab = lab("policy", backend);
+    lab.iptables(&["-F"]).unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    let rule = rule_of(&v);
+    assert!(rule.contains("FORWARD policy DROP"), "rule: {rule}");
+}
+
+#[test]
+fn flushed_filter_leaves_forward_policy_drop() {
+    forward_policy_drop(Backend::IptablesNft);
+}
+
+#[test]
+fn flushed_filter_leaves_forward_policy_drop_on_legacy() {
+    forward_policy_drop(Backend::IptablesLegacy);
+}
+
+#[test]
+fn nftables_native_drop_in_its_own_table_is_named() {
+    let lab = lab("nftdrop", Backend::IptablesNft);
+    let host = lab.host.clone();
+    lab.exec(&host, &["nft", "add", "table", "inet", "blocker"])
+        .unwrap();
+    lab.exec(
+        &host,
+        &[
+            "nft",
+            "add chain inet blocker forward_block { type filter hook forward priority 0; }",
+        ],
+    )
+    .unwrap();
+    lab.exec(
+        &host,
+        &[
+            "nft",
+            "add",
+            "rule",
+            "inet",
+            "blocker",
+            "forward_block",
+            "tcp",
+            "dport",
+            "5000",
+            "drop",
+        ],
+    )
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains("table inet blocker chain forward_block"),
+        "rule: {rule}"
+    );
+}
+
+#[test]
+fn rp_filter_drop_is_a_kernel_drop_explained_with_its_sysctl() {
+    let lab = lab("rpf", Backend::IptablesNft);
+    let (ext, host) = (lab.ext.clone(), lab.host.clone());
+    // Control first: it also leaves the host's MAC in the client's neighbour cache (the ARP
+    // request from the second address below would itself fail the reverse-path check).
+    assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
+    // The client also owns 203.0.113.2; the host routes that network via docker0, so a SYN
+    // from it arriving on eth-ext fails the strict reverse-path check.
+    lab.ip(&ext, &["addr", "add", "203.0.113.2/32", "dev", "eth0"])
+        .unwrap();
+    lab.ip(
+        &host,
+        &["route", "add", "203.0.113.0/24", "dev", lab::BRIDGE],
+    )
+    .unwrap();
+    lab.sysctl(&host, "net.ipv4.conf.all.rp_filter", "1")
+        .unwrap();
+    lab.sysctl(
+        &host,
+        &format!("net.ipv4.conf.{}.rp_filter", lab::HOST_EXT_IF),
+        "1",
+    )
+    .unwrap();
+
+    let watch = Watch::start(&["--port", "5000", "--netns", &host]);
+    let target = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5000);
+    let seen = lab.request_from(
+        &ext,
+        Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2))),
+        target,
+        CLIENT_TIMEOUT,
+    );
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "kernel_drop", Some("routing"));
+    assert_eq!(v["proximate"]["reason"], "IP_RPFILTER");
+    assert!(v["fix"].as_str().unwrap().contains("rp_filter=2"), "{v:#}");
+    assert!(v["evidence"].to_string().contains("rp_filter = 1"), "{v:#}");
+}

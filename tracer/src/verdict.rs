@@ -1,0 +1,141 @@
+//! Verdicts over a run: drops grouped by (port, cause), streamed when a group first appears and
+//! repeated with totals at the end. The `{"type":"verdict",…}` fields are a contract.
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::{
+    attribute::{Attribution, Cause},
+    event::DropRecord,
+};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Proximate {
+    pub reason: String,
+    pub location: String,
+    pub hook: Option<String>,
+    pub dnat: Option<bool>,
+    pub rule: Option<String>,
+    pub icmp: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VerdictRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub cause: &'static str,
+    pub port: u16,
+    pub proto: String,
+    pub packets: u64,
+    pub first: String,
+    pub last: String,
+    pub proximate: Proximate,
+    pub evidence: Vec<String>,
+    pub fix: String,
+    /// Additional fields.
+    pub sentence: String,
+    pub fix_persistent: Option<String>,
+    pub netns: u32,
+    /// false when streamed at the first drop, true in the closing totals.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+}
+
+/// What identifies "the same kind of drop", so the engine runs once per kind, not per packet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Signature {
+    pub port: u16,
+    pub reason: String,
+    pub function: Option<String>,
+    pub dnat: Option<bool>,
+    pub dst: String,
+    pub answered: bool,
+}
+
+impl Signature {
+    pub fn of(port: u16, d: &DropRecord) -> Self {
+        Self {
+            port,
+            reason: d.reason.clone(),
+            function: d.function.clone(),
+            dnat: d.dnat,
+            dst: d.dst.clone(),
+            answered: d.answered.is_some(),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Book {
+    by_signature: HashMap<Signature, Attribution>,
+    groups: BTreeMap<(u16, Cause), VerdictRecord>,
+}
+
+impl Book {
+    pub fn known(&self, sig: &Signature) -> Option<&Attribution> {
+        self.by_signature.get(sig)
+    }
+
+    pub fn learn(&mut self, sig: Signature, a: Attribution) {
+        self.by_signature.insert(sig, a);
+    }
+
+    /// Adds one drop; returns the verdict to stream when it opens a new (port, cause) group.
+    pub fn add(&mut self, port: u16, d: &DropRecord, a: &Attribution) -> Option<VerdictRecord> {
+        let key = (port, a.cause);
+        if let Some(v) = self.groups.get_mut(&key) {
+            v.packets += 1;
+            v.last = d.time.clone();
+            return None;
+        }
+        let v = VerdictRecord {
+            kind: "verdict",
+            cause: a.cause.name(),
+            port,
+            proto: d.proto.clone(),
+            packets: 1,
+            first: d.time.clone(),
+            last: d.time.clone(),
+            proximate: Proximate {
+                reason: d.reason.clone(),
+                location: d.location.clone(),
+                hook: a.hook.map(|h| h.name().to_string()),
+                dnat: d.dnat,
+                rule: a.rule.clone(),
+                icmp: a.icmp.clone(),
+            },
+            evidence: a.evidence.clone(),
+            fix: a.fix.clone(),
+            sentence: a.sentence.clone(),
+            fix_persistent: a.fix_persistent.clone(),
+            netns: d.netns,
+            is_final: false,
+        };
+        self.groups.insert(key, v.clone());
+        Some(v)
+    }
+
+    /// The closing verdicts. `exact` gives the kernel's exact count per (reason, port): a group
+    /// that is the only one with its reason on its port takes it (events may have been lost).
+    pub fn finish(&self, exact: &BTreeMap<(String, u16), u64>) -> Vec<VerdictRecord> {
+        let mut out: Vec<VerdictRecord> = self.groups.values().cloned().collect();
+        for v in &mut out {
+            v.is_final = true;
+            let same = self
+                .groups
+                .values()
+                .filter(|o| o.port == v.port && o.proximate.reason == v.proximate.reason)
+                .count();
+            if same == 1
+                && let Some(n) = exact.get(&(v.proximate.reason.clone(), v.port))
+            {
+                v.packets = v.packets.max(*n);
+            }
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+}
