@@ -310,6 +310,10 @@ fn docker_user_drop(backend: Backend) {
         v["evidence"].to_string().contains("packet counter rose"),
         "the rule must be confirmed by its counter: {v:#}"
     );
+    // The netfilter hook probes (Linux >= 6.4) saw each packet enter FORWARD, never leave.
+    for d in out.drops() {
+        assert_eq!(d["nf_hook"], "FORWARD", "{d}");
+    }
 }
 
 #[test]
@@ -424,4 +428,40 @@ fn rp_filter_drop_is_a_kernel_drop_explained_with_its_sysctl() {
     assert_eq!(v["proximate"]["reason"], "IP_RPFILTER");
     assert!(v["fix"].as_str().unwrap().contains("rp_filter=2"), "{v:#}");
     assert!(v["evidence"].to_string().contains("rp_filter = 1"), "{v:#}");
+}
+
+#[test]
+fn raw_prerouting_drop_is_placed_before_conntrack_and_dnat() {
+    let lab = lab("rawdrop", Backend::IptablesNft);
+    lab.iptables(&[
+        "-t",
+        "raw",
+        "-A",
+        "PREROUTING",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("PRE_ROUTING"));
+    assert_eq!(
+        v["proximate"]["dnat"],
+        Value::Null,
+        "not tracked yet: {v:#}"
+    );
+    let rule = rule_of(&v);
+    assert!(rule.contains("raw PREROUTING rule 1"), "rule: {rule}");
+    for d in out.drops() {
+        assert_eq!(
+            d["dst"],
+            lab::HOST_ADDR.to_string(),
+            "dropped before DNAT: {d}"
+        );
+    }
 }

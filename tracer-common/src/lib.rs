@@ -190,7 +190,8 @@ pub struct DropEvent {
     pub dport: u16,
     /// Original destination port from conntrack (host byte order), when `has_ct`.
     pub orig_dport: u16,
-    pub _pad2: u16,
+    /// Netfilter hook probes this packet passed (tracer's `nfprobe::bit`), 0 without probes.
+    pub nf_trail: u16,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
     /// Original destination address from conntrack, when `has_ct` (IPv4 in the first 4 bytes).

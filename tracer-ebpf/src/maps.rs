@@ -2,7 +2,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
 
@@ -34,6 +34,11 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_en
 /// The program's own health counters, indexed by `tracer_common::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// skb address → netfilter hook probes it passed (written by the loader's hand-assembled
+/// BPF_PROG_TYPE_NETFILTER probes, see tracer/src/nfprobe.rs; read and cleared on drop).
+#[map]
+pub static NF_TRAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 
 /// Drop events for userspace. The loader may resize it (`map_max_entries`).
 #[map]

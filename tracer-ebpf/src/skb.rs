@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    CONFIG, COUNTERS, EVENTS, IGNORED_REASONS, OFFSETS, WATCH_ADDR_PORT, WATCH_PORT, bump,
+    CONFIG, COUNTERS, EVENTS, IGNORED_REASONS, NF_TRAIL, OFFSETS, WATCH_ADDR_PORT, WATCH_PORT, bump,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -278,6 +278,12 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     };
     if event_kind == kind::DROP {
         count(reason, port, ev.proto);
+        // SAFETY: the value is a plain u32 written by the probes; a concurrent update can at
+        // worst give a stale trail, never an invalid read.
+        if let Some(trail) = unsafe { NF_TRAIL.get(&skb) } {
+            ev.nf_trail = *trail as u16;
+            let _ = NF_TRAIL.remove(&skb);
+        }
     } else {
         ev.icmp_type = icmp_type;
         ev.icmp_code = icmp_code;

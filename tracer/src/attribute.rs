@@ -58,6 +58,18 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// From the names the netfilter probes use.
+    pub fn from_name(name: &str) -> Option<Hook> {
+        Some(match name {
+            "PRE_ROUTING" => Hook::PreRouting,
+            "LOCAL_IN" => Hook::LocalIn,
+            "FORWARD" => Hook::Forward,
+            "LOCAL_OUT" => Hook::LocalOut,
+            "POST_ROUTING" => Hook::PostRouting,
+            _ => return None,
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Hook::PreRouting => "PRE_ROUTING",
@@ -102,6 +114,8 @@ pub struct DropFacts {
     pub orig_dst: Option<IpAddr>,
     pub orig_dport: Option<u16>,
     pub answered: Option<Answer>,
+    /// The hook the netfilter probes saw it enter and never leave (None without probes).
+    pub nf_hook: Option<Hook>,
 }
 
 /// What else the engine is told.
@@ -157,6 +171,10 @@ const ROUTING_REASONS: &[&str] = &[
 pub fn infer_hook(d: &DropFacts, now: &Snapshot) -> Option<Hook> {
     let r = d.reason.as_str();
     if r == "NETFILTER_DROP" {
+        // The probes saw it: no inference needed.
+        if let Some(h) = d.nf_hook {
+            return Some(h);
+        }
         // Conntrack attaches at PRE_ROUTING priority -200: no entry yet means the raw table
         // (or an earlier hook) dropped it. After that, the destination tells: a local address
         // is delivered through LOCAL_IN, anything else (a DNATed container) is FORWARDed.
@@ -341,6 +359,12 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
         hook.map(|h| format!(" (hook {})", h.name()))
             .unwrap_or_default()
     )];
+    if let Some(h) = d.nf_hook {
+        evidence.push(format!(
+            "netfilter hook probes saw it enter {} and never leave it",
+            h.name()
+        ));
+    }
     match d.dnat {
         Some(true) => evidence.push(format!("conntrack: DNAT had rewritten {origin} to {here}")),
         Some(false) => evidence.push(format!("conntrack: {here} was not translated by any DNAT")),
@@ -637,6 +661,7 @@ mod tests {
             orig_dst: dnat.filter(|d| *d).map(|_| "198.51.100.1".parse().unwrap()),
             orig_dport: dnat.filter(|d| *d).map(|_| 5000),
             answered: None,
+            nf_hook: None,
         }
     }
 
@@ -892,6 +917,26 @@ mod tests {
             "before DNAT: not a missing chain"
         );
         assert!(a.rule.unwrap().contains("raw PREROUTING rule 1"));
+    }
+
+    #[test]
+    fn probes_override_the_inference() {
+        // Inference alone would say LOCAL_IN (local destination); the probes saw PRE_ROUTING
+        // (e.g. an nft prerouting filter chain after conntrack).
+        let mut d = syn(
+            "NETFILTER_DROP",
+            "nft_do_chain",
+            "198.51.100.1",
+            Some(false),
+        );
+        d.nf_hook = Some(Hook::PreRouting);
+        let a = attribute(&d, &docker(), &ctx());
+        assert_eq!(a.hook, Some(Hook::PreRouting));
+        assert!(
+            a.evidence
+                .iter()
+                .any(|e| e.contains("probes saw it enter PRE_ROUTING"))
+        );
     }
 
     #[test]

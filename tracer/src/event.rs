@@ -136,6 +136,11 @@ pub struct DropRecord {
     pub answered: Option<String>,
     /// Verdict cause this drop was attributed to.
     pub cause: Option<String>,
+    /// Hook the netfilter probes saw the packet enter and not leave (null without probes, or
+    /// when it died between hooks).
+    pub nf_hook: Option<&'static str>,
+    /// Raw probe trail bits (0 without probes).
+    pub nf_trail: u16,
     #[serde(skip)]
     pub ktime_ns: u64,
 }
@@ -166,6 +171,10 @@ pub struct SignalRecord {
 
 /// One decoded ring event.
 #[derive(Clone, Debug, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one event at a time flows through; never stored in bulk"
+)]
 pub enum Observed {
     Drop(DropRecord),
     Signal(SignalRecord),
@@ -254,6 +263,8 @@ impl Namer {
             orig_dport: (dnat == Some(true)).then_some(ev.orig_dport),
             answered: None,
             cause: None,
+            nf_hook: crate::nfprobe::trail_hook(ev.nf_trail),
+            nf_trail: ev.nf_trail,
             ktime_ns: ev.ktime_ns,
         }
     }

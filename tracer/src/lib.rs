@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod lab;
 pub mod loader;
 pub mod netns;
+pub mod nfprobe;
 pub mod output;
 pub mod state;
 pub mod verdict;

@@ -11,7 +11,9 @@ use aya::{
 };
 use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
 
-use crate::{error::Error, kernel::tracefs};
+use std::os::fd::{AsFd, AsRawFd};
+
+use crate::{error::Error, kernel::tracefs, netns::Netns, nfprobe::HookProbes};
 
 /// The object built by build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
@@ -63,6 +65,8 @@ pub struct Tracer {
     pub hook: DropHook,
     /// Optional signal tracepoints that attached (icmp_send, tcp_send_reset).
     pub signals: Vec<&'static str>,
+    /// Netfilter hook probes in the watched namespace, when the kernel has them.
+    hook_probes: Option<HookProbes>,
     /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
     pub notes: Vec<String>,
     mounted_tracefs: Option<PathBuf>,
@@ -181,6 +185,7 @@ impl Tracer {
             ebpf,
             hook,
             signals,
+            hook_probes: None,
             notes,
             mounted_tracefs,
         };
@@ -221,6 +226,32 @@ impl Tracer {
             }
         }
         Ok(())
+    }
+
+    /// Links the netfilter hook probes inside `ns`. Optional: on kernels without netfilter
+    /// links (< 6.4) the hook of a NETFILTER_DROP is inferred instead, and a note says so.
+    pub fn attach_hook_probes(&mut self, ns: &Netns) -> bool {
+        let fd = match self.ebpf.map("NF_TRAIL") {
+            Some(aya::maps::Map::LruHashMap(data)) => data.fd().as_fd().as_raw_fd(),
+            _ => {
+                self.notes
+                    .push("map NF_TRAIL missing: netfilter hook probes not attached".into());
+                return false;
+            }
+        };
+        match HookProbes::attach(ns, fd) {
+            Ok(probes) => {
+                self.hook_probes = Some(probes);
+                self.signals.push("netfilter_hooks");
+                true
+            }
+            Err(why) => {
+                self.notes.push(format!(
+                    "netfilter hook probes unavailable: {why}; the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead"
+                ));
+                false
+            }
+        }
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, Error> {

@@ -278,6 +278,8 @@ mod tests {
             orig_dport: None,
             answered: Some("RST".into()),
             cause: None,
+            nf_hook: None,
+            nf_trail: 0,
             ktime_ns: 0,
         }
     }

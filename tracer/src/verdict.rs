@@ -50,6 +50,7 @@ pub struct Signature {
     pub dnat: Option<bool>,
     pub dst: String,
     pub answered: bool,
+    pub nf_hook: Option<&'static str>,
 }
 
 impl Signature {
@@ -61,6 +62,7 @@ impl Signature {
             dnat: d.dnat,
             dst: d.dst.clone(),
             answered: d.answered.is_some(),
+            nf_hook: d.nf_hook,
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::{
 use tracer_common::{AF_INET, AF_INET6, AddrPort, WatchConfig};
 
 use crate::{
-    attribute::{Answer, Context, DropFacts, attribute},
+    attribute::{Answer, Context, DropFacts, Hook, attribute},
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
@@ -189,6 +189,7 @@ fn facts_of(rec: &DropRecord, answered: &Option<Answer>) -> DropFacts {
         orig_dst: rec.orig_dst.as_deref().map(ip),
         orig_dport: rec.orig_dport,
         answered: answered.clone(),
+        nf_hook: rec.nf_hook.and_then(Hook::from_name),
     }
 }
 
@@ -258,6 +259,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         hook: req.hook,
     };
     let mut tracer = Tracer::load(&opts)?;
+    tracer.attach_hook_probes(&netns);
     let ring = tracer.take_ring()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which only happens when the AsyncFd itself drops.
