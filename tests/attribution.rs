@@ -465,3 +465,54 @@ fn raw_prerouting_drop_is_placed_before_conntrack_and_dnat() {
         );
     }
 }
+
+#[test]
+fn trace_rules_names_the_exact_rule_and_leaves_no_table_behind() {
+    let lab = lab("tracerules", Backend::IptablesNft);
+    let host = lab.host.clone();
+    // Two native tables drop port 5000 in FORWARD; only the second matches this client.
+    // Neither has a counter, so only the kernel's own rule trace can tell them apart.
+    for (table, rule) in [
+        ("decoy", "ip saddr 192.0.2.99 tcp dport 5000 drop"),
+        ("blocker", "ip saddr 198.51.100.2 tcp dport 5000 drop"),
+    ] {
+        lab.exec(&host, &["nft", "add", "table", "inet", table])
+            .unwrap();
+        lab.exec(
+            &host,
+            &[
+                "nft",
+                &format!(
+                    "add chain inet {table} fwd_{table} {{ type filter hook forward priority 0; }}"
+                ),
+            ],
+        )
+        .unwrap();
+        lab.exec(
+            &host,
+            &["nft", &format!("add rule inet {table} fwd_{table} {rule}")],
+        )
+        .unwrap();
+    }
+    let watch = Watch::start(&["--port", "5000", "--netns", &host, "--trace-rules"]);
+    let notes = watch.start["notes"].to_string();
+    assert!(
+        notes.contains("droptrace_trace"),
+        "the change must be announced: {notes}"
+    );
+    let seen = lab.client_request(CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains("inet blocker fwd_blocker rule ip saddr 198.51.100.2 tcp dport 5000 drop"),
+        "rule: {rule}"
+    );
+    let tables = lab.exec(&host, &["nft", "list", "tables"]).unwrap();
+    assert!(
+        !tables.contains("droptrace_trace"),
+        "trace table left behind: {tables}"
+    );
+}

@@ -116,6 +116,8 @@ pub struct DropFacts {
     pub answered: Option<Answer>,
     /// The hook the netfilter probes saw it enter and never leave (None without probes).
     pub nf_hook: Option<Hook>,
+    /// `--trace-rules`: the rule (or policy) nftrace followed this packet to.
+    pub traced: Option<(String, bool)>,
 }
 
 /// What else the engine is told.
@@ -221,8 +223,23 @@ fn pick_rule(
     port: u16,
     now: &Snapshot,
     before: Option<&Snapshot>,
-    answered: &Option<Answer>,
+    d: &DropFacts,
 ) -> Option<(RuleRef, String)> {
+    let answered = &d.answered;
+    if let Some((text, policy)) = &d.traced {
+        let reject = text.to_lowercase().contains("reject");
+        return Some((
+            RuleRef {
+                text: format!("nftables {text}"),
+                verdict: if reject { "REJECT" } else { "DROP" }.into(),
+                reject_with: None,
+                packets: None,
+                names_port: true,
+                policy: *policy,
+            },
+            "nftrace followed this packet to it (--trace-rules)".into(),
+        ));
+    }
     let candidates = now.blockers(hook.name(), port);
     if candidates.is_empty() {
         return None;
@@ -468,7 +485,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
         evidence.push(what.clone());
         let (rule, proximate_text) = if d.reason == "NETFILTER_DROP" {
             let h = hook.unwrap_or(Hook::LocalIn);
-            match pick_rule(h, ctx.port, now, ctx.before, &d.answered) {
+            match pick_rule(h, ctx.port, now, ctx.before, d) {
                 Some((r, why)) => {
                     evidence.push(format!("dropped by {} ({why})", r.text));
                     let verb = if r.verdict == "REJECT" || d.answered.is_some() {
@@ -511,7 +528,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
     // 3. Netfilter: a rule or policy.
     if d.reason == "NETFILTER_DROP" {
         let h = hook.unwrap_or(Hook::Forward);
-        let picked = pick_rule(h, ctx.port, now, ctx.before, &d.answered);
+        let picked = pick_rule(h, ctx.port, now, ctx.before, d);
         let reject = d.answered.is_some()
             || picked
                 .as_ref()
@@ -662,6 +679,7 @@ mod tests {
             orig_dport: dnat.filter(|d| *d).map(|_| 5000),
             answered: None,
             nf_hook: None,
+            traced: None,
         }
     }
 
@@ -917,6 +935,24 @@ mod tests {
             "before DNAT: not a missing chain"
         );
         assert!(a.rule.unwrap().contains("raw PREROUTING rule 1"));
+    }
+
+    #[test]
+    fn a_traced_rule_wins_over_counters_and_guesses() {
+        let mut d = syn("NETFILTER_DROP", "nft_do_chain", "172.17.0.2", Some(true));
+        d.traced = Some((
+            "ip filter DOCKER-USER rule tcp dport 5000 counter packets 0 bytes 0 drop".into(),
+            false,
+        ));
+        let a = attribute(&d, &docker(), &ctx());
+        assert_eq!(a.cause, Cause::FirewallDrop);
+        assert_eq!(
+            a.rule.as_deref(),
+            Some(
+                "nftables ip filter DOCKER-USER rule tcp dport 5000 counter packets 0 bytes 0 drop"
+            )
+        );
+        assert!(a.evidence.iter().any(|e| e.contains("--trace-rules")));
     }
 
     #[test]

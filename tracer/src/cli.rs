@@ -50,6 +50,12 @@ pub struct WatchArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Name the exact nf_tables rule that drops a packet, with the kernel's rule tracing.
+    /// Changes the ruleset while it runs: adds table `inet droptrace_trace` (nftrace on the
+    /// watched ports), removed on exit. Without it, rule counters name the rule.
+    #[arg(long)]
+    pub trace_rules: bool,
+
     /// Also report frees on socket teardown (QUEUE_PURGE, SOCKET_CLOSE), normally noise.
     #[arg(long)]
     pub include_teardown: bool,

@@ -15,5 +15,6 @@ pub mod netns;
 pub mod nfprobe;
 pub mod output;
 pub mod state;
+pub mod tracerules;
 pub mod verdict;
 pub mod watch;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
                 include_teardown: args.include_teardown,
                 ring_bytes: args.ring_bytes,
                 hook: args.drop_hook,
+                trace_rules: args.trace_rules,
             };
             runtime().and_then(|rt| {
                 rt.block_on(watch::run(req, std::io::stdout().lock()))

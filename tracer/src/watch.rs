@@ -21,6 +21,7 @@ use crate::{
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
     state::{self, Snapshot},
+    tracerules::{self, RuleTracer, TRACE_TABLE},
     verdict::{Book, Signature},
 };
 
@@ -35,6 +36,7 @@ pub struct WatchRequest {
     pub include_teardown: bool,
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
+    pub trace_rules: bool,
 }
 
 pub fn addr_port(sa: &SocketAddr) -> AddrPort {
@@ -68,6 +70,7 @@ struct Observer<W: Write> {
     recent_signals: VecDeque<SignalRecord>,
     book: Book,
     delivered: u64,
+    rule_tracer: Option<RuleTracer>,
 }
 
 /// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
@@ -95,7 +98,14 @@ impl<W: Write> Observer<W> {
                 let attribution = match self.book.known(&sig) {
                     Some(a) => a.clone(),
                     None => {
-                        let facts = facts_of(&rec, &self.recent_answer(&rec));
+                        let mut facts = facts_of(&rec, &self.recent_answer(&rec));
+                        if rec.reason == "NETFILTER_DROP"
+                            && let Some(rt) = &self.rule_tracer
+                        {
+                            facts.traced = rt
+                                .find(&rec.src, rec.sport, Duration::from_millis(300))
+                                .map(|t| (t.text, t.policy));
+                        }
                         self.refresh_snapshot();
                         let now = &self.latest.as_ref().expect("refreshed").1;
                         let ctx = Context {
@@ -190,6 +200,7 @@ fn facts_of(rec: &DropRecord, answered: &Option<Answer>) -> DropFacts {
         orig_dport: rec.orig_dport,
         answered: answered.clone(),
         nf_hook: rec.nf_hook.and_then(Hook::from_name),
+        traced: None,
     }
 }
 
@@ -260,6 +271,30 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     };
     let mut tracer = Tracer::load(&opts)?;
     tracer.attach_hook_probes(&netns);
+    let mut trace_notes = Vec::new();
+    let rule_tracer = if req.trace_rules {
+        match RuleTracer::start(&netns, &req.ports) {
+            Ok(rt) => {
+                trace_notes.push(format!(
+                    "--trace-rules: added nftables table inet {TRACE_TABLE} (nftrace on the watched ports); it is removed on exit"
+                ));
+                Some(rt)
+            }
+            Err(why) => {
+                trace_notes.push(format!(
+                    "--trace-rules unavailable: {why}; rule counters name the rule instead"
+                ));
+                None
+            }
+        }
+    } else {
+        if tracerules::remove_leftover(&netns) {
+            trace_notes.push(format!(
+                "removed nftables table inet {TRACE_TABLE} left by an earlier droptrace run that was killed"
+            ));
+        }
+        None
+    };
     let ring = tracer.take_ring()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which only happens when the AsyncFd itself drops.
@@ -274,6 +309,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let io_err = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
     let now = || event::rfc3339(chrono::Utc::now());
     let mut notes = tracer.notes.clone();
+    notes.extend(trace_notes);
     notes.extend(before.problems.iter().cloned());
     let mut obs = Observer {
         namer: Namer {
@@ -290,6 +326,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         recent_signals: VecDeque::new(),
         book: Book::default(),
         delivered: 0,
+        rule_tracer,
         netns,
     };
 
@@ -363,6 +400,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         obs.printer.verdict(&verdict).map_err(io_err)?;
     }
     obs.printer.summary(&summary).map_err(io_err)?;
+    drop(obs.rule_tracer.take());
     drop(tracer);
     Ok(summary)
 }
