@@ -51,6 +51,17 @@ pub struct KernelOffsets {
     /// originally sent the packet, before any DNAT.
     pub ct_orig_daddr: u32,
     pub ct_orig_dport: u32,
+    /// `task_struct.real_parent`, `.tgid`, `.comm`, `.nsproxy`, `.mm`
+    pub task_real_parent: u32,
+    pub task_tgid: u32,
+    pub task_comm: u32,
+    pub task_nsproxy: u32,
+    pub task_mm: u32,
+    /// `nsproxy.net_ns`
+    pub nsproxy_net_ns: u32,
+    /// `mm_struct.arg_start`, `.arg_end`: the process's command line in its own memory.
+    pub mm_arg_start: u32,
+    pub mm_arg_end: u32,
 }
 
 /// Offset value meaning "this kernel has no such field": the program skips the read.
@@ -77,6 +88,14 @@ impl KernelOffsets {
         ct_status: ABSENT,
         ct_orig_daddr: ABSENT,
         ct_orig_dport: ABSENT,
+        task_real_parent: 0,
+        task_tgid: 0,
+        task_comm: 0,
+        task_nsproxy: 0,
+        task_mm: 0,
+        nsproxy_net_ns: 0,
+        mm_arg_start: 0,
+        mm_arg_end: 0,
     };
 }
 
@@ -198,6 +217,80 @@ pub struct DropEvent {
     pub orig_daddr: [u8; 16],
 }
 
+/// What a CHANGES ring event reports.
+pub mod change {
+    /// A write to a forwarding-relevant sysctl (cgroup/sysctl), before it is applied.
+    pub const SYSCTL: u32 = 1;
+    /// An iptables-legacy table replacement (setsockopt IPT_SO_SET_REPLACE / IP6T_…).
+    pub const IPT_REPLACE: u32 = 2;
+}
+
+/// How many ancestors of a process are recorded in the kernel.
+pub const ANCESTORS: usize = 4;
+/// Bytes of a command line recorded in the kernel (NUL-separated arguments).
+pub const ARGS_LEN: usize = 256;
+
+/// A parent process: pid and name, read in the kernel at the moment of the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ancestor {
+    pub pid: u32,
+    pub comm: [u8; 16],
+}
+
+/// Who did something, captured in the kernel at the moment they did it: the process may be
+/// gone a millisecond later.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Process {
+    /// cgroup v2 id (the cgroup directory's inode): the systemd unit, the container.
+    pub cgroup_id: u64,
+    /// tgid (what users call the pid) and thread id.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+    /// Parent, grandparent, … (pid 0 past init).
+    pub ancestors: [Ancestor; ANCESTORS],
+    /// Bytes of `args` that are valid.
+    pub args_len: u32,
+    pub _pad: u32,
+    /// The command line, NUL-separated, as the process's memory held it.
+    pub args: [u8; ARGS_LEN],
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Self {
+            cgroup_id: 0,
+            pid: 0,
+            tid: 0,
+            comm: [0; 16],
+            ancestors: [Ancestor::default(); ANCESTORS],
+            args_len: 0,
+            _pad: 0,
+            args: [0; ARGS_LEN],
+        }
+    }
+}
+
+/// A change to forwarding state or the firewall, with its author.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangeEvent {
+    pub ktime_ns: u64,
+    /// `change::*`
+    pub kind: u32,
+    /// nsfs inode of the writer's network namespace.
+    pub netns: u32,
+    /// SYSCTL: `net/ipv4/ip_forward`. IPT_REPLACE: the table name (`nat`).
+    pub name: [u8; 64],
+    /// SYSCTL: the value before and the value written (text, as /proc/sys shows it).
+    /// IPT_REPLACE: `ipv4`/`ipv6` in `new_value`.
+    pub old_value: [u8; 16],
+    pub new_value: [u8; 16],
+    pub process: Process,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are #[repr(C)], made of integers and byte arrays only, with every
@@ -207,8 +300,13 @@ mod pod {
     unsafe impl aya::Pod for super::AddrPort {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::Ancestor {}
+    unsafe impl aya::Pod for super::Process {}
+    unsafe impl aya::Pod for super::ChangeEvent {}
 }
 
 // The ring record's size is part of the contract with the decoder; a field added without
 // updating both sides fails the build here instead of garbling events.
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<Process>() == 376);
+const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 488);

@@ -5,6 +5,7 @@
 
 mod maps;
 mod probes;
+mod process;
 mod skb;
 
 #[cfg(not(test))]

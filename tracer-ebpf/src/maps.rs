@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
+use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, stat};
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
 #[unsafe(no_mangle)]
@@ -43,6 +43,19 @@ pub static NF_TRAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 
 /// Drop events for userspace. The loader may resize it (`map_max_entries`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+
+/// Sysctl writes and iptables-legacy replacements, with their authors. A ring of its own so a
+/// drop storm cannot crowd out the one event that names the culprit.
+#[map]
+pub static CHANGES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// pid → identity of every program started in the watched namespace (see probes/exec.rs).
+#[map]
+pub static EXECS: LruHashMap<u32, Process> = LruHashMap::with_max_entries(8192, 0);
+
+/// Per-CPU scratch space for building a Process (too large for the 512-byte BPF stack).
+#[map]
+pub static SCRATCH: PerCpuArray<Process> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn bump(index: u32) {

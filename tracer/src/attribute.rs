@@ -149,6 +149,8 @@ pub struct Attribution {
     pub fix: String,
     /// How to keep it fixed.
     pub fix_persistent: Option<String>,
+    /// The sysctl the verdict is about (forwarding, rp_filter), to find who changed it.
+    pub sysctl: Option<String>,
 }
 
 const FORWARD_REASONS: &[&str] = &["IP_INADDRERRORS"];
@@ -445,6 +447,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
             evidence,
             fix,
             fix_persistent: Some(persist),
+            sysctl: Some(shown),
         };
     }
 
@@ -519,6 +522,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
             sentence: format!("the published port's DNAT is missing: {what}; the packet {proximate_text}"),
             evidence,
             fix: "restart the container engine so it rewrites its chains (systemctl restart docker), then check: iptables -t nat -S DOCKER".into(),
+            sysctl: None,
             fix_persistent: Some(
                 "make the firewall manager keep Docker's chains (firewalld: run dockerd with its firewalld integration, or reload firewalld before starting docker; never `iptables -F` on a Docker host)".into(),
             ),
@@ -578,6 +582,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
             sentence,
             evidence,
             fix,
+            sysctl: None,
             fix_persistent: Some("change it where the firewall is managed (firewalld zone / nftables.conf / the tool that writes it), or it comes back on reload".into()),
         };
     }
@@ -585,6 +590,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
     // 4. Anything else the kernel reports, by its reason.
     let (meaning, todo) = explain(&d.reason);
     let mut fix = todo.to_string();
+    let mut sysctl = None;
     if d.reason == "IP_RPFILTER" {
         let iface_key = format!("net.ipv4.conf.{}.rp_filter", d.ifname);
         let all = now
@@ -597,6 +603,11 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
             "route {} back through {} or {prefix}sysctl -w net.ipv4.conf.all.rp_filter=2 {iface_key}=2",
             d.src, d.ifname
         );
+        sysctl = Some(if now.sysctls.get(&iface_key) == Some("0") {
+            "net.ipv4.conf.all.rp_filter".to_string()
+        } else {
+            iface_key
+        });
     }
     evidence.push(format!("{}: {meaning}", d.reason));
     Attribution {
@@ -611,6 +622,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
         evidence,
         fix,
         fix_persistent: None,
+        sysctl,
     }
 }
 

@@ -21,6 +21,15 @@ pub fn decode(bytes: &[u8]) -> Option<DropEvent> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DropEvent>()) })
 }
 
+/// Decodes one CHANGES ring record.
+pub fn decode_change(bytes: &[u8]) -> Option<tracer_common::ChangeEvent> {
+    if bytes.len() < size_of::<tracer_common::ChangeEvent>() {
+        return None;
+    }
+    // SAFETY: the length was checked; ChangeEvent is plain data valid for any bit pattern.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<tracer_common::ChangeEvent>()) })
+}
+
 /// Converts CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time, with the offset measured
 /// once at start.
 #[derive(Clone, Copy, Debug)]

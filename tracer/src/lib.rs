@@ -5,6 +5,7 @@
 //! `output` (human / JSON Lines) → `watch` (the loop that ties them together). `lab` builds
 //! the namespace lab that the integration tests and the demo use.
 pub mod attribute;
+pub mod changes;
 pub mod cli;
 pub mod error;
 pub mod event;

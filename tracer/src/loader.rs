@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, fs, path::PathBuf};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockopt, CgroupSysctl, TracePoint},
 };
-use tracer_common::{AddrPort, CounterKey, KernelOffsets, WatchConfig, stat};
+use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, stat};
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -228,6 +228,98 @@ impl Tracer {
         Ok(())
     }
 
+    /// The culprit probes: sysctl writes and iptables-legacy replacements (cgroup programs on
+    /// the cgroup v2 root, multi-attach, never refusing anything) and program starts (to name
+    /// nf_tables committers). Each is optional; what is missing becomes a note.
+    pub fn attach_change_probes(&mut self) {
+        let Some(root) = crate::changes::cgroup2_root() else {
+            self.notes.push(
+                "no cgroup v2 hierarchy is mounted: sysctl writes and iptables-legacy changes cannot be attributed to a process (mount -t cgroup2 none /sys/fs/cgroup/unified)".into(),
+            );
+            return;
+        };
+        // Before 5.7 aya would fall back to BPF_PROG_ATTACH, which outlives the process if it
+        // is killed: droptrace must never leave a program behind, so it does without.
+        let new_enough = aya::util::KernelVersion::current()
+            .map(|v| v >= aya::util::KernelVersion::new(5, 7, 0))
+            .unwrap_or(false);
+        if !new_enough {
+            self.notes.push("kernel < 5.7 has no cgroup bpf_link: sysctl writes and iptables-legacy changes are not attributed".into());
+            return;
+        }
+        let cgroup = match std::fs::File::open(&root) {
+            Ok(f) => f,
+            Err(e) => {
+                self.notes.push(format!(
+                    "cannot open {}: {e}: changes are not attributed",
+                    root.display()
+                ));
+                return;
+            }
+        };
+        let sysctl = (|| -> Result<(), String> {
+            let program: &mut CgroupSysctl = self
+                .ebpf
+                .program_mut("sysctl_write")
+                .ok_or("program sysctl_write missing")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            program.load().map_err(|e| e.to_string())?;
+            program
+                .attach(&cgroup, LINK_MODE)
+                .map_err(|e| error_chain(&e))?;
+            Ok(())
+        })();
+        match sysctl {
+            Ok(()) => self.signals.push("sysctl_writes"),
+            Err(why) => self.notes.push(format!(
+                "cgroup/sysctl unavailable ({why}): who changed forwarding sysctls is not recorded"
+            )),
+        }
+        let sockopt = (|| -> Result<(), String> {
+            let program: &mut CgroupSockopt = self
+                .ebpf
+                .program_mut("ipt_replace")
+                .ok_or("program ipt_replace missing")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            program.load().map_err(|e| e.to_string())?;
+            program
+                .attach(&cgroup, LINK_MODE)
+                .map_err(|e| error_chain(&e))?;
+            Ok(())
+        })();
+        match sockopt {
+            Ok(()) => self.signals.push("iptables_legacy_replace"),
+            Err(why) => self.notes.push(format!(
+                "cgroup/setsockopt unavailable ({why}): iptables-legacy changes are not attributed"
+            )),
+        }
+        match attach_tp_btf(&mut self.ebpf, "process_exec", "sched_process_exec") {
+            Ok(()) => self.signals.push("process_exec"),
+            Err(why) => self.notes.push(format!(
+                "sched_process_exec unavailable ({}): nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
+                why.lines().next().unwrap_or_default()
+            )),
+        }
+    }
+
+    /// The CHANGES ring, taken out of the object (once).
+    pub fn take_changes(&mut self) -> Result<RingBuf<MapData>, Error> {
+        let map = self
+            .ebpf
+            .take_map("CHANGES")
+            .ok_or_else(|| Error::Load("map CHANGES missing or already taken".into()))?;
+        RingBuf::try_from(map).map_err(|e| Error::Load(format!("CHANGES: {e}")))
+    }
+
+    /// The identity the exec probe recorded for `pid`, if it started while we watched.
+    pub fn exec_identity(&self, pid: u32) -> Option<Process> {
+        let map = self.ebpf.map("EXECS")?;
+        let execs: HashMap<_, u32, Process> = HashMap::try_from(map).ok()?;
+        execs.get(&pid, 0).ok()
+    }
+
     /// Links the netfilter hook probes inside `ns`. Optional: on kernels without netfilter
     /// links (< 6.4) the hook of a NETFILTER_DROP is inferred instead, and a note says so.
     pub fn attach_hook_probes(&mut self, ns: &Netns) -> bool {
@@ -334,6 +426,10 @@ fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(),
     Ok(())
 }
 
+/// A cgroup bpf_link coexists with every other program on the cgroup (links are always
+/// "multi"); BPF_LINK_CREATE rejects the BPF_F_ALLOW_MULTI flag, so the mode is Single (flags 0).
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
 /// Optional signal hooks: each adds precision; a missing one is a note, never a failure.
 const SIGNAL_HOOKS: &[(&str, &str, &str)] = &[
     (
@@ -359,4 +455,15 @@ fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), Error> {
         .attach("skb", "kfree_skb")
         .map_err(|e| Error::Attach(format!("skb:kfree_skb: {e}")))?;
     Ok(())
+}
+
+/// An error with its sources, on one line (aya's top-level messages omit the errno).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(&format!(": {s}"));
+        cur = s.source();
+    }
+    text
 }

@@ -8,6 +8,7 @@ use std::{
 use serde::Serialize;
 
 use crate::{
+    changes::ChangeRecord,
     event::{DropRecord, SignalRecord},
     verdict::VerdictRecord,
 };
@@ -152,10 +153,39 @@ impl<W: Write> Printer<W> {
                 for e in &v.evidence {
                     writeln!(self.out, "  evidence: {e}")?;
                 }
+                if let Some(c) = &v.culprit {
+                    writeln!(
+                        self.out,
+                        "  culprit:  {} at {} by {}",
+                        c.what,
+                        c.time.get(11..23).unwrap_or(&c.time),
+                        c.process.chain()
+                    )?;
+                } else if let Some(note) = &v.culprit_note {
+                    writeln!(self.out, "  culprit:  unknown — {note}")?;
+                }
                 writeln!(self.out, "  fix:      {}", v.fix)?;
                 if let Some(persist) = &v.fix_persistent {
                     writeln!(self.out, "  persist:  {persist}")?;
                 }
+                self.out.flush()
+            }
+        }
+    }
+
+    /// A change to forwarding or the firewall, with its author.
+    pub fn change(&mut self, c: &ChangeRecord) -> io::Result<()> {
+        match self.format {
+            Format::Json => self.json(c),
+            Format::Human => {
+                writeln!(
+                    self.out,
+                    "CHANGE {} {}: {} by {}",
+                    c.time.get(11..26).unwrap_or(&c.time),
+                    c.source,
+                    c.what,
+                    c.process.chain()
+                )?;
                 self.out.flush()
             }
         }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::{
     attribute::{Attribution, Cause},
+    changes::ChangeRecord,
     event::DropRecord,
 };
 
@@ -39,6 +40,10 @@ pub struct VerdictRecord {
     /// false when streamed at the first drop, true in the closing totals.
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The change (and its author) that caused it, when droptrace saw it happen.
+    pub culprit: Option<ChangeRecord>,
+    /// Why there is no culprit, and where to look instead.
+    pub culprit_note: Option<String>,
 }
 
 /// What identifies "the same kind of drop", so the engine runs once per kind, not per packet.
@@ -112,6 +117,8 @@ impl Book {
             fix_persistent: a.fix_persistent.clone(),
             netns: d.netns,
             is_final: false,
+            culprit: None,
+            culprit_note: None,
         };
         self.groups.insert(key, v.clone());
         Some(v)
@@ -135,6 +142,19 @@ impl Book {
             }
         }
         out
+    }
+
+    pub fn set_culprit(
+        &mut self,
+        port: u16,
+        cause: Cause,
+        culprit: Option<ChangeRecord>,
+        note: Option<String>,
+    ) {
+        if let Some(v) = self.groups.get_mut(&(port, cause)) {
+            v.culprit = culprit;
+            v.culprit_note = note;
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,21 +6,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
 };
-use tracer_common::{AF_INET, AF_INET6, AddrPort, WatchConfig};
+use tracer_common::{AF_INET, AF_INET6, AddrPort, ChangeEvent, WatchConfig};
 
 use crate::{
-    attribute::{Answer, Context, DropFacts, Hook, attribute},
+    attribute::{Answer, Attribution, Cause, Context, DropFacts, Hook, attribute},
+    changes::{self, ChangeRecord, Generation, NftMonitor, Resolver},
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
     loader::{HookChoice, LoadOptions, Totals, Tracer},
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
-    state::{self, Snapshot},
+    state::{self, Snapshot, iptables},
     tracerules::{self, RuleTracer, TRACE_TABLE},
     verdict::{Book, Signature},
 };
@@ -71,6 +73,12 @@ struct Observer<W: Write> {
     book: Book,
     delivered: u64,
     rule_tracer: Option<RuleTracer>,
+    /// Changes seen during the run (sysctl writes, ruleset changes), oldest first.
+    changes: Vec<ChangeRecord>,
+    resolver: Resolver,
+    monitor: Option<NftMonitor>,
+    /// The last iptables-legacy rulesets seen, to tell what a table replacement removed.
+    legacy_seen: Vec<iptables::Ruleset>,
 }
 
 /// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
@@ -80,7 +88,7 @@ const ANSWER_WINDOW_NS: u64 = 50_000_000;
 const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
 impl<W: Write> Observer<W> {
-    fn handle(&mut self, ev: &tracer_common::DropEvent) -> std::io::Result<()> {
+    fn handle(&mut self, ev: &tracer_common::DropEvent, tracer: &Tracer) -> std::io::Result<()> {
         self.delivered += 1;
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
@@ -122,11 +130,210 @@ impl<W: Write> Observer<W> {
                 rec.hook = attribution.hook.map(|h| h.name().to_string());
                 rec.cause = Some(attribution.cause.name().to_string());
                 self.printer.drop_line(&rec)?;
-                if let Some(verdict) = self.book.add(port, &rec, &attribution) {
+                if let Some(mut verdict) = self.book.add(port, &rec, &attribution) {
+                    if needs_culprit(&attribution) && self.culprit(&attribution).is_none() {
+                        // nf_tables changes arrive through the monitor process a moment
+                        // later than the kernel's events: give it a short chance.
+                        self.wait_for_monitor(tracer, Duration::from_millis(300));
+                    }
+                    let (culprit, note) = self.culprit_or_note(&attribution);
+                    self.book
+                        .set_culprit(port, attribution.cause, culprit.clone(), note.clone());
+                    verdict.culprit = culprit;
+                    verdict.culprit_note = note;
                     self.printer.verdict(&verdict)?;
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// A kernel change event (sysctl write, iptables-legacy replace).
+    fn handle_change(&mut self, ev: &ChangeEvent, tracer: &Tracer) -> std::io::Result<()> {
+        let time = event::rfc3339(self.namer.clock.wall(ev.ktime_ns));
+        let lookup = |pid: u32| tracer.exec_identity(pid);
+        let Some(mut rec) = changes::from_event(ev, time, &mut self.resolver, &lookup) else {
+            return Ok(());
+        };
+        if rec.source == "iptables-legacy" {
+            rec.changes = self.legacy_diff(rec.key.as_deref().unwrap_or_default());
+            if !rec.changes.is_empty() {
+                rec.what = format!("{}: {}", rec.what, rec.changes.join("; "));
+            }
+        }
+        self.record_change(rec)
+    }
+
+    /// An nf_tables generation from the monitor.
+    fn handle_generation(&mut self, g: Generation, tracer: &Tracer) -> std::io::Result<()> {
+        let lookup = |pid: u32| tracer.exec_identity(pid);
+        let process = self.resolver.from_pid(g.pid, &g.comm, &lookup);
+        let changes: Vec<String> = g
+            .changes
+            .iter()
+            .map(|c| self.describe_nft_change(c))
+            .collect();
+        let mut what = changes
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ");
+        if changes.len() > 3 {
+            what.push_str(&format!("; … {} changes in all", changes.len()));
+        }
+        let rec = ChangeRecord {
+            kind: "change",
+            time: event::rfc3339(chrono::Utc::now()),
+            netns: self.netns.inode,
+            source: "nftables",
+            what,
+            key: None,
+            old: None,
+            new: None,
+            changes,
+            process,
+            ktime_ns: 0,
+        };
+        self.record_change(rec)
+    }
+
+    fn record_change(&mut self, rec: ChangeRecord) -> std::io::Result<()> {
+        self.printer.change(&rec)?;
+        if self.changes.len() >= 1024 {
+            self.changes.remove(0);
+        }
+        self.changes.push(rec);
+        Ok(())
+    }
+
+    /// Drains pending changes so that a drop is attributed with every change before it.
+    fn drain_changes(
+        &mut self,
+        changes_ring: &mut RingBuf<MapData>,
+        tracer: &Tracer,
+    ) -> std::io::Result<()> {
+        while let Some(item) = changes_ring.next() {
+            if let Some(ev) = event::decode_change(&item) {
+                self.handle_change(&ev, tracer)?;
+            }
+        }
+        loop {
+            let next = self
+                .monitor
+                .as_ref()
+                .and_then(|m| m.generations.try_recv().ok());
+            match next {
+                Some(g) => self.handle_generation(g, tracer)?,
+                None => return Ok(()),
+            }
+        }
+    }
+
+    fn wait_for_monitor(&mut self, tracer: &Tracer, wait: Duration) {
+        let got = self
+            .monitor
+            .as_ref()
+            .and_then(|m| m.generations.recv_timeout(wait).ok());
+        if let Some(g) = got {
+            let _ = self.handle_generation(g, tracer);
+            while let Some(g) = self
+                .monitor
+                .as_ref()
+                .and_then(|m| m.generations.try_recv().ok())
+            {
+                let _ = self.handle_generation(g, tracer);
+            }
+        }
+    }
+
+    /// `delete rule ip nat DOCKER handle 11` → with what that rule was, from the snapshots.
+    fn describe_nft_change(&self, change: &str) -> String {
+        let words: Vec<&str> = change.split_whitespace().collect();
+        if let ["delete", "rule", family, table, chain, "handle", handle] = words.as_slice()
+            && let Ok(handle) = handle.parse::<u64>()
+        {
+            let known = [Some(&self.before), self.latest.as_ref().map(|(_, s)| s)]
+                .into_iter()
+                .flatten()
+                .flat_map(|s| s.nft.rules.iter())
+                .find(|r| {
+                    r.family == *family
+                        && r.table == *table
+                        && r.chain == *chain
+                        && r.handle == handle
+                });
+            if let Some(rule) = known {
+                return format!("{change} (was: {})", rule.text);
+            }
+        }
+        change.to_string()
+    }
+
+    /// What an iptables-legacy table replacement removed, against the last rules seen.
+    fn legacy_diff(&mut self, table: &str) -> Vec<String> {
+        // The setsockopt hook fires before the kernel applies the new table.
+        std::thread::sleep(Duration::from_millis(50));
+        let now = state::capture(&self.netns);
+        let old_sets = if self.legacy_seen.is_empty() {
+            self.before
+                .iptables
+                .iter()
+                .filter(|r| r.backend.ends_with("legacy"))
+                .cloned()
+                .collect()
+        } else {
+            self.legacy_seen.clone()
+        };
+        let new_sets: Vec<iptables::Ruleset> = now
+            .iptables
+            .iter()
+            .filter(|r| r.backend.ends_with("legacy"))
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for old in &old_sets {
+            let Some(old_table) = old.table(table) else {
+                continue;
+            };
+            let new_table = new_sets
+                .iter()
+                .find(|n| n.backend == old.backend)
+                .and_then(|n| n.table(table));
+            for chain in &old_table.chains {
+                let new_chain = new_table.and_then(|t| t.chain(&chain.name));
+                if new_chain.is_none() {
+                    out.push(format!("removed chain {table} {}", chain.name));
+                }
+                for rule in &chain.rules {
+                    let still = new_chain
+                        .map(|c| c.rules.iter().any(|r| r.spec == rule.spec))
+                        .unwrap_or(false);
+                    if !still {
+                        out.push(format!(
+                            "removed rule {table} {}: {}",
+                            chain.name, rule.spec
+                        ));
+                    }
+                }
+            }
+        }
+        self.legacy_seen = new_sets;
+        out
+    }
+
+    /// The change that explains a verdict, if one was seen.
+    fn culprit(&self, a: &Attribution) -> Option<ChangeRecord> {
+        culprit_for(a, &self.changes).cloned()
+    }
+
+    fn culprit_or_note(&self, a: &Attribution) -> (Option<ChangeRecord>, Option<String>) {
+        if !needs_culprit(a) {
+            return (None, None);
+        }
+        match self.culprit(a) {
+            Some(c) => (Some(c), None),
+            None => (None, Some(before_start_note(a))),
         }
     }
 
@@ -177,6 +384,75 @@ impl<W: Write> Observer<W> {
             self.latest = Some((Instant::now(), state::capture(&self.netns)));
         }
     }
+}
+
+/// Causes that a change made by someone explains.
+fn needs_culprit(a: &Attribution) -> bool {
+    match a.cause {
+        Cause::ForwardingDisabled
+        | Cause::MissingChain
+        | Cause::FirewallDrop
+        | Cause::FirewallReject => true,
+        Cause::KernelDrop => a.sysctl.is_some(),
+    }
+}
+
+/// The most recent change that explains the verdict.
+pub fn culprit_for<'a>(a: &Attribution, changes: &'a [ChangeRecord]) -> Option<&'a ChangeRecord> {
+    let rev = changes.iter().rev();
+    match a.cause {
+        Cause::ForwardingDisabled | Cause::KernelDrop => {
+            let key = a.sysctl.as_deref()?;
+            let turned_off =
+                |c: &&ChangeRecord| c.source == "sysctl" && c.new.as_deref() == Some("0");
+            let same_family = key.split('.').take(2).collect::<Vec<_>>().join(".");
+            let all_key = format!("{same_family}.conf.all.forwarding");
+            let mut rev = rev;
+            if a.cause == Cause::KernelDrop {
+                return rev.find(|c| c.key.as_deref() == Some(key));
+            }
+            rev.find(|c| {
+                turned_off(c)
+                    && (c.key.as_deref() == Some(key) || c.key.as_deref() == Some(all_key.as_str()))
+            })
+        }
+        Cause::MissingChain => rev.filter(|c| c.source != "sysctl").find(|c| {
+            let nat_removed = c.changes.iter().any(|x| {
+                (x.starts_with("delete ") || x.starts_with("flush ") || x.starts_with("removed "))
+                    && (x.contains(" nat ") || x.ends_with(" nat"))
+            });
+            nat_removed || c.what.contains("flush ruleset")
+        }),
+        Cause::FirewallDrop | Cause::FirewallReject => {
+            rev.filter(|c| c.source != "sysctl").find(|c| {
+                c.changes.iter().any(|x| {
+                    x.starts_with("add rule")
+                        || x.starts_with("add chain")
+                        || x.starts_with("delete rule")
+                        || x.starts_with("flush ")
+                        || x.starts_with("removed rule")
+                }) || c.source == "iptables-legacy"
+            })
+        }
+    }
+}
+
+/// What to say when no change was seen: it happened before droptrace started.
+fn before_start_note(a: &Attribution) -> String {
+    let look = match a.cause {
+        Cause::ForwardingDisabled | Cause::KernelDrop => {
+            "check /etc/sysctl.conf and /etc/sysctl.d/ for the setting, and journalctl for network restarts or `sysctl -p` runs around the time clients started failing"
+        }
+        Cause::MissingChain => {
+            "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::FirewallDrop | Cause::FirewallReject => {
+            "check the firewall's configuration (firewalld zones, /etc/nftables.conf, iptables-save files) and journalctl for who loaded it"
+        }
+    };
+    format!(
+        "the change happened before droptrace started, so its author was not recorded: {look}; keep droptrace running to catch the next one"
+    )
 }
 
 fn facts_of(rec: &DropRecord, answered: &Option<Answer>) -> DropFacts {
@@ -271,6 +547,16 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     };
     let mut tracer = Tracer::load(&opts)?;
     tracer.attach_hook_probes(&netns);
+    tracer.attach_change_probes();
+    let changes_ring = tracer.take_changes()?;
+    // SAFETY: as for the event ring below: the RingBuf owns its fd until the AsyncFd drops.
+    let mut changes_ring =
+        unsafe { AsyncFd::register_with_interest(changes_ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
+    let (monitor, monitor_note) = match NftMonitor::start(&netns) {
+        Ok(m) => (Some(m), None),
+        Err(why) => (None, Some(why)),
+    };
     let mut trace_notes = Vec::new();
     let rule_tracer = if req.trace_rules {
         match RuleTracer::start(&netns, &req.ports) {
@@ -310,6 +596,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let now = || event::rfc3339(chrono::Utc::now());
     let mut notes = tracer.notes.clone();
     notes.extend(trace_notes);
+    notes.extend(monitor_note);
     notes.extend(before.problems.iter().cloned());
     let mut obs = Observer {
         namer: Namer {
@@ -327,6 +614,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         book: Book::default(),
         delivered: 0,
         rule_tracer,
+        changes: Vec::new(),
+        resolver: Resolver::new(),
+        monitor,
+        legacy_seen: Vec::new(),
         netns,
     };
 
@@ -361,12 +652,21 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
                     None => std::future::pending().await,
                 }
             } => break,
+            guard = changes_ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
+                obs.drain_changes(guard.get_inner_mut(), &tracer).map_err(io_err)?;
+                guard.clear_ready();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.monitor.is_some() => {
+                obs.drain_changes(changes_ring.get_mut(), &tracer).map_err(io_err)?;
+            }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
+                obs.drain_changes(changes_ring.get_mut(), &tracer).map_err(io_err)?;
                 let rb = guard.get_inner_mut();
                 while let Some(item) = rb.next() {
                     if let Some(ev) = event::decode(&item) {
-                        obs.handle(&ev).map_err(io_err)?;
+                        obs.handle(&ev, &tracer).map_err(io_err)?;
                     }
                 }
                 guard.clear_ready();
@@ -374,11 +674,13 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
         }
     }
     // Events already in the ring when we stopped still belong to this run.
+    obs.drain_changes(changes_ring.get_mut(), &tracer)
+        .map_err(io_err)?;
     {
         let rb = ring.get_mut();
         while let Some(item) = rb.next() {
             if let Some(ev) = event::decode(&item) {
-                obs.handle(&ev).map_err(io_err)?;
+                obs.handle(&ev, &tracer).map_err(io_err)?;
             }
         }
     }
@@ -401,6 +703,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     }
     obs.printer.summary(&summary).map_err(io_err)?;
     drop(obs.rule_tracer.take());
+    drop(obs.monitor.take());
     drop(tracer);
     Ok(summary)
 }

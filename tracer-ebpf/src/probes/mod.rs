@@ -1,4 +1,7 @@
 //! One file per kernel hook.
+mod exec;
 mod icmp_send;
 mod kfree_skb;
+mod setsockopt;
+mod sysctl;
 mod tcp_send_reset;

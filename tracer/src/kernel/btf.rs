@@ -81,6 +81,14 @@ impl KernelBtf {
             ct_orig_daddr: self.conntrack_offset("nf_conn", &[&orig_dst[..], &["u3"]].concat()),
             ct_orig_dport: self
                 .conntrack_offset("nf_conn", &[&orig_dst[..], &["u", "all"]].concat()),
+            task_real_parent: self.field_offset("task_struct", &["real_parent"])?,
+            task_tgid: self.field_offset("task_struct", &["tgid"])?,
+            task_comm: self.field_offset("task_struct", &["comm"])?,
+            task_nsproxy: self.field_offset("task_struct", &["nsproxy"])?,
+            task_mm: self.field_offset("task_struct", &["mm"])?,
+            nsproxy_net_ns: self.field_offset("nsproxy", &["net_ns"])?,
+            mm_arg_start: self.field_offset("mm_struct", &["arg_start"])?,
+            mm_arg_end: self.field_offset("mm_struct", &["arg_end"])?,
         })
     }
 

@@ -1,0 +1,85 @@
+//! Writes to forwarding-relevant sysctls, with their author, before they take effect.
+//!
+//! cgroup/sysctl, attached with BPF_F_ALLOW_MULTI to the cgroup v2 root so it sees every
+//! process (Linux >= 5.2); it always returns 1: the write is never refused. Names are
+//! filtered by prefix here (net/ipv4/ip_forward, net/ipv4/conf/, net/ipv6/conf/,
+//! net/bridge/bridge-nf-call-); userspace keeps the leaves that matter.
+//! Helpers: bpf_sysctl_get_name / get_current_value / get_new_value; checked on 6.18.
+use aya_ebpf::{
+    helpers::generated::{
+        bpf_sysctl_get_current_value, bpf_sysctl_get_name, bpf_sysctl_get_new_value,
+    },
+    macros::cgroup_sysctl,
+    programs::SysctlContext,
+};
+use tracer_common::{ChangeEvent, change};
+
+use crate::{
+    maps::{CHANGES, CONFIG, OFFSETS, bump},
+    process::{current_task, fill_current, task_netns},
+};
+
+const PREFIXES: [&[u8]; 4] = [
+    b"net/ipv4/ip_forward",
+    b"net/ipv4/conf/",
+    b"net/ipv6/conf/",
+    b"net/bridge/bridge-nf-call-",
+];
+
+#[inline(always)]
+fn starts_with(name: &[u8; 64], prefix: &[u8]) -> bool {
+    let mut i = 0;
+    while i < prefix.len() && i < name.len() {
+        if name[i] != prefix[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cgroup_sysctl]
+pub fn sysctl_write(ctx: SysctlContext) -> i32 {
+    // SAFETY: the context pointer is the kernel's bpf_sysctl for this call.
+    let write = unsafe { (*ctx.sysctl).write };
+    if write != 0 {
+        record(&ctx);
+    }
+    1 // allow: droptrace observes, it never refuses a write
+}
+
+#[inline(always)]
+fn record(ctx: &SysctlContext) {
+    let off = OFFSETS.load();
+    let cfg = CONFIG.load();
+    let netns = task_netns(current_task(), &off);
+    if cfg.netns != 0 && netns != cfg.netns {
+        return;
+    }
+    let mut name = [0u8; 64];
+    // SAFETY: the buffer is 64 bytes and its length is passed; flags 0 = full name.
+    let rc = unsafe { bpf_sysctl_get_name(ctx.sysctl, name.as_mut_ptr().cast(), 64, 0) };
+    if rc < 0 || !PREFIXES.iter().any(|p| starts_with(&name, p)) {
+        return;
+    }
+    let Some(mut entry) = CHANGES.reserve::<ChangeEvent>(0) else {
+        bump(tracer_common::stat::RING_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` is the ring reservation, sized for a ChangeEvent, exclusively ours until
+    // submit; every field read by userspace is written below (values are NUL-terminated by
+    // the helpers, zeroed first in case they fail).
+    unsafe {
+        (*ev).ktime_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        (*ev).kind = change::SYSCTL;
+        (*ev).netns = netns;
+        (*ev).name = name;
+        (*ev).old_value = [0; 16];
+        (*ev).new_value = [0; 16];
+        bpf_sysctl_get_current_value(ctx.sysctl, (*ev).old_value.as_mut_ptr().cast(), 16);
+        bpf_sysctl_get_new_value(ctx.sysctl, (*ev).new_value.as_mut_ptr().cast(), 16);
+        fill_current(&raw mut (*ev).process, &off);
+    }
+    entry.submit(0);
+}

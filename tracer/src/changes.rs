@@ -1,0 +1,545 @@
+//! Who changed forwarding or the firewall, and when: sysctl writes and iptables-legacy table
+//! replacements come from the kernel with their author captured at the moment of the write
+//! (CHANGES ring); nf_tables changes come from the netlink monitor (`nft monitor` in the
+//! namespace), whose generation line names the committing pid, completed from the identity
+//! the exec probe recorded in the kernel (EXECS) or, for long-lived daemons, from /proc.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    os::unix::{fs::MetadataExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+};
+
+use serde::Serialize;
+use tracer_common::{ChangeEvent, Process, change};
+
+use crate::netns::Netns;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AncestorInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    pub cmdline: Option<String>,
+    /// cgroup v2 path, and the systemd unit (or scope) in it.
+    pub cgroup: Option<String>,
+    pub unit: Option<String>,
+    pub ancestors: Vec<AncestorInfo>,
+    /// `kernel` when captured in the kernel at the moment of the change, `proc` when read
+    /// from /proc afterwards, `name-only` when the process was gone.
+    pub captured: &'static str,
+}
+
+impl ProcessInfo {
+    /// `pid 812 `sysctl -p` ← `/bin/sh ifup-post` ← `java -jar webapp.jar` (unit: network.service)`
+    pub fn chain(&self) -> String {
+        let show = |cmd: &Option<String>, comm: &str| match cmd {
+            Some(c) if !c.is_empty() => format!("`{c}`"),
+            _ => format!("[{comm}]"),
+        };
+        let mut text = format!("pid {} {}", self.pid, show(&self.cmdline, &self.comm));
+        for a in &self.ancestors {
+            text.push_str(&format!(" ← {}", show(&a.cmdline, &a.comm)));
+        }
+        if let Some(unit) = &self.unit {
+            text.push_str(&format!(" (unit: {unit})"));
+        }
+        text
+    }
+}
+
+/// `{"type":"change",…}`: a change seen while droptrace ran.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ChangeRecord {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub time: String,
+    pub netns: u32,
+    /// `sysctl`, `nftables` or `iptables-legacy`.
+    pub source: &'static str,
+    /// One line: `net.ipv4.ip_forward 1 -> 0`, `delete chain ip nat DOCKER; …`.
+    pub what: String,
+    /// sysctl name, or the legacy table.
+    pub key: Option<String>,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    /// Each change of an nf_tables generation / each thing a legacy replace removed.
+    pub changes: Vec<String>,
+    pub process: ProcessInfo,
+    #[serde(skip)]
+    pub ktime_ns: u64,
+}
+
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// NUL-separated argv → a shell-like line.
+pub fn argv_line(bytes: &[u8]) -> String {
+    bytes
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether a sysctl (dotted) is one droptrace reports.
+pub fn sysctl_matters(key: &str) -> bool {
+    key == "net.ipv4.ip_forward"
+        || key.ends_with(".forwarding")
+        || key.ends_with(".rp_filter")
+        || key.starts_with("net.bridge.bridge-nf-call-")
+}
+
+/// Finds identities: the kernel's exec records first, /proc second; cgroup ids to paths.
+pub struct Resolver {
+    cgroup_root: Option<PathBuf>,
+    cgroups: HashMap<u64, String>,
+}
+
+/// The cgroup v2 mount point (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
+/// on hybrid ones).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+fn find_cgroup(dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
+    if depth > 8 {
+        return None;
+    }
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else { continue };
+        if !meta.is_dir() {
+            continue;
+        }
+        if meta.ino() == id {
+            return Some(path);
+        }
+        if let Some(found) = find_cgroup(&path, id, depth + 1) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+/// Command lines are evidence, not a dump: keep the head of very long ones.
+fn shorten(cmd: &str) -> String {
+    const MAX: usize = 160;
+    if cmd.chars().count() <= MAX {
+        return cmd.to_string();
+    }
+    let head: String = cmd.chars().take(MAX).collect();
+    format!("{head}…")
+}
+
+fn proc_cmdline(pid: u32) -> Option<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let line = argv_line(&bytes);
+    (!line.is_empty()).then_some(line)
+}
+
+fn proc_ppid_comm(pid: u32) -> Option<(u32, String)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+    };
+    Some((field("PPid:")?.parse().ok()?, field("Name:")?))
+}
+
+fn unit_of(path: &str) -> Option<String> {
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+        .map(str::to_string)
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self {
+            cgroup_root: cgroup2_root(),
+            cgroups: HashMap::new(),
+        }
+    }
+
+    fn cgroup_path(&mut self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        if let Some(p) = self.cgroups.get(&id) {
+            return Some(p.clone());
+        }
+        let root = self.cgroup_root.clone()?;
+        let rel = if std::fs::metadata(&root).map(|m| m.ino()).ok() == Some(id) {
+            "/".to_string()
+        } else {
+            let found = find_cgroup(&root, id, 0)?;
+            format!("/{}", found.strip_prefix(&root).ok()?.display())
+        };
+        self.cgroups.insert(id, rel.clone());
+        Some(rel)
+    }
+
+    /// Identity captured in the kernel (a ChangeEvent's process, or an EXECS record).
+    /// `lookup` finds EXECS records of ancestors for their command lines.
+    pub fn from_kernel(
+        &mut self,
+        p: &Process,
+        lookup: &dyn Fn(u32) -> Option<Process>,
+    ) -> ProcessInfo {
+        let cmdline = (p.args_len > 0)
+            .then(|| argv_line(&p.args[..(p.args_len as usize).min(p.args.len())]))
+            .filter(|s| !s.is_empty())
+            .map(|c| shorten(&c));
+        let cgroup = self.cgroup_path(p.cgroup_id);
+        // The kernel recorded each ancestor's pid and name at the moment of the change; their
+        // command lines are looked up now, and only trusted while the name still matches (a
+        // shell may have exec'ed into something else since, under the same pid).
+        let ancestors = p
+            .ancestors
+            .iter()
+            .filter(|a| a.pid != 0)
+            .map(|a| {
+                let comm = cstr(&a.comm);
+                let from_exec = lookup(a.pid)
+                    .filter(|x| x.args_len > 0 && cstr(&x.comm) == comm)
+                    .map(|x| argv_line(&x.args[..(x.args_len as usize).min(x.args.len())]));
+                let from_proc = || {
+                    let now = std::fs::read_to_string(format!("/proc/{}/comm", a.pid)).ok()?;
+                    (now.trim() == comm).then(|| proc_cmdline(a.pid)).flatten()
+                };
+                AncestorInfo {
+                    pid: a.pid,
+                    cmdline: from_exec.or_else(from_proc).map(|c| shorten(&c)),
+                    comm,
+                }
+            })
+            .collect();
+        ProcessInfo {
+            pid: p.pid,
+            comm: cstr(&p.comm),
+            cmdline,
+            unit: cgroup.as_deref().and_then(unit_of),
+            cgroup,
+            ancestors,
+            captured: "kernel",
+        }
+    }
+
+    /// Identity of a pid named by the netlink monitor: the exec record if the kernel saw it
+    /// start, else /proc (long-lived daemons such as firewalld), else only its name.
+    pub fn from_pid(
+        &mut self,
+        pid: u32,
+        comm: &str,
+        lookup: &dyn Fn(u32) -> Option<Process>,
+    ) -> ProcessInfo {
+        if let Some(p) = lookup(pid) {
+            return self.from_kernel(&p, lookup);
+        }
+        let Some(cmdline) = proc_cmdline(pid) else {
+            return ProcessInfo {
+                pid,
+                comm: comm.to_string(),
+                captured: "name-only",
+                ..ProcessInfo::default()
+            };
+        };
+        let mut ancestors = Vec::new();
+        let mut cur = pid;
+        for _ in 0..tracer_common::ANCESTORS {
+            let Some((ppid, _)) = proc_ppid_comm(cur) else {
+                break;
+            };
+            if ppid == 0 {
+                break;
+            }
+            let comm = proc_ppid_comm(ppid).map(|(_, c)| c).unwrap_or_default();
+            ancestors.push(AncestorInfo {
+                pid: ppid,
+                comm,
+                cmdline: proc_cmdline(ppid).map(|c| shorten(&c)),
+            });
+            cur = ppid;
+        }
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            });
+        ProcessInfo {
+            pid,
+            comm: comm.to_string(),
+            cmdline: Some(shorten(&cmdline)),
+            unit: cgroup.as_deref().and_then(unit_of),
+            cgroup,
+            ancestors,
+            captured: "proc",
+        }
+    }
+}
+
+impl Default for Resolver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A kernel change event → record (None for sysctls droptrace does not report).
+pub fn from_event(
+    ev: &ChangeEvent,
+    time: String,
+    resolver: &mut Resolver,
+    lookup: &dyn Fn(u32) -> Option<Process>,
+) -> Option<ChangeRecord> {
+    let name = cstr(&ev.name);
+    let process = resolver.from_kernel(&ev.process, lookup);
+    match ev.kind {
+        change::SYSCTL => {
+            let key = name.replace('/', ".");
+            if !sysctl_matters(&key) {
+                return None;
+            }
+            let old = cstr(&ev.old_value).trim().to_string();
+            let new = cstr(&ev.new_value).trim().to_string();
+            Some(ChangeRecord {
+                kind: "change",
+                time,
+                netns: ev.netns,
+                source: "sysctl",
+                what: format!("{key} {old} -> {new}"),
+                key: Some(key),
+                old: Some(old),
+                new: Some(new),
+                changes: Vec::new(),
+                process,
+                ktime_ns: ev.ktime_ns,
+            })
+        }
+        change::IPT_REPLACE => {
+            let family = cstr(&ev.new_value);
+            let tool = if family == "ipv6" {
+                "ip6tables-legacy"
+            } else {
+                "iptables-legacy"
+            };
+            Some(ChangeRecord {
+                kind: "change",
+                time,
+                netns: ev.netns,
+                source: "iptables-legacy",
+                what: format!("{tool} replaced table {name}"),
+                key: Some(name),
+                old: None,
+                new: None,
+                changes: Vec::new(),
+                process,
+                ktime_ns: ev.ktime_ns,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// One nf_tables transaction from `nft monitor`: its changes and who committed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    pub changes: Vec<String>,
+    pub generation: u64,
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// Groups `nft monitor` lines into generations.
+#[derive(Default)]
+pub struct MonitorParser {
+    pending: Vec<String>,
+}
+
+impl MonitorParser {
+    pub fn line(&mut self, line: &str) -> Option<Generation> {
+        let line = line.trim();
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(rest) = line.strip_prefix("# new generation ") {
+            // "# new generation 45 by process 12345 (iptables)"
+            let (gen_text, rest) = rest.split_once(" by process ")?;
+            let (pid, comm) = rest.split_once(' ').unwrap_or((rest, ""));
+            return Some(Generation {
+                changes: std::mem::take(&mut self.pending),
+                generation: gen_text.trim().parse().unwrap_or(0),
+                pid: pid.parse().unwrap_or(0),
+                comm: comm.trim_matches(|c| c == '(' || c == ')').to_string(),
+            });
+        }
+        if line.starts_with("add ")
+            || line.starts_with("delete ")
+            || line.starts_with("flush ")
+            || line.starts_with("replace ")
+            || line.starts_with("destroy ")
+        {
+            // Set elements churn (e.g. dynamic sets) is not a ruleset change worth a line.
+            if !line.starts_with("add element") && !line.starts_with("delete element") {
+                self.pending.push(line.to_string());
+            }
+        }
+        None
+    }
+}
+
+/// `nft monitor` running in the watched namespace; killed with droptrace (PDEATHSIG).
+pub struct NftMonitor {
+    child: Child,
+    pub generations: Receiver<Generation>,
+}
+
+impl NftMonitor {
+    pub fn start(ns: &Netns) -> Result<Self, String> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", ns.path.display()))
+            .args(["nft", "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: prctl is async-signal-safe: the kernel kills the monitor when droptrace
+        // dies, even by SIGKILL.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot run `nft monitor` ({e}): install nftables to see nf_tables changes")
+        })?;
+        let stdout = child.stdout.take().ok_or("nft monitor has no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut parser = MonitorParser::default();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(g) = parser.line(&line)
+                    && !g.changes.is_empty()
+                    && tx.send(g).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            generations: rx,
+        })
+    }
+}
+
+impl Drop for NftMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `nft monitor` (nftables 1.0.6) while `iptables -t nat -F DOCKER`,
+    // `iptables -t nat -D PREROUTING …` and `nft flush ruleset` ran in the lab's host.
+    const MONITOR: &str = "\
+delete rule ip nat DOCKER handle 10
+delete rule ip nat DOCKER handle 11
+# new generation 4 by process 14485 (iptables)
+delete rule ip nat PREROUTING handle 6
+# new generation 5 by process 14486 (iptables)
+add table inet x
+# new generation 6 by process 14487 (nft)
+delete chain ip nat DOCKER
+delete table ip nat
+# new generation 7 by process 14488 (nft)
+";
+
+    #[test]
+    fn monitor_lines_group_into_generations_with_their_process() {
+        let mut p = MonitorParser::default();
+        let gens: Vec<Generation> = MONITOR.lines().filter_map(|l| p.line(l)).collect();
+        assert_eq!(gens.len(), 4);
+        assert_eq!(
+            gens[0].changes,
+            vec![
+                "delete rule ip nat DOCKER handle 10",
+                "delete rule ip nat DOCKER handle 11"
+            ]
+        );
+        assert_eq!(
+            (gens[0].generation, gens[0].pid, gens[0].comm.as_str()),
+            (4, 14485, "iptables")
+        );
+        assert_eq!(gens[3].changes.len(), 2);
+        assert_eq!(gens[3].comm, "nft");
+    }
+
+    #[test]
+    fn only_forwarding_relevant_sysctls_are_reported() {
+        for key in [
+            "net.ipv4.ip_forward",
+            "net.ipv4.conf.all.forwarding",
+            "net.ipv4.conf.eth0.rp_filter",
+            "net.ipv6.conf.all.forwarding",
+            "net.bridge.bridge-nf-call-iptables",
+        ] {
+            assert!(sysctl_matters(key), "{key}");
+        }
+        assert!(!sysctl_matters("net.ipv6.conf.eth0.accept_ra"));
+    }
+
+    #[test]
+    fn process_chains_read_like_a_ps_tree() {
+        let p = ProcessInfo {
+            pid: 812,
+            comm: "sysctl".into(),
+            cmdline: Some("sysctl -p".into()),
+            unit: Some("network.service".into()),
+            ancestors: vec![
+                AncestorInfo {
+                    pid: 700,
+                    comm: "sh".into(),
+                    cmdline: Some("/bin/sh ifup-post".into()),
+                },
+                AncestorInfo {
+                    pid: 1,
+                    comm: "systemd".into(),
+                    cmdline: None,
+                },
+            ],
+            ..ProcessInfo::default()
+        };
+        assert_eq!(
+            p.chain(),
+            "pid 812 `sysctl -p` ← `/bin/sh ifup-post` ← [systemd] (unit: network.service)"
+        );
+        assert_eq!(
+            argv_line(b"sysctl\0-w\0net.ipv4.ip_forward=0\0"),
+            "sysctl -w net.ipv4.ip_forward=0"
+        );
+    }
+}
