@@ -23,6 +23,20 @@ pub struct Cli {
 pub enum Command {
     /// Print every dropped packet to or from the watched ports, then a summary.
     Watch(WatchArgs),
+    /// Replay the incident in throwaway network namespaces and show droptrace's verdict for
+    /// each step (a self-test of this kernel). Exit 0 when every step is attributed right.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Remove the namespaces a killed demo left behind, then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Drop hook to use (see `watch --drop-hook`).
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto, hide = true)]
+    pub drop_hook: HookChoice,
 }
 
 #[derive(Debug, Args)]
@@ -119,7 +133,9 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Command::Watch(args) = cli.command;
+        let Command::Watch(args) = cli.command else {
+            panic!("parsed as watch");
+        };
         assert_eq!(args.ports, vec![5000, 8080]);
         assert_eq!(args.addrs[0].port(), 5000);
         assert_eq!(args.duration, Some(Duration::from_millis(1500)));

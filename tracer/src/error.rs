@@ -54,6 +54,11 @@ pub enum Error {
     #[error("cannot load droptrace's eBPF programs into this kernel: {0}")]
     Load(String),
 
+    #[error(
+        "namespaces of an earlier demo are still there ({0}): remove them with `droptrace demo --cleanup`, then run the demo again"
+    )]
+    DemoLeftovers(String),
+
     #[error("{0}")]
     Io(String),
 }
@@ -74,7 +79,8 @@ impl Error {
             | Error::NoDropReasons
             | Error::NoTracefs(_)
             | Error::Load(_)
-            | Error::Attach(_) => 3,
+            | Error::Attach(_)
+            | Error::DemoLeftovers(_) => 3,
             Error::Io(_) => 4,
         }
     }

@@ -105,7 +105,7 @@ impl fmt::Display for Outcome {
             Outcome::Http(code) => write!(f, "HTTP {code}"),
             Outcome::Connected => write!(f, "connected, no HTTP answer"),
             Outcome::Refused => write!(f, "connection refused"),
-            Outcome::Unreachable(why) => write!(f, "unreachable ({why})"),
+            Outcome::Unreachable(why) => write!(f, "ICMP unreachable ({why})"),
             Outcome::Timeout => write!(f, "timed out"),
             Outcome::Other(why) => write!(f, "failed ({why})"),
         }
@@ -450,7 +450,7 @@ impl Drop for Lab {
 }
 
 /// Kills whatever still runs inside a namespace, then deletes it.
-fn kill_namespace(ns: &str) {
+pub fn kill_namespace(ns: &str) {
     if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
         for pid in pids
             .split_whitespace()
@@ -501,9 +501,9 @@ fn http_get(source: Option<IpAddr>, target: SocketAddr, timeout: Duration) -> Ou
         Err(e) => {
             return match e.raw_os_error() {
                 Some(libc::ECONNREFUSED) => Outcome::Refused,
-                Some(libc::EHOSTUNREACH) | Some(libc::ENETUNREACH) | Some(libc::EACCES) => {
-                    Outcome::Unreachable(e.to_string())
-                }
+                Some(libc::EHOSTUNREACH) => Outcome::Unreachable("no route to host".into()),
+                Some(libc::ENETUNREACH) => Outcome::Unreachable("network unreachable".into()),
+                Some(libc::EACCES) => Outcome::Unreachable("permission denied".into()),
                 _ if e.kind() == std::io::ErrorKind::TimedOut => Outcome::Timeout,
                 _ => Outcome::Other(e.to_string()),
             };

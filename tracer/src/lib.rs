@@ -7,6 +7,7 @@
 pub mod attribute;
 pub mod changes;
 pub mod cli;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod kernel;

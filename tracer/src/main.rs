@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracer::{
     cli::{Cli, Command},
+    demo,
     error::Error,
     watch::{self, WatchRequest},
 };
@@ -21,11 +22,28 @@ fn main() -> ExitCode {
                 ring_bytes: args.ring_bytes,
                 hook: args.drop_hook,
                 trace_rules: args.trace_rules,
+                ready: None,
+                stop: None,
+                quiet: false,
             };
             runtime().and_then(|rt| {
                 rt.block_on(watch::run(req, std::io::stdout().lock()))
                     .map(|_| ())
             })
+        }
+        Command::Demo(args) if args.cleanup => {
+            for ns in demo::cleanup() {
+                println!("removed {ns}");
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            match runtime().and_then(|rt| rt.block_on(demo::run(args.drop_hook))) {
+                Ok(true) => Ok(()),
+                // Some step was attributed wrong (or the run was interrupted): the table says which.
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
         }
     };
     match result {

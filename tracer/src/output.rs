@@ -16,6 +16,8 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Human,
+    /// Human, without the start banner.
+    HumanQuiet,
     Json,
 }
 
@@ -94,6 +96,7 @@ impl<W: Write> Printer<W> {
         match self.format {
             Format::Json => self.json(start),
             // Human mode: the banner is for the operator, on stderr, so stdout stays drops.
+            Format::HumanQuiet => Ok(()),
             Format::Human => {
                 let mut what: Vec<String> =
                     start.ports.iter().map(|p| format!("port {p}")).collect();
@@ -118,7 +121,7 @@ impl<W: Write> Printer<W> {
     pub fn verdict(&mut self, v: &VerdictRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(v),
-            Format::Human => {
+            Format::Human | Format::HumanQuiet => {
                 let head = if v.is_final {
                     "VERDICT (total)"
                 } else {
@@ -177,7 +180,7 @@ impl<W: Write> Printer<W> {
     pub fn change(&mut self, c: &ChangeRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(c),
-            Format::Human => {
+            Format::Human | Format::HumanQuiet => {
                 writeln!(
                     self.out,
                     "CHANGE {} {}: {} by {}",
@@ -195,14 +198,14 @@ impl<W: Write> Printer<W> {
     pub fn signal_line(&mut self, rec: &SignalRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(rec),
-            Format::Human => Ok(()),
+            Format::Human | Format::HumanQuiet => Ok(()),
         }
     }
 
     pub fn drop_line(&mut self, rec: &DropRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(rec),
-            Format::Human => {
+            Format::Human | Format::HumanQuiet => {
                 if !self.header_done {
                     writeln!(
                         self.out,
@@ -241,7 +244,7 @@ impl<W: Write> Printer<W> {
     pub fn summary(&mut self, sum: &SummaryRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(sum),
-            Format::Human => {
+            Format::Human | Format::HumanQuiet => {
                 writeln!(
                     self.out,
                     "\n-- summary: {:.1} s, {} watched drop(s), {} event(s) delivered, {} lost --",

@@ -7,9 +7,12 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use std::sync::Arc;
+
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::Notify,
 };
 use tracer_common::{AF_INET, AF_INET6, AddrPort, ChangeEvent, WatchConfig};
 
@@ -24,7 +27,7 @@ use crate::{
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
     state::{self, Snapshot, iptables},
     tracerules::{self, RuleTracer, TRACE_TABLE},
-    verdict::{Book, Signature},
+    verdict::{Book, Signature, VerdictRecord},
 };
 
 /// What `watch` was asked to do (already validated by the CLI).
@@ -39,6 +42,23 @@ pub struct WatchRequest {
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
     pub trace_rules: bool,
+    /// Notified once the probes are attached and the start line is out (for the demo).
+    pub ready: Option<Arc<Notify>>,
+    /// Ends the run like Ctrl-C when notified (for the demo).
+    pub stop: Option<Arc<Notify>>,
+    /// No human start banner on stderr (the demo prints its own).
+    pub quiet: bool,
+}
+
+/// What a run produced, for callers that act on it (the demo).
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub summary: SummaryRecord,
+    /// The closing verdicts.
+    pub verdicts: Vec<VerdictRecord>,
+    pub changes: Vec<ChangeRecord>,
+    /// Precision lost and host changes made, as in the start line.
+    pub notes: Vec<String>,
 }
 
 pub fn addr_port(sa: &SocketAddr) -> AddrPort {
@@ -514,7 +534,7 @@ fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
     out
 }
 
-pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, Error> {
+pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Error> {
     if req.ports.is_empty() && req.addrs.is_empty() {
         return Err(Error::NoPorts);
     }
@@ -528,6 +548,12 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let reasons = btf.drop_reasons()?;
     drop(btf);
 
+    // Started first: `nft monitor` needs a moment to subscribe, and every ruleset change
+    // after the start line must be seen.
+    let (monitor, monitor_note) = match NftMonitor::start(&netns) {
+        Ok(m) => (Some(m), None),
+        Err(why) => (None, Some(why)),
+    };
     // Read before any drop of this run, so rule counters that move later name the rule.
     let before = state::capture(&netns);
     let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
@@ -553,10 +579,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     let mut changes_ring =
         unsafe { AsyncFd::register_with_interest(changes_ring, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
-    let (monitor, monitor_note) = match NftMonitor::start(&netns) {
-        Ok(m) => (Some(m), None),
-        Err(why) => (None, Some(why)),
-    };
+
     let mut trace_notes = Vec::new();
     let rule_tracer = if req.trace_rules {
         match RuleTracer::start(&netns, &req.ports) {
@@ -633,9 +656,13 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
             addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
             hook: tracer.hook.name(),
             signals: tracer.signals.clone(),
-            notes,
+            notes: notes.clone(),
         })
         .map_err(io_err)?;
+    let start_notes = notes;
+    if let Some(ready) = &req.ready {
+        ready.notify_one();
+    }
 
     let started = Instant::now();
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
@@ -645,6 +672,12 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
     loop {
         tokio::select! {
             _ = sigint.recv() => break,
+            _ = async {
+                match &req.stop {
+                    Some(stop) => stop.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => break,
             _ = sigterm.recv() => break,
             _ = async {
                 match deadline {
@@ -698,14 +731,20 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<SummaryRecord, E
             *m.entry((c.reason.clone(), c.port)).or_insert(0) += c.packets;
             m
         });
-    for verdict in obs.book.finish(&exact) {
-        obs.printer.verdict(&verdict).map_err(io_err)?;
+    let verdicts = obs.book.finish(&exact);
+    for verdict in &verdicts {
+        obs.printer.verdict(verdict).map_err(io_err)?;
     }
     obs.printer.summary(&summary).map_err(io_err)?;
     drop(obs.rule_tracer.take());
     drop(obs.monitor.take());
     drop(tracer);
-    Ok(summary)
+    Ok(RunOutcome {
+        summary,
+        verdicts,
+        changes: std::mem::take(&mut obs.changes),
+        notes: start_notes,
+    })
 }
 
 fn summarize(

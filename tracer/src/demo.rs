@@ -1,0 +1,364 @@
+//! `droptrace demo`: the incident replayed in throwaway namespaces. It builds the same lab the
+//! integration tests use (`lab`), breaks it the ways real hosts break, and runs the real
+//! `watch` code path against each step, so what it prints is exactly what `watch` would.
+use std::{
+    io::Write,
+    os::unix::fs::PermissionsExt,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
+
+use crate::{
+    error::Error,
+    lab::{self, Lab, LabSpec, Outcome},
+    loader::HookChoice,
+    watch::{self, WatchRequest},
+};
+
+/// Namespaces of demo labs start with this.
+pub fn demo_prefix() -> String {
+    format!("{}demo-", lab::NS_PREFIX)
+}
+
+/// Demo namespaces still present (a run that was killed).
+pub fn leftovers() -> Vec<String> {
+    lab::run(&["ip", "netns", "list"])
+        .map(|list| {
+            list.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .filter(|n| n.starts_with(&demo_prefix()))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `droptrace demo --cleanup`
+pub fn cleanup() -> Vec<String> {
+    let gone = leftovers();
+    for ns in &gone {
+        lab::kill_namespace(ns);
+    }
+    gone
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Healthy,
+    WebAppDisablesForwarding,
+    RestoreForwarding,
+    FirewallReloadWipesNat,
+    RestoreDockerRules,
+    FirewallReject,
+}
+
+struct Step {
+    fault: Fault,
+    title: &'static str,
+    expected: Option<&'static str>,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        fault: Fault::Healthy,
+        title: "healthy: the published port as Docker wires it",
+        expected: None,
+    },
+    Step {
+        fault: Fault::WebAppDisablesForwarding,
+        title: "a web app's restart hook turns IP forwarding off",
+        expected: Some("forwarding_disabled"),
+    },
+    Step {
+        fault: Fault::RestoreForwarding,
+        title: "forwarding restored",
+        expected: None,
+    },
+    Step {
+        fault: Fault::FirewallReloadWipesNat,
+        title: "a firewall reload wipes Docker's nat chains",
+        expected: Some("missing_chain"),
+    },
+    Step {
+        fault: Fault::RestoreDockerRules,
+        title: "the container engine rewrites its chains",
+        expected: None,
+    },
+    Step {
+        fault: Fault::FirewallReject,
+        title: "a firewall rule rejects the port",
+        expected: Some("firewall_reject"),
+    },
+];
+
+/// Scripts the demo runs as "real" culprits, in a private temporary directory.
+struct Scripts {
+    dir: PathBuf,
+}
+
+impl Scripts {
+    fn new() -> Result<Self, Error> {
+        let dir = std::env::temp_dir().join(format!("droptrace-demo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+        Ok(Self { dir })
+    }
+
+    fn write(&self, name: &str, body: &str) -> Result<String, Error> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n"))
+            .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+            .map_err(|e| Error::Io(format!("{}: {e}", path.display())))?;
+        Ok(path.display().to_string())
+    }
+}
+
+impl Drop for Scripts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Applies a step's fault; returns what was done, in words.
+fn apply(lab: &Lab, scripts: &Scripts, fault: Fault) -> Result<String, String> {
+    let host = lab.host.clone();
+    let err = |e: lab::LabError| e.to_string();
+    match fault {
+        Fault::Healthy => {
+            Ok("nothing: DNAT to the container, forwarding on, Docker's filter rules".into())
+        }
+        Fault::WebAppDisablesForwarding => {
+            let path = scripts
+                .write(
+                    "webapp",
+                    "sh -c 'sysctl -w net.ipv4.ip_forward=0 >/dev/null'",
+                )
+                .map_err(|e| e.to_string())?;
+            lab.exec(&host, &[&path]).map_err(err)?;
+            Ok(format!(
+                "ran {path} (→ sh → sysctl -w net.ipv4.ip_forward=0)"
+            ))
+        }
+        Fault::RestoreForwarding => {
+            lab.sysctl(&host, "net.ipv4.ip_forward", "1").map_err(err)?;
+            Ok("sysctl -w net.ipv4.ip_forward=1".into())
+        }
+        Fault::FirewallReloadWipesNat => {
+            let ipt = lab.spec.backend.iptables();
+            let path = scripts
+                .write(
+                    "firewall-reload",
+                    &format!("{ipt} -t nat -F\n{ipt} -t nat -X"),
+                )
+                .map_err(|e| e.to_string())?;
+            lab.exec(&host, &[&path]).map_err(err)?;
+            Ok(format!(
+                "ran {path} ({ipt} -t nat -F; -X: every nat chain gone, as a firewall reload leaves it)"
+            ))
+        }
+        Fault::RestoreDockerRules => {
+            lab.load_docker_rules().map_err(err)?;
+            Ok("rewrote Docker's rules (as restarting dockerd does)".into())
+        }
+        Fault::FirewallReject => {
+            lab.iptables(&[
+                "-I",
+                "DOCKER-USER",
+                "-p",
+                "tcp",
+                "--dport",
+                "5000",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "icmp-host-prohibited",
+            ])
+            .map_err(err)?;
+            Ok("iptables -I DOCKER-USER -p tcp --dport 5000 -j REJECT --reject-with icmp-host-prohibited".into())
+        }
+    }
+}
+
+struct Row {
+    title: &'static str,
+    expected: Option<&'static str>,
+    got: Vec<String>,
+    client: String,
+}
+
+impl Row {
+    fn right(&self) -> bool {
+        match self.expected {
+            None => self.got.is_empty(),
+            Some(cause) => self.got == [cause.to_string()],
+        }
+    }
+}
+
+/// Runs the demo; Ok(true) when every step was attributed right.
+pub async fn run(hook: HookChoice) -> Result<bool, Error> {
+    let stale = leftovers();
+    if !stale.is_empty() {
+        return Err(Error::DemoLeftovers(stale.join(", ")));
+    }
+    crate::kernel::check_privileges()?;
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(Notify::new());
+    {
+        let (interrupted, stop) = (Arc::clone(&interrupted), Arc::clone(&stop));
+        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigint.recv() => {}
+                _ = sigterm.recv() => {}
+            }
+            interrupted.store(true, Ordering::SeqCst);
+            stop.notify_one();
+        });
+    }
+
+    println!(
+        "droptrace demo: building a private lab (client, Docker-like host, container) in network namespaces…"
+    );
+    let lab = Arc::new(
+        Lab::up(LabSpec::new("demo"))
+            .map_err(|e| Error::Io(format!("building the demo lab: {e}")))?,
+    );
+    let scripts = Arc::new(Scripts::new()?);
+    println!(
+        "  client {} ({}), host {} ({}, publishes port 5000 to container {}:5000)",
+        lab.ext,
+        lab::EXT_ADDR,
+        lab.host,
+        lab::HOST_ADDR,
+        lab::CTR_ADDR
+    );
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (i, step) in STEPS.iter().enumerate() {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        println!("\n== step {}/{}: {}", i + 1, STEPS.len(), step.title);
+        let ready = Arc::new(Notify::new());
+        let step_stop = Arc::new(Notify::new());
+        let req = WatchRequest {
+            ports: vec![lab.spec.port],
+            netns: Some(lab.host.clone()),
+            duration: Some(Duration::from_secs(20)),
+            hook,
+            ready: Some(Arc::clone(&ready)),
+            stop: Some(Arc::clone(&step_stop)),
+            quiet: true,
+            ..WatchRequest::default()
+        };
+        let actor = {
+            let (lab, ready, step_stop, global_stop) = (
+                Arc::clone(&lab),
+                ready,
+                Arc::clone(&step_stop),
+                Arc::clone(&stop),
+            );
+            let fault = step.fault;
+            let scripts = Arc::clone(&scripts);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = ready.notified() => {}
+                    _ = global_stop.notified() => { step_stop.notify_one(); return (String::new(), String::new()); }
+                }
+                let (done, seen) = tokio::task::spawn_blocking(move || {
+                    let done =
+                        apply(&lab, &scripts, fault).unwrap_or_else(|e| format!("failed: {e}"));
+                    let seen = lab.client_request(Duration::from_secs(2));
+                    (done, seen)
+                })
+                .await
+                .unwrap_or_else(|_| (String::from("failed"), Outcome::Other("panicked".into())));
+                // Let the last drop events reach the ring before the run ends.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                step_stop.notify_one();
+                (done, seen.to_string())
+            })
+        };
+        let outcome = watch::run(req, std::io::stdout()).await;
+        let (done, seen) = actor.await.unwrap_or_default();
+        let outcome = outcome?;
+        if notes.is_empty() {
+            notes = outcome.notes.clone();
+        }
+        println!("   did:         {done}");
+        println!("   client saw:  {seen}");
+        let mut got: Vec<String> = outcome
+            .verdicts
+            .iter()
+            .map(|v| v.cause.to_string())
+            .collect();
+        got.sort();
+        got.dedup();
+        rows.push(Row {
+            title: step.title,
+            expected: step.expected,
+            got,
+            client: seen,
+        });
+        let _ = std::io::stdout().flush();
+    }
+    drop(scripts);
+    if let Ok(lab) = Arc::try_unwrap(lab) {
+        drop(lab);
+    }
+
+    println!(
+        "\n{:<4} {:<48} {:<22} {:<22} {:<28} RESULT",
+        "STEP", "WHAT", "EXPECTED", "VERDICT", "CLIENT SAW"
+    );
+    for (i, r) in rows.iter().enumerate() {
+        let got = if r.got.is_empty() {
+            "(none)".to_string()
+        } else {
+            r.got.join(", ")
+        };
+        println!(
+            "{:<4} {:<48} {:<22} {:<22} {:<28} {}",
+            i + 1,
+            r.title,
+            r.expected.unwrap_or("(none)"),
+            got,
+            r.client,
+            if r.right() { "right" } else { "WRONG" }
+        );
+    }
+    if notes.is_empty() {
+        println!("\nEvery probe loaded on this kernel: full precision.");
+    } else {
+        println!("\nPrecision on this kernel:");
+        for n in &notes {
+            println!("  - {n}");
+        }
+    }
+    if interrupted.load(Ordering::SeqCst) {
+        println!("\ninterrupted: the lab was removed");
+        return Ok(false);
+    }
+    let all_right = rows.len() == STEPS.len() && rows.iter().all(Row::right);
+    println!(
+        "\n{}",
+        if all_right {
+            "every step was attributed right; the lab is gone."
+        } else {
+            "some steps were attributed WRONG (see above); the lab is gone."
+        }
+    );
+    Ok(all_right)
+}
