@@ -24,7 +24,9 @@ APT_PACKAGES=(
   # droptrace reads these tools' output (state snapshots, rule counters)
   iptables nftables conntrack iproute2 procps
   # the namespace lab: a server in the "container", a client, inspection
-  busybox-static curl bpftool kmod
+  busybox-static curl bpftool kmod util-linux
+  # the real components of the incident tests: dockerd (with containerd, runc), firewalld
+  docker.io firewalld dbus
   # build: C toolchain for -sys crates, git for cargo
   build-essential pkg-config git ca-certificates
 )

@@ -2,6 +2,8 @@
 //! real kernel while the lab (tracer::lab) makes real packets cross real namespaces.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::{
     io::{BufRead, BufReader, Read},
     os::unix::fs::MetadataExt,

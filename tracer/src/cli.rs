@@ -23,9 +23,34 @@ pub struct Cli {
 pub enum Command {
     /// Print every dropped packet to or from the watched ports, then a summary.
     Watch(WatchArgs),
+    /// List the published ports: from the container engine, else the DNAT rules.
+    Ports(PreflightArgs),
+    /// Static preflight, no eBPF: forwarding, DNAT and chains per published port, rules that
+    /// would drop or reject it, firewalld, docker-proxy. Exit 0 when healthy, 1 when not.
+    Check(PreflightArgs),
     /// Replay the incident in throwaway network namespaces and show droptrace's verdict for
     /// each step (a self-test of this kernel). Exit 0 when every step is attributed right.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreflightArgs {
+    /// Container engine socket (Docker, or Podman's compatible socket).
+    #[arg(long, value_name = "PATH")]
+    pub docker_host: Option<std::path::PathBuf>,
+
+    /// Network namespace (default: the engine's, else droptrace's own).
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+
+    /// Only these ports (and check them even if nothing publishes them).
+    #[arg(long = "port", short = 'p', value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// JSON Lines output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -52,9 +77,19 @@ pub struct WatchArgs {
     pub addrs: Vec<SocketAddr>,
 
     /// Network namespace to watch: a name from `ip netns list` or a path such as
-    /// /proc/PID/ns/net. Default: the namespace droptrace runs in.
+    /// /proc/PID/ns/net. Default: the container engine's namespace when ports come from it,
+    /// else the namespace droptrace runs in.
     #[arg(long, value_name = "NAME|PATH")]
     pub netns: Option<String>,
+
+    /// Container engine socket (Docker, or Podman's compatible socket) to discover published
+    /// ports from. Without --port, /var/run/docker.sock is tried, then the DNAT rules.
+    #[arg(long, value_name = "PATH")]
+    pub docker_host: Option<std::path::PathBuf>,
+
+    /// Watch only the published ports of this container (name or id prefix).
+    #[arg(long, value_name = "NAME|ID")]
+    pub container: Option<String>,
 
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]

@@ -59,6 +59,16 @@ pub enum Error {
     )]
     DemoLeftovers(String),
 
+    #[error(
+        "no container engine answers at {socket} ({why}): is dockerd (or podman.socket) running? Pass --docker-host PATH for another socket, or --port PORT to watch without discovery"
+    )]
+    NoEngine { socket: String, why: String },
+
+    #[error(
+        "container {wanted:?} is not among the containers that publish ports ({known}): check `droptrace ports`"
+    )]
+    UnknownContainer { wanted: String, known: String },
+
     #[error("{0}")]
     Io(String),
 }
@@ -71,7 +81,8 @@ impl Error {
             Error::BadPort(_)
             | Error::NoPorts
             | Error::UnknownNetns { .. }
-            | Error::NotANetns { .. } => 2,
+            | Error::NotANetns { .. }
+            | Error::UnknownContainer { .. } => 2,
             Error::NotRoot { .. }
             | Error::NoBtf(_)
             | Error::BadBtf { .. }
@@ -80,7 +91,8 @@ impl Error {
             | Error::NoTracefs(_)
             | Error::Load(_)
             | Error::Attach(_)
-            | Error::DemoLeftovers(_) => 3,
+            | Error::DemoLeftovers(_)
+            | Error::NoEngine { .. } => 3,
             Error::Io(_) => 4,
         }
     }

@@ -145,6 +145,8 @@ pub struct DropRecord {
     pub answered: Option<String>,
     /// Verdict cause this drop was attributed to.
     pub cause: Option<String>,
+    /// The container the watched port is published to (from the engine).
+    pub container: Option<String>,
     /// Hook the netfilter probes saw the packet enter and not leave (null without probes, or
     /// when it died between hooks).
     pub nf_hook: Option<&'static str>,
@@ -272,6 +274,7 @@ impl Namer {
             orig_dport: (dnat == Some(true)).then_some(ev.orig_dport),
             answered: None,
             cause: None,
+            container: None,
             nf_hook: crate::nfprobe::trail_hook(ev.nf_trail),
             nf_trail: ev.nf_trail,
             ktime_ns: ev.ktime_ns,

@@ -70,6 +70,9 @@ pub struct LabSpec {
     pub backend: Backend,
     /// Start the HTTP server in the container.
     pub server: bool,
+    /// Build the docker0 bridge, the container and Docker's rules by hand. Off when a real
+    /// dockerd runs in the host namespace and does all of that itself.
+    pub docker_by_hand: bool,
 }
 
 impl LabSpec {
@@ -79,6 +82,7 @@ impl LabSpec {
             port: 5000,
             backend: Backend::IptablesNft,
             server: true,
+            docker_by_hand: true,
         }
     }
 }
@@ -251,6 +255,9 @@ impl Lab {
         )?;
         self.ip(&ext, &["link", "set", "eth0", "up"])?;
 
+        if !self.spec.docker_by_hand {
+            return Ok(());
+        }
         // host bridge <-> container
         self.ip(&host, &["link", "add", BRIDGE, "type", "bridge"])?;
         self.ip(&host, &["addr", "add", "172.17.0.1/16", "dev", BRIDGE])?;
@@ -449,8 +456,8 @@ impl Drop for Lab {
     }
 }
 
-/// Kills whatever still runs inside a namespace, then deletes it.
-pub fn kill_namespace(ns: &str) {
+/// Kills whatever still runs inside a namespace.
+pub fn kill_namespace_processes(ns: &str) {
     if let Ok(pids) = run(&["ip", "netns", "pids", ns]) {
         for pid in pids
             .split_whitespace()
@@ -460,6 +467,11 @@ pub fn kill_namespace(ns: &str) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// Kills whatever still runs inside a namespace, then deletes it.
+pub fn kill_namespace(ns: &str) {
+    kill_namespace_processes(ns);
     let _ = run(&["ip", "netns", "del", ns]);
 }
 

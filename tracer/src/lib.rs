@@ -6,8 +6,10 @@
 //! the namespace lab that the integration tests and the demo use.
 pub mod attribute;
 pub mod changes;
+pub mod check;
 pub mod cli;
 pub mod demo;
+pub mod discover;
 pub mod error;
 pub mod event;
 pub mod kernel;
@@ -16,6 +18,7 @@ pub mod loader;
 pub mod netns;
 pub mod nfprobe;
 pub mod output;
+pub mod preflight;
 pub mod state;
 pub mod tracerules;
 pub mod verdict;

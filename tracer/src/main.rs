@@ -5,6 +5,7 @@ use tracer::{
     cli::{Cli, Command},
     demo,
     error::Error,
+    preflight,
     watch::{self, WatchRequest},
 };
 
@@ -25,11 +26,32 @@ fn main() -> ExitCode {
                 ready: None,
                 stop: None,
                 quiet: false,
+                docker_host: args.docker_host,
+                container: args.container,
             };
             runtime().and_then(|rt| {
                 rt.block_on(watch::run(req, std::io::stdout().lock()))
                     .map(|_| ())
             })
+        }
+        Command::Ports(args) => runtime().and_then(|rt| {
+            rt.block_on(preflight::ports(
+                preflight_request(args),
+                std::io::stdout().lock(),
+            ))
+        }),
+        Command::Check(args) => {
+            match runtime().and_then(|rt| {
+                rt.block_on(preflight::check(
+                    preflight_request(args),
+                    std::io::stdout().lock(),
+                ))
+            }) {
+                Ok(true) => Ok(()),
+                // Findings were printed: exit 1, as documented.
+                Ok(false) => return ExitCode::from(1),
+                Err(e) => Err(e),
+            }
         }
         Command::Demo(args) if args.cleanup => {
             for ns in demo::cleanup() {
@@ -52,6 +74,15 @@ fn main() -> ExitCode {
             eprintln!("droptrace: {err}");
             ExitCode::from(err.exit_code() as u8)
         }
+    }
+}
+
+fn preflight_request(args: tracer::cli::PreflightArgs) -> preflight::PreflightRequest {
+    preflight::PreflightRequest {
+        docker_host: args.docker_host,
+        netns: args.netns,
+        ports: args.ports,
+        json: args.json,
     }
 }
 

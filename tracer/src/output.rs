@@ -36,6 +36,9 @@ pub struct StartRecord {
     pub hook: &'static str,
     /// Optional signal tracepoints attached (`icmp_send`, `tcp_send_reset`).
     pub signals: Vec<&'static str>,
+    /// Published ports being watched, with their containers (from the engine or DNAT rules).
+    pub published: Vec<crate::discover::PublishedPort>,
+    pub engine: Option<crate::discover::Engine>,
     pub notes: Vec<String>,
 }
 
@@ -311,6 +314,7 @@ mod tests {
             orig_dport: None,
             answered: Some("RST".into()),
             cause: None,
+            container: None,
             nf_hook: None,
             nf_trail: 0,
             ktime_ns: 0,

@@ -37,6 +37,8 @@ pub struct VerdictRecord {
     pub sentence: String,
     pub fix_persistent: Option<String>,
     pub netns: u32,
+    /// The container the port is published to, when known.
+    pub container: Option<String>,
     /// false when streamed at the first drop, true in the closing totals.
     #[serde(rename = "final")]
     pub is_final: bool,
@@ -116,6 +118,7 @@ impl Book {
             sentence: a.sentence.clone(),
             fix_persistent: a.fix_persistent.clone(),
             netns: d.netns,
+            container: d.container.clone(),
             is_final: false,
             culprit: None,
             culprit_note: None,

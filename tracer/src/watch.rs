@@ -3,6 +3,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     io::Write,
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -19,6 +20,7 @@ use tracer_common::{AF_INET, AF_INET6, AddrPort, ChangeEvent, WatchConfig};
 use crate::{
     attribute::{Answer, Attribution, Cause, Context, DropFacts, Hook, attribute},
     changes::{self, ChangeRecord, Generation, NftMonitor, Resolver},
+    discover::{self, Engine, PublishedPort},
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     kernel::{self, btf::KernelBtf, kallsyms::Symbols},
@@ -42,12 +44,36 @@ pub struct WatchRequest {
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
     pub trace_rules: bool,
+    /// Container engine socket to discover published ports from (default /var/run/docker.sock
+    /// when no --port is given).
+    pub docker_host: Option<PathBuf>,
+    /// Watch only this container's published ports.
+    pub container: Option<String>,
     /// Notified once the probes are attached and the start line is out (for the demo).
     pub ready: Option<Arc<Notify>>,
     /// Ends the run like Ctrl-C when notified (for the demo).
     pub stop: Option<Arc<Notify>>,
     /// No human start banner on stderr (the demo prints its own).
     pub quiet: bool,
+}
+
+/// Asks the container engine for published ports when the user gave none, or named a socket
+/// or a container. A missing engine is an error only when the user asked for it.
+async fn resolve_engine(req: &WatchRequest) -> Result<(Option<Engine>, Vec<PublishedPort>), Error> {
+    let asked = req.docker_host.is_some() || req.container.is_some();
+    if !asked && !(req.ports.is_empty() && req.addrs.is_empty()) {
+        return Ok((None, Vec::new()));
+    }
+    let socket = req
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(discover::DEFAULT_DOCKER_HOST));
+    match discover::from_engine(&socket).await {
+        Ok((engine, ports)) => Ok((Some(engine), ports)),
+        Err(e) if asked => Err(e),
+        // No engine and no --port: fall back to the DNAT rules of the namespace.
+        Err(_) => Ok((None, Vec::new())),
+    }
 }
 
 /// What a run produced, for callers that act on it (the demo).
@@ -99,6 +125,8 @@ struct Observer<W: Write> {
     monitor: Option<NftMonitor>,
     /// The last iptables-legacy rulesets seen, to tell what a table replacement removed.
     legacy_seen: Vec<iptables::Ruleset>,
+    /// Published ports known from the engine (or the DNAT rules).
+    published: Vec<PublishedPort>,
 }
 
 /// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
@@ -140,7 +168,10 @@ impl<W: Write> Observer<W> {
                             port,
                             exec_prefix: self.exec_prefix.clone(),
                             before: Some(&self.before),
-                            published_elsewhere: false,
+                            published_elsewhere: self
+                                .published
+                                .iter()
+                                .any(|p| p.host_port == port && p.source != "nat-rule"),
                         };
                         let a = attribute(&facts, now, &ctx);
                         self.book.learn(sig, a.clone());
@@ -148,6 +179,11 @@ impl<W: Write> Observer<W> {
                     }
                 };
                 rec.hook = attribution.hook.map(|h| h.name().to_string());
+                rec.container = self
+                    .published
+                    .iter()
+                    .find(|p| p.host_port == port)
+                    .and_then(|p| p.container.clone());
                 rec.cause = Some(attribution.cause.name().to_string());
                 self.printer.drop_line(&rec)?;
                 if let Some(mut verdict) = self.book.add(port, &rec, &attribution) {
@@ -535,13 +571,16 @@ fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
 }
 
 pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Error> {
-    if req.ports.is_empty() && req.addrs.is_empty() {
-        return Err(Error::NoPorts);
-    }
     kernel::check_privileges()?;
-    let netns = match &req.netns {
-        Some(spec) => Netns::resolve(spec)?,
-        None => Netns::current()?,
+    let (engine, mut published) = resolve_engine(&req).await?;
+    let netns = match (
+        &req.netns,
+        engine.as_ref().and_then(|e| e.netns_path.as_ref()),
+    ) {
+        (Some(spec), _) => Netns::resolve(spec)?,
+        // The engine's own namespace is where its ports are published.
+        (None, Some(path)) => Netns::resolve(&path.display().to_string())?,
+        (None, None) => Netns::current()?,
     };
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
@@ -556,8 +595,28 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     };
     // Read before any drop of this run, so rule counters that move later name the rule.
     let before = state::capture(&netns);
+    if engine.is_none() && req.ports.is_empty() && req.addrs.is_empty() {
+        published = discover::from_rules(&before);
+    }
+    if let Some(wanted) = &req.container {
+        published = discover::select_container(published, wanted)?;
+    }
+    let mut ports = req.ports.clone();
+    if req.ports.is_empty() {
+        ports.extend(published.iter().map(|p| p.host_port));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() && req.addrs.is_empty() {
+        return Err(Error::NoPorts);
+    }
     let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
-    addr_ports.extend(translated_tuples(&before, &req.ports));
+    addr_ports.extend(translated_tuples(&before, &ports));
+    for p in published.iter().filter(|p| ports.contains(&p.host_port)) {
+        if let (Some(ip), Some(port)) = (p.container_ip, p.container_port) {
+            addr_ports.push(addr_port(&SocketAddr::new(ip, port)));
+        }
+    }
 
     let opts = LoadOptions {
         offsets,
@@ -565,7 +624,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             netns: netns.inode,
             match_all: 0,
         },
-        ports: req.ports.clone(),
+        ports: ports.clone(),
         addr_ports,
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes,
@@ -630,7 +689,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         },
         printer: Printer::new(out, format),
         exec_prefix: exec_prefix(&req, &netns),
-        ports: req.ports.clone(),
+        ports: ports.clone(),
+        published: published.clone(),
         before,
         latest: None,
         recent_signals: VecDeque::new(),
@@ -652,8 +712,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             kernel: kernel::release(),
             netns: obs.netns.inode,
             netns_name: obs.netns.name.clone(),
-            ports: req.ports.clone(),
+            ports: ports.clone(),
             addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
+            published: published.clone(),
+            engine: engine.clone(),
             hook: tracer.hook.name(),
             signals: tracer.signals.clone(),
             notes: notes.clone(),

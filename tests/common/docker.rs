@@ -1,0 +1,258 @@
+//! Real components for the incident tests: Debian's dockerd (20.10) started by hand inside the
+//! lab's host network namespace, in a private mount namespace with its own state directory,
+//! and firewalld with a private system bus. The harness starts and stops them, bounded in
+//! time, and leaves nothing behind (containers removed, processes killed, files deleted).
+#![allow(dead_code)]
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tracer::lab::{self, Lab, LabSpec};
+
+pub struct DockerHost {
+    pub lab: Lab,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    daemon: Option<Child>,
+    firewalld: Option<Child>,
+}
+
+fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\nset -e\n{body}\n")).expect("write script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// The docker CLI of Debian's docker.io (a newer client elsewhere on PATH works too: the API
+/// version is negotiated).
+fn docker_bin() -> &'static str {
+    if Path::new("/usr/bin/docker").exists() {
+        "/usr/bin/docker"
+    } else {
+        "docker"
+    }
+}
+
+impl DockerHost {
+    /// A client namespace and a host namespace with a real dockerd in it.
+    pub fn start(label: &str, userland_proxy: bool) -> DockerHost {
+        super::require_root();
+        let mut spec = LabSpec::new(label);
+        spec.server = false;
+        spec.docker_by_hand = false;
+        let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+        let dir = std::env::temp_dir().join(format!("dt-docker-{}", lab.host));
+        std::fs::create_dir_all(&dir).expect("state dir");
+        let d = dir.display();
+        // dockerd needs cgroup hierarchies in its mount namespace (`ip netns exec` remounts
+        // /sys): cgroup v1 controllers on hybrid hosts, cgroup2 on unified ones.
+        write_script(
+            &dir.join("start-dockerd"),
+            &format!(
+                "mount -t tmpfs cgroup_root /sys/fs/cgroup\n\
+                 if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/1/mounts; then\n\
+                   mount -t cgroup2 none /sys/fs/cgroup\n\
+                 else\n\
+                   for c in cpu cpuacct cpuset memory devices freezer blkio pids; do\n\
+                     mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || true\n\
+                   done\n\
+                   mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || true\n\
+                 fi\n\
+                 mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd\n\
+                 exec dockerd --data-root {d}/root --exec-root {d}/exec --pidfile {d}/dockerd.pid \
+                   -H unix://{d}/docker.sock --storage-driver vfs --userland-proxy={userland_proxy} \
+                   > {d}/dockerd.log 2>&1"
+            ),
+        );
+        let daemon = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.host,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+            ])
+            .arg(dir.join("start-dockerd"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dockerd (apt-get install docker.io)");
+        let sock = dir.join("docker.sock");
+        let host = DockerHost {
+            lab,
+            dir,
+            sock,
+            daemon: Some(daemon),
+            firewalld: None,
+        };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while host
+            .docker(&["version", "--format", "{{.Server.Version}}"])
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(host.dir.join("dockerd.log")).unwrap_or_default();
+                panic!("dockerd did not come up in 40 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        host
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(docker_bin())
+            .arg("-H")
+            .arg(format!("unix://{}", self.sock.display()))
+            .args(args)
+            .env("DOCKER_BUILDKIT", "0")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// `docker run -d --name web -p 5000:5000` of an image built `FROM scratch` with
+    /// busybox-static serving HTTP on 5000.
+    pub fn run_web(&self) {
+        let ctx = self.dir.join("image");
+        std::fs::create_dir_all(ctx.join("www")).unwrap();
+        std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static at /bin/busybox");
+        std::fs::write(ctx.join("www/index.html"), "droptrace\n").unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
+             ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"5000\", \"-h\", \"/www\"]\n",
+        )
+        .unwrap();
+        self.docker(&["build", "-q", "-t", "dtweb", ctx.to_str().unwrap()])
+            .unwrap_or_else(|e| panic!("docker build: {e}"));
+        self.docker(&["run", "-d", "--name", "web", "-p", "5000:5000", "dtweb"])
+            .unwrap_or_else(|e| panic!("docker run: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let seen = self.lab.client_request(Duration::from_secs(1));
+            if seen == lab::Outcome::Http(200) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the published port never answered: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn bus(&self) -> String {
+        format!("unix:path={}", self.dir.join("fw/bus").display())
+    }
+
+    /// Starts firewalld (nftables backend) in the host namespace with a private system bus,
+    /// and waits until it reports `running`. Its start-up rewrites the ruleset.
+    pub fn start_firewalld(&mut self) {
+        let fw = self.dir.join("fw");
+        std::fs::create_dir_all(fw.join("etc")).unwrap();
+        let f = fw.display();
+        std::fs::write(
+            fw.join("bus.conf"),
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\" \
+                 \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\
+                 <type>system</type><listen>unix:path={f}/bus</listen><auth>EXTERNAL</auth>\
+                 <policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/>\
+                 <allow send_type=\"method_call\"/><allow send_type=\"signal\"/>\
+                 <allow send_type=\"method_return\"/><allow send_type=\"error\"/>\
+                 <allow receive_type=\"method_call\"/><allow receive_type=\"signal\"/>\
+                 <allow receive_type=\"method_return\"/><allow receive_type=\"error\"/>\
+                 </policy></busconfig>\n"
+            ),
+        )
+        .unwrap();
+        // firewalld keeps state in /run/firewalld and /etc/firewalld: private copies.
+        write_script(
+            &fw.join("start-firewalld"),
+            &format!(
+                "mkdir -p /run/firewalld && mount -t tmpfs tmpfs /run/firewalld\n\
+                 cp -a /etc/firewalld/. {f}/etc/ && mount --bind {f}/etc /etc/firewalld\n\
+                 dbus-daemon --config-file={f}/bus.conf --nofork --nopidfile > {f}/dbus.log 2>&1 &\n\
+                 for i in $(seq 1 50); do [ -S {f}/bus ] && break; sleep 0.1; done\n\
+                 export DBUS_SYSTEM_BUS_ADDRESS=unix:path={f}/bus\n\
+                 exec firewalld --nofork --nopid --log-file {f}/firewalld.log > {f}/firewalld.out 2>&1"
+            ),
+        );
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.lab.host,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+            ])
+            .arg(fw.join("start-firewalld"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start firewalld (apt-get install firewalld dbus)");
+        self.firewalld = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while self
+            .firewall_cmd(&["--state"])
+            .map(|s| s.trim() != "running")
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(fw.join("firewalld.log")).unwrap_or_default();
+                panic!("firewalld did not come up in 40 s:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn firewall_cmd(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.lab.host, "firewall-cmd"])
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for DockerHost {
+    fn drop(&mut self) {
+        // Containers first (their processes live in namespaces of their own), bounded.
+        let ids = self.docker(&["ps", "-aq"]).unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        for child in [self.firewalld.take(), self.daemon.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // dockerd, containerd, shims, firewalld, dbus-daemon: everything in the namespace.
+        lab::kill_namespace_processes(&self.lab.host);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,248 @@
+//! The real incident: Debian's dockerd publishing a busybox container with `-p 5000:5000`, a
+//! real firewalld, and droptrace discovering the port from the Docker API and naming the
+//! container in its verdicts.
+mod common;
+
+use std::time::Duration;
+
+use common::{Output, Watch, docker::DockerHost, run_droptrace};
+use serde_json::Value;
+use tracer::lab::Outcome;
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn watch(host: &DockerHost) -> Watch {
+    // No --port, no --netns: both come from the engine.
+    Watch::start(&["--docker-host", host.sock.to_str().unwrap()])
+}
+
+fn final_verdicts(out: &Output) -> Vec<&Value> {
+    out.of_type("verdict")
+        .into_iter()
+        .filter(|v| v["final"] == true)
+        .collect()
+}
+
+fn the_verdict(out: &Output, cause: &str) -> Value {
+    let v = final_verdicts(out);
+    assert_eq!(v.len(), 1, "expected one verdict: {}", out.dump());
+    assert_eq!(v[0]["cause"], cause, "{}", out.dump());
+    assert_eq!(
+        v[0]["container"], "web",
+        "the verdict names the container: {:#}",
+        v[0]
+    );
+    v[0].clone()
+}
+
+fn check(host: &DockerHost) -> (Option<i32>, Vec<Value>) {
+    let out = run_droptrace(&[
+        "check",
+        "--docker-host",
+        host.sock.to_str().unwrap(),
+        "--json",
+    ]);
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (out.status.code(), lines)
+}
+
+#[test]
+fn healthy_published_port_is_discovered_and_gives_no_verdict() {
+    let host = DockerHost::start("dkhealthy", false);
+    host.run_web();
+    let w = watch(&host);
+    assert_eq!(w.start["ports"], serde_json::json!([5000]));
+    assert_eq!(w.start["published"][0]["container"], "web");
+    assert_eq!(w.start["engine"]["name"], "docker");
+    assert_eq!(host.lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
+    let out = w.stop();
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+
+    let ports = run_droptrace(&["ports", "--docker-host", host.sock.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&ports.stdout);
+    assert!(ports.status.success(), "{text}");
+    assert!(
+        text.contains("*:5000/tcp") && text.contains("web") && text.contains("172.17.0.2:5000"),
+        "{text}"
+    );
+    let (code, lines) = check(&host);
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert_eq!(lines.last().unwrap()["healthy"], true);
+}
+
+#[test]
+fn ip_forward_off_after_dockerd_started_is_forwarding_disabled() {
+    let host = DockerHost::start("dkfwd", false);
+    host.run_web();
+    let w = watch(&host);
+    host.lab
+        .sysctl(&host.lab.host, "net.ipv4.ip_forward", "0")
+        .unwrap();
+    assert_eq!(host.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+    let out = w.stop();
+    let v = the_verdict(&out, "forwarding_disabled");
+    assert_eq!(v["culprit"]["key"], "net.ipv4.ip_forward");
+    for d in out.drops() {
+        assert_eq!(d["container"], "web");
+    }
+    let (code, lines) = check(&host);
+    assert_eq!(code, Some(1));
+    assert_eq!(lines[0]["cause"], "forwarding_disabled");
+}
+
+#[test]
+fn firewalld_started_after_dockerd_wipes_the_chains_and_rejects_in_local_in() {
+    let mut host = DockerHost::start("dkfirewalld", false);
+    host.run_web();
+    let w = watch(&host);
+    host.start_firewalld();
+    let seen = host.lab.client_request(CLIENT_TIMEOUT);
+    let out = w.stop();
+    assert!(
+        matches!(seen, Outcome::Unreachable(_)),
+        "firewalld's zone rejects: {seen}"
+    );
+    let v = the_verdict(&out, "missing_chain");
+    assert_eq!(v["proximate"]["hook"], "LOCAL_IN");
+    assert_eq!(v["proximate"]["dnat"], false);
+    assert_eq!(v["proximate"]["icmp"], "3/13 admin-prohibited");
+    let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
+    assert!(
+        rule.contains("table inet firewalld") && rule.contains("reject"),
+        "rule: {rule}"
+    );
+    // The culprit is firewalld (through the iptables-restore it runs to flush Docker's rules).
+    let culprit = &v["culprit"];
+    let chain: Vec<&str> = std::iter::once(&culprit["process"])
+        .chain(
+            culprit["process"]["ancestors"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        )
+        .filter_map(|p| p["comm"].as_str())
+        .collect();
+    assert!(
+        chain.contains(&"firewalld"),
+        "culprit chain {chain:?}: {culprit:#}"
+    );
+
+    // A reload wipes them again: seen as a change by firewalld.
+    let w = watch(&host);
+    host.firewall_cmd(&["--reload"])
+        .expect("firewall-cmd --reload");
+    std::thread::sleep(Duration::from_millis(500));
+    let out = w.stop();
+    assert!(
+        out.of_type("change")
+            .iter()
+            .any(|c| c["process"]["comm"] == "firewalld"),
+        "reload not attributed to firewalld: {}",
+        out.dump()
+    );
+}
+
+#[test]
+fn nat_chain_deleted_while_docker_proxy_answers_is_found_by_check() {
+    let host = DockerHost::start("dkproxy", true);
+    host.run_web();
+    for args in [
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ][..],
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "OUTPUT",
+            "!",
+            "-d",
+            "127.0.0.0/8",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ],
+        &["-t", "nat", "-F", "DOCKER"],
+        &["-t", "nat", "-X", "DOCKER"],
+    ] {
+        host.lab
+            .exec(&host.lab.host, &[&["iptables"][..], args].concat())
+            .expect("iptables");
+    }
+    let w = watch(&host);
+    // docker-proxy still answers: the client works, nothing is dropped.
+    assert_eq!(host.lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
+    let out = w.stop();
+    assert!(
+        out.drops().is_empty() && out.of_type("verdict").is_empty(),
+        "{}",
+        out.dump()
+    );
+    let (code, lines) = check(&host);
+    assert_eq!(code, Some(1), "{lines:#?}");
+    let f = lines
+        .iter()
+        .find(|l| l["cause"] == "missing_chain")
+        .expect("missing_chain finding");
+    assert_eq!(f["container"], "web");
+    assert!(
+        f["what"]
+            .as_str()
+            .unwrap()
+            .contains("docker-proxy still answers"),
+        "{f:#}"
+    );
+}
+
+#[test]
+fn drop_in_docker_user_is_firewall_drop_naming_rule_and_container() {
+    let host = DockerHost::start("dkuser", false);
+    host.run_web();
+    host.lab
+        .exec(
+            &host.lab.host,
+            &[
+                "iptables",
+                "-I",
+                "DOCKER-USER",
+                "-p",
+                "tcp",
+                "--dport",
+                "5000",
+                "-j",
+                "DROP",
+            ],
+        )
+        .expect("iptables");
+    let w = watch(&host);
+    assert_eq!(host.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+    let out = w.stop();
+    let v = the_verdict(&out, "firewall_drop");
+    assert_eq!(v["proximate"]["hook"], "FORWARD");
+    let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
+    assert!(
+        rule.contains("filter DOCKER-USER rule 1") && rule.contains("-j DROP"),
+        "{rule}"
+    );
+    let (code, lines) = check(&host);
+    assert_eq!(code, Some(1));
+    assert!(
+        lines.iter().any(|l| l["cause"] == "firewall_drop"),
+        "{lines:#?}"
+    );
+}

@@ -1,0 +1,288 @@
+//! `droptrace check`: a static preflight that needs no eBPF. It reads the namespace's
+//! forwarding sysctls and rulesets, the published ports and who listens on them, and reports
+//! what would drop or reject traffic to each port, with the same cause names and fixes as
+//! verdicts. Exit status 0 when healthy, 1 when something is found.
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::{discover::PublishedPort, state::Snapshot};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Same names as verdicts: forwarding_disabled, missing_chain, firewall_reject, firewall_drop.
+    pub cause: &'static str,
+    pub port: Option<u16>,
+    pub container: Option<String>,
+    pub what: String,
+    pub fix: String,
+}
+
+/// What `check` knows besides the ruleset.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// Host ports a docker-proxy process listens on in the namespace.
+    pub proxy_ports: BTreeSet<u16>,
+    /// A firewalld process runs in the namespace (or its nftables table exists).
+    pub firewalld: bool,
+    /// Prefix to run commands in the namespace (`ip netns exec NAME `).
+    pub exec_prefix: String,
+}
+
+fn finding(cause: &'static str, p: Option<&PublishedPort>, what: String, fix: String) -> Finding {
+    Finding {
+        kind: "finding",
+        cause,
+        port: p.map(|p| p.host_port),
+        container: p.and_then(|p| p.container.clone()),
+        what,
+        fix,
+    }
+}
+
+/// The checks, as a pure function of the state.
+pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let prefix = &facts.exec_prefix;
+    if snap.sysctls.flag("net.ipv4.ip_forward") == Some(false) && !published.is_empty() {
+        out.push(finding(
+            "forwarding_disabled",
+            None,
+            "net.ipv4.ip_forward = 0: traffic DNATed to containers cannot be forwarded; remote clients time out (the host itself still reaches the ports)".into(),
+            format!("{prefix}sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/"),
+        ));
+    } else if !published.is_empty() {
+        for iface in &snap.interfaces {
+            let key = format!("net.ipv4.conf.{iface}.forwarding");
+            if iface != "lo" && snap.sysctls.flag(&key) == Some(false) {
+                out.push(finding(
+                    "forwarding_disabled",
+                    None,
+                    format!(
+                        "{key} = 0: traffic arriving on {iface} for a container is not forwarded"
+                    ),
+                    format!("{prefix}sysctl -w {key}=1, and persist it in /etc/sysctl.d/"),
+                ));
+            }
+        }
+    }
+    let firewalld_owns = facts.firewalld && !snap.nat_chain_exists("DOCKER");
+    for p in published {
+        let port = p.host_port;
+        let dnats = snap.dnats_for(port);
+        let proxy = facts.proxy_ports.contains(&port);
+        let proxy_note = if proxy {
+            format!(
+                "; docker-proxy still answers on port {port}, so clients connect through it (losing their source address) until something in INPUT blocks the port"
+            )
+        } else {
+            String::new()
+        };
+        if dnats.is_empty() {
+            let why = if firewalld_owns {
+                "firewalld owns the ruleset and Docker's nat chains are gone (a firewalld start or reload after dockerd wipes them)".to_string()
+            } else if !snap.nat_chain_exists("DOCKER") {
+                "the nat chain DOCKER is gone".to_string()
+            } else {
+                format!("the nat chain DOCKER holds no DNAT for port {port}")
+            };
+            out.push(finding(
+                "missing_chain",
+                Some(p),
+                format!("port {port}/{} is published but not translated: {why}{proxy_note}", p.proto),
+                "restart the container engine so it rewrites its chains (systemctl restart docker); with firewalld, start docker after it".into(),
+            ));
+        } else if dnats.iter().all(|d| !d.reachable) {
+            out.push(finding(
+                "missing_chain",
+                Some(p),
+                format!(
+                    "the DNAT for port {port} ({}) is not reached: nat PREROUTING no longer jumps to {}{proxy_note}",
+                    dnats[0].location, dnats[0].chain
+                ),
+                "restart the container engine so it rewrites its chains (systemctl restart docker)".into(),
+            ));
+        }
+        // Rules that name the port and drop or reject it on the path it takes.
+        let hook = if dnats.is_empty() {
+            "LOCAL_IN"
+        } else {
+            "FORWARD"
+        };
+        let mut blockers: Vec<_> = snap
+            .blockers(hook, port)
+            .into_iter()
+            .filter(|b| b.names_port && !b.policy)
+            .collect();
+        if hook == "LOCAL_IN" && dnats.is_empty() {
+            // Untranslated traffic meets INPUT: an unconditional reject (firewalld's zone
+            // default) stops it too.
+            blockers.extend(
+                snap.blockers(hook, port)
+                    .into_iter()
+                    .filter(|b| !b.names_port && !b.policy && b.verdict == "REJECT"),
+            );
+        }
+        if hook == "FORWARD" && snap.published_hints(port).is_empty() {
+            blockers.extend(snap.blockers(hook, port).into_iter().filter(|b| b.policy));
+        }
+        for b in blockers {
+            let cause = if b.verdict == "REJECT" {
+                "firewall_reject"
+            } else {
+                "firewall_drop"
+            };
+            out.push(finding(
+                cause,
+                Some(p),
+                format!("traffic to port {port} in {hook} meets {}", b.text),
+                format!(
+                    "remove or narrow it where the firewall is managed: {}",
+                    b.text
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Host ports a `docker-proxy` in network namespace `netns_inode` listens on, from /proc.
+pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return ports;
+    };
+    for entry in dir.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() != "docker-proxy" {
+            continue;
+        }
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .ok()
+            .and_then(|l| {
+                l.to_string_lossy()
+                    .trim_start_matches("net:[")
+                    .trim_end_matches(']')
+                    .parse::<u32>()
+                    .ok()
+            });
+        if ns != Some(netns_inode) {
+            continue;
+        }
+        let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = args
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if let Some(i) = args.iter().position(|a| a == "-host-port")
+            && let Some(port) = args.get(i + 1).and_then(|p| p.parse().ok())
+        {
+            ports.insert(port);
+        }
+    }
+    ports
+}
+
+/// Whether firewalld runs in (or has written its table into) the namespace.
+pub fn firewalld_present(snap: &Snapshot, netns_inode: u32) -> bool {
+    if snap.nft.chains.iter().any(|c| c.table == "firewalld") {
+        return true;
+    }
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten().any(|e| {
+                let pid = e.file_name().to_string_lossy().into_owned();
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let is_fw = String::from_utf8_lossy(&cmd).contains("firewalld");
+                let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                    .map(|l| l.to_string_lossy().contains(&format!("[{netns_inode}]")))
+                    .unwrap_or(false);
+                is_fw && ns
+            })
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Sysctls, iptables};
+
+    const DOCKER: &str = include_str!("state/testdata/iptables-legacy-save-docker.txt");
+
+    fn published() -> Vec<PublishedPort> {
+        vec![PublishedPort {
+            host_ip: None,
+            host_port: 5000,
+            proto: "tcp".into(),
+            container: Some("web".into()),
+            container_id: Some("72062f9b709a".into()),
+            container_ip: Some("172.17.0.2".parse().unwrap()),
+            container_port: Some(5000),
+            network: Some("bridge".into()),
+            source: "docker",
+        }]
+    }
+
+    fn snap(rules: &str, forward: &str) -> Snapshot {
+        let mut sysctls = Sysctls::default();
+        sysctls.set("net.ipv4.ip_forward", forward);
+        Snapshot {
+            sysctls,
+            interfaces: vec!["lo".into(), "eth0".into()],
+            iptables: vec![iptables::parse("iptables-legacy", rules)],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn healthy_docker_host_has_no_finding() {
+        assert!(check(&snap(DOCKER, "1"), &published(), &Facts::default()).is_empty());
+    }
+
+    #[test]
+    fn forwarding_off_is_found() {
+        let f = check(&snap(DOCKER, "0"), &published(), &Facts::default());
+        assert_eq!(f.len(), 1);
+        assert_eq!(f[0].cause, "forwarding_disabled");
+    }
+
+    #[test]
+    fn missing_nat_chain_behind_docker_proxy_is_found_and_explained() {
+        let filter_only = DOCKER.split("*nat").next().unwrap();
+        let facts = Facts {
+            proxy_ports: [5000].into(),
+            ..Facts::default()
+        };
+        let f = check(&snap(filter_only, "1"), &published(), &facts);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].cause, "missing_chain");
+        assert_eq!(f[0].container.as_deref(), Some("web"));
+        assert!(
+            f[0].what.contains("docker-proxy still answers"),
+            "{}",
+            f[0].what
+        );
+    }
+
+    #[test]
+    fn a_drop_rule_naming_the_port_is_found() {
+        let rules = DOCKER.replace(
+            "[0:0] -A DOCKER-USER -j RETURN",
+            "[0:0] -A DOCKER-USER -p tcp -m tcp --dport 5000 -j DROP\n[0:0] -A DOCKER-USER -j RETURN",
+        );
+        let f = check(&snap(&rules, "1"), &published(), &Facts::default());
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].cause, "firewall_drop");
+        assert!(f[0].what.contains("DOCKER-USER rule 1"));
+    }
+}

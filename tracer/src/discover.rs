@@ -1,0 +1,297 @@
+//! Which ports are published, and to which container: from the container engine's API over
+//! its unix socket (Docker, or Podman's compatible socket), else from the DNAT rules found in
+//! the namespace's ruleset, else from `--port`.
+use std::{
+    net::IpAddr,
+    os::{fd::AsRawFd, unix::net::UnixStream},
+    path::{Path, PathBuf},
+};
+
+use bollard::{API_DEFAULT_VERSION, Docker, models::ContainerSummary};
+use serde::Serialize;
+
+use crate::{error::Error, state::Snapshot};
+
+pub const DEFAULT_DOCKER_HOST: &str = "/var/run/docker.sock";
+/// Podman's Docker-compatible socket (rootful).
+pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PublishedPort {
+    /// Host address the port is bound to (None = every address).
+    pub host_ip: Option<IpAddr>,
+    pub host_port: u16,
+    pub proto: String,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub container_ip: Option<IpAddr>,
+    pub container_port: Option<u16>,
+    pub network: Option<String>,
+    /// `docker`, `podman` (engine API) or `nat-rule` (found in the ruleset).
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Engine {
+    pub socket: PathBuf,
+    pub name: String,
+    pub version: Option<String>,
+    /// The engine's pid (from the socket's peer credentials) and its network namespace.
+    pub pid: Option<u32>,
+    pub netns_path: Option<PathBuf>,
+}
+
+/// The pid at the other end of a unix socket (SO_PEERCRED).
+fn socket_peer_pid(path: &Path) -> Option<u32> {
+    let stream = UnixStream::connect(path).ok()?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a valid ucred.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
+
+fn short_id(id: &str) -> String {
+    id.chars().take(12).collect()
+}
+
+/// Published ports from the engine's container list (pure, for tests over real API JSON).
+pub fn published_from_summaries(
+    list: &[ContainerSummary],
+    source: &'static str,
+) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = Vec::new();
+    for c in list {
+        let name = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_string());
+        let (network, container_ip) = c
+            .network_settings
+            .as_ref()
+            .and_then(|ns| ns.networks.as_ref())
+            .and_then(|nets| {
+                let mut nets: Vec<_> = nets.iter().collect();
+                nets.sort_by(|a, b| a.0.cmp(b.0));
+                nets.into_iter().find_map(|(net, ep)| {
+                    let ip = ep
+                        .ip_address
+                        .as_deref()
+                        .filter(|s| !s.is_empty())?
+                        .parse()
+                        .ok()?;
+                    Some((Some(net.clone()), Some(ip)))
+                })
+            })
+            .unwrap_or((None, None));
+        for p in c.ports.iter().flatten() {
+            let Some(public) = p.public_port else {
+                continue;
+            };
+            let proto = p
+                .typ
+                .map(|t| t.to_string())
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "tcp".into());
+            let host_ip: Option<IpAddr> =
+                p.ip.as_deref()
+                    .and_then(|ip| ip.parse().ok())
+                    .filter(|ip: &IpAddr| !ip.is_unspecified());
+            // Docker lists a port once per address family (0.0.0.0 and ::): one is enough.
+            if out.iter().any(|o| {
+                o.host_port == public
+                    && o.proto == proto
+                    && o.container_id.as_deref() == c.id.as_deref().map(short_id).as_deref()
+            }) {
+                continue;
+            }
+            out.push(PublishedPort {
+                host_ip,
+                host_port: public,
+                proto,
+                container: name.clone(),
+                container_id: c.id.as_deref().map(short_id),
+                container_ip,
+                container_port: Some(p.private_port),
+                network: network.clone(),
+                source,
+            });
+        }
+    }
+    out.sort_by_key(|p| (p.host_port, p.proto.clone()));
+    out
+}
+
+/// Asks the engine at `socket`. Errors say what to do without an engine.
+pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), Error> {
+    let no_engine = |why: String| Error::NoEngine {
+        socket: socket.display().to_string(),
+        why,
+    };
+    if !socket.exists() {
+        return Err(no_engine("no such socket".into()));
+    }
+    let path = socket
+        .to_str()
+        .ok_or_else(|| no_engine("path is not UTF-8".into()))?;
+    let docker = Docker::connect_with_unix(path, 5, API_DEFAULT_VERSION)
+        .map_err(|e| no_engine(e.to_string()))?
+        .negotiate_version()
+        .await
+        .map_err(|e| no_engine(e.to_string()))?;
+    let version = docker
+        .version()
+        .await
+        .map_err(|e| no_engine(e.to_string()))?;
+    let is_podman = version
+        .components
+        .as_ref()
+        .is_some_and(|c| c.iter().any(|c| c.name.to_lowercase().contains("podman")));
+    let source = if is_podman { "podman" } else { "docker" };
+    let list = docker
+        .list_containers(None)
+        .await
+        .map_err(|e| no_engine(e.to_string()))?;
+    let pid = socket_peer_pid(socket);
+    let engine = Engine {
+        socket: socket.to_path_buf(),
+        name: source.to_string(),
+        version: version.version,
+        pid,
+        netns_path: pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))),
+    };
+    Ok((engine, published_from_summaries(&list, source)))
+}
+
+/// Ports translated by DNAT rules in the namespace: the fallback without an engine.
+pub fn from_rules(snap: &Snapshot) -> Vec<PublishedPort> {
+    let mut out: Vec<PublishedPort> = Vec::new();
+    for rs in &snap.iptables {
+        let Some(nat) = rs.table("nat") else { continue };
+        for chain in &nat.chains {
+            for rule in &chain.rules {
+                let (Some((lo, hi)), Some("DNAT")) = (rule.dport, rule.target.as_deref()) else {
+                    continue;
+                };
+                if lo != hi || rule.dport_negated {
+                    continue;
+                }
+                let to = rule.dnat_target();
+                if out.iter().any(|o| o.host_port == lo) {
+                    continue;
+                }
+                out.push(PublishedPort {
+                    host_ip: rule
+                        .dst
+                        .as_deref()
+                        .and_then(|d| d.trim_end_matches("/32").parse().ok()),
+                    host_port: lo,
+                    proto: rule.proto.clone().unwrap_or_else(|| "tcp".into()),
+                    container: None,
+                    container_id: None,
+                    container_ip: to.map(|(a, _)| IpAddr::V4(a)),
+                    container_port: to.and_then(|(_, p)| p).or(Some(lo)),
+                    network: None,
+                    source: "nat-rule",
+                });
+            }
+        }
+    }
+    out.sort_by_key(|p| p.host_port);
+    out
+}
+
+/// `--container NAME|ID`: the ports of that container, or an error listing the known ones.
+pub fn select_container(
+    ports: Vec<PublishedPort>,
+    wanted: &str,
+) -> Result<Vec<PublishedPort>, Error> {
+    let wanted = wanted.trim_start_matches('/');
+    let chosen: Vec<PublishedPort> = ports
+        .iter()
+        .filter(|p| {
+            p.container.as_deref() == Some(wanted)
+                || p.container_id.as_deref().is_some_and(|id| {
+                    !wanted.is_empty() && (id.starts_with(wanted) || wanted.starts_with(id))
+                })
+        })
+        .cloned()
+        .collect();
+    if chosen.is_empty() {
+        let mut known: Vec<String> = ports.iter().filter_map(|p| p.container.clone()).collect();
+        known.sort();
+        known.dedup();
+        return Err(Error::UnknownContainer {
+            wanted: wanted.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+        });
+    }
+    Ok(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // `curl --unix-socket $SOCK http://localhost/v1.41/containers/json` against Debian's
+    // dockerd 20.10.24 after `docker run -d --name web -p 5000:5000 dtweb` (see tests/docker.rs).
+    const CONTAINERS_JSON: &str = include_str!("testdata/docker-20.10-containers.json");
+
+    #[test]
+    fn real_engine_json_gives_the_published_port_and_its_container() {
+        let list: Vec<ContainerSummary> = serde_json::from_str(CONTAINERS_JSON).expect("API JSON");
+        let ports = published_from_summaries(&list, "docker");
+        assert_eq!(ports.len(), 1, "{ports:#?}");
+        let p = &ports[0];
+        assert_eq!((p.host_port, p.proto.as_str()), (5000, "tcp"));
+        assert_eq!(p.container.as_deref(), Some("web"));
+        assert_eq!(p.container_ip, Some("172.17.0.2".parse().unwrap()));
+        assert_eq!(p.container_port, Some(5000));
+        assert_eq!(p.network.as_deref(), Some("bridge"));
+        assert_eq!(p.container_id.as_deref().map(str::len), Some(12));
+    }
+
+    #[test]
+    fn containers_are_selected_by_name_or_id_prefix() {
+        let list: Vec<ContainerSummary> = serde_json::from_str(CONTAINERS_JSON).unwrap();
+        let ports = published_from_summaries(&list, "docker");
+        let id = ports[0].container_id.clone().unwrap();
+        assert_eq!(select_container(ports.clone(), "web").unwrap().len(), 1);
+        assert_eq!(select_container(ports.clone(), &id[..6]).unwrap().len(), 1);
+        let err = select_container(ports, "nope").unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("web"), "{err}");
+    }
+
+    #[test]
+    fn dnat_rules_are_the_fallback() {
+        let snap = Snapshot {
+            iptables: vec![crate::state::iptables::parse(
+                "iptables-nft",
+                include_str!("state/testdata/iptables-nft-save-docker-user-drop.txt"),
+            )],
+            ..Snapshot::default()
+        };
+        let ports = from_rules(&snap);
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].host_port, 5000);
+        assert_eq!(ports[0].container_ip, Some("172.17.0.2".parse().unwrap()));
+        assert_eq!(ports[0].source, "nat-rule");
+    }
+}
