@@ -227,6 +227,14 @@ fn address_port_pairs_match_only_that_address() {
 #[test]
 fn tracepoint_fallback_reports_the_same_drop() {
     let lab = lab("tpfallback");
+    let tracefs_mounts = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(" tracefs "))
+            .count()
+    };
+    let mounts_before = tracefs_mounts();
     let watch = Watch::start(&[
         "--port",
         "5001",

@@ -2,7 +2,7 @@
 //! maps and attaches. Everything it creates is owned by `Tracer`: dropping it (or the process
 //! dying, even by SIGKILL) closes the fds and the kernel detaches the programs. Nothing is
 //! pinned.
-use std::{collections::BTreeMap, fs, path::PathBuf};
+use std::{collections::BTreeMap, fs};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -69,7 +69,6 @@ pub struct Tracer {
     hook_probes: Option<HookProbes>,
     /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
     pub notes: Vec<String>,
-    mounted_tracefs: Option<PathBuf>,
 }
 
 /// Exact totals read from the per-CPU maps.
@@ -106,20 +105,17 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
         .map_err(|e| Error::Load(e.to_string()))
 }
 
-/// Offsets of the classic tracepoint's record fields, mounting tracefs if nobody has.
-fn tracepoint_offsets(
-    mounted: &mut Option<PathBuf>,
-    notes: &mut Vec<String>,
-) -> Result<[u32; 3], Error> {
+/// Offsets of the classic tracepoint's record fields, mounting tracefs privately if the host
+/// has it nowhere.
+fn tracepoint_offsets(notes: &mut Vec<String>) -> Result<[u32; 3], Error> {
     let root = match tracefs::mounted() {
         Some(root) => root,
         None => {
-            let root = tracefs::mount()?;
+            let root = tracefs::mount_private()?;
             notes.push(format!(
-                "mounted tracefs at {} for the tracepoint fallback (unmounted on exit)",
+                "tracefs is not mounted on this host: mounted it at {} in droptrace's own mount namespace for the tracepoint fallback (the host is unchanged)",
                 root.display()
             ));
-            *mounted = Some(root.clone());
             root
         }
     };
@@ -140,7 +136,6 @@ impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
         raise_memlock();
         let mut notes = Vec::new();
-        let mut mounted_tracefs = None;
 
         let mut ebpf = open_object(opts, &opts.offsets)?;
         let tried = match opts.hook {
@@ -156,8 +151,7 @@ impl Tracer {
                 notes.push(format!(
                     "tp_btf/kfree_skb unavailable ({why}); using the classic skb:kfree_skb tracepoint"
                 ));
-                let [skbaddr, location, reason] =
-                    tracepoint_offsets(&mut mounted_tracefs, &mut notes)?;
+                let [skbaddr, location, reason] = tracepoint_offsets(&mut notes)?;
                 let offsets = KernelOffsets {
                     tp_skbaddr: skbaddr,
                     tp_location: location,
@@ -187,7 +181,6 @@ impl Tracer {
             signals,
             hook_probes: None,
             notes,
-            mounted_tracefs,
         };
         tracer.fill_maps(opts)?;
         Ok(tracer)
@@ -398,19 +391,6 @@ impl Tracer {
         totals.counter_full = read(stat::COUNTER_FULL)?;
         totals.read_errors = read(stat::READ_ERRORS)?;
         Ok(totals)
-    }
-}
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        if let Some(root) = self.mounted_tracefs.take()
-            && let Ok(path) = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-        {
-            // The programs must be gone before tracefs can be unmounted; detach is implicit
-            // when `ebpf` drops, which happens after this body, so unmount lazily.
-            // SAFETY: a valid NUL-terminated path.
-            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        }
     }
 }
 

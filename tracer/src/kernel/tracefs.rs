@@ -26,10 +26,31 @@ pub fn mounted() -> Option<PathBuf> {
         .or_else(|| points.first().map(PathBuf::from))
 }
 
-/// Mounts tracefs at /sys/kernel/tracing. Returns the mount point.
-pub fn mount() -> Result<PathBuf, Error> {
-    let target = PathBuf::from(CANDIDATES[0]);
+/// Mounts tracefs at /sys/kernel/tracing in a private mount namespace of the calling thread:
+/// the host's mounts are untouched and nothing is left to unmount, even if droptrace is killed
+/// (the namespace goes away with it). Work that needs tracefs must run on the same thread.
+pub fn mount_private() -> Result<PathBuf, Error> {
+    let fail = || Error::NoTracefs(std::io::Error::last_os_error().to_string());
     let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in constant");
+    // SAFETY: unshare(CLONE_NEWNS) affects only this thread's mount namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(fail());
+    }
+    let root = c("/");
+    // SAFETY: valid NUL-terminated path; MS_REC|MS_PRIVATE keeps the mount below from
+    // propagating back to the host.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(fail());
+    }
     let (src, dst, fstype) = (c("tracefs"), c(CANDIDATES[0]), c("tracefs"));
     // SAFETY: all pointers are valid NUL-terminated strings that outlive the call.
     let rc = unsafe {
@@ -42,11 +63,9 @@ pub fn mount() -> Result<PathBuf, Error> {
         )
     };
     if rc != 0 {
-        return Err(Error::NoTracefs(
-            std::io::Error::last_os_error().to_string(),
-        ));
+        return Err(fail());
     }
-    Ok(target)
+    Ok(PathBuf::from(CANDIDATES[0]))
 }
 
 /// Offset of each named field in a tracepoint's `format` file.
