@@ -256,6 +256,8 @@ fn tracepoint_fallback_reports_the_same_drop() {
         notes.contains("classic skb:kfree_skb tracepoint"),
         "{notes}"
     );
+    // If droptrace needed tracefs it mounted it privately: the host's mounts are unchanged.
+    assert_eq!(tracefs_mounts(), mounts_before, "tracefs mount left on the host");
 }
 
 #[test]
