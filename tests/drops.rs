@@ -257,7 +257,11 @@ fn tracepoint_fallback_reports_the_same_drop() {
         "{notes}"
     );
     // If droptrace needed tracefs it mounted it privately: the host's mounts are unchanged.
-    assert_eq!(tracefs_mounts(), mounts_before, "tracefs mount left on the host");
+    assert_eq!(
+        tracefs_mounts(),
+        mounts_before,
+        "tracefs mount left on the host"
+    );
 }
 
 #[test]

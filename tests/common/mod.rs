@@ -129,12 +129,21 @@ impl Watch {
     }
 
     /// Ctrl-C, then everything it printed.
-    pub fn stop(mut self) -> Output {
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Ends the run with `signal`, then everything it printed.
+    pub fn stop_with(mut self, signal: i32) -> Output {
         if let Some(child) = &self.child {
             // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            unsafe { libc::kill(child.id() as i32, signal) };
         }
         self.finish()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
     /// Waits for exit (bounded), then collects stdout/stderr.

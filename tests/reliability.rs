@@ -1,0 +1,209 @@
+//! droptrace runs on hosts already in trouble: it must leave nothing behind however it ends,
+//! keep exact counts when its event ring overflows, and fail with one clear sentence.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use common::{Watch, require_root, run_droptrace};
+use tracer::{
+    lab::{self, Lab, LabSpec},
+    netns::Netns,
+};
+
+/// BPF program ids held by a process, from its fds' fdinfo (prog fds and link fds).
+fn prog_ids_of(pid: u32) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return ids;
+    };
+    for e in dir.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix("prog_id:") {
+                ids.extend(id.trim().parse::<u32>().ok());
+            }
+        }
+    }
+    ids
+}
+
+fn loaded_prog_ids() -> BTreeSet<u32> {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64().map(|id| id as u32))
+        .collect()
+}
+
+fn lab(label: &str) -> Lab {
+    require_root();
+    Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"))
+}
+
+fn nothing_left_after(signal: i32) {
+    let lab = lab(&format!("sig{signal}"));
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host, "--trace-rules"]);
+    let pid = watch.pid();
+    let ids = prog_ids_of(pid);
+    assert!(
+        ids.len() >= 8,
+        "droptrace should hold its programs: {ids:?}"
+    );
+    assert!(ids.is_subset(&loaded_prog_ids()));
+    let tables = lab.exec(&lab.host, &["nft", "list", "tables"]).unwrap();
+    assert!(tables.contains("droptrace_trace"), "{tables}");
+
+    let out = watch.stop_with(signal);
+    if signal != libc::SIGKILL {
+        assert!(out.status.success(), "{}", out.dump());
+        assert_eq!(out.of_type("summary").len(), 1, "a summary closes the run");
+    }
+    // The kernel frees programs asynchronously after the last reference goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left: Vec<u32> = ids.intersection(&loaded_prog_ids()).copied().collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs left loaded: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left_tables = lab.exec(&lab.host, &["nft", "list", "tables"]).unwrap();
+    if signal == libc::SIGKILL {
+        // Killed before it could clean: the next run removes the tagged table first.
+        assert!(left_tables.contains("droptrace_trace"));
+        let next = run_droptrace(&[
+            "watch",
+            "--port",
+            "5000",
+            "--netns",
+            &lab.host,
+            "--duration",
+            "0.2",
+            "--json",
+        ]);
+        assert!(next.status.success());
+        assert!(String::from_utf8_lossy(&next.stdout).contains("left by an earlier droptrace run"));
+        let after = lab.exec(&lab.host, &["nft", "list", "tables"]).unwrap();
+        assert!(!after.contains("droptrace_trace"), "{after}");
+    } else {
+        assert!(!left_tables.contains("droptrace_trace"), "{left_tables}");
+    }
+}
+
+#[test]
+fn ctrl_c_leaves_no_program_link_or_ruleset_change() {
+    nothing_left_after(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_leaves_no_program_link_or_ruleset_change() {
+    nothing_left_after(libc::SIGTERM);
+}
+
+#[test]
+fn sigkill_leaves_no_program_and_the_next_run_removes_the_trace_table() {
+    nothing_left_after(libc::SIGKILL);
+}
+
+#[test]
+fn a_tiny_ring_overflows_but_the_counters_stay_exact() {
+    let lab = lab("ringstorm");
+    let watch = Watch::start(&[
+        "--port",
+        "5001",
+        "--netns",
+        &lab.host,
+        "--ring-bytes",
+        "4096",
+    ]);
+    // A burst of UDP datagrams to a closed port: each is a NO_SOCKET drop in the host.
+    const SENT: u64 = 3000;
+    let ns = Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(|| {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
+        for _ in 0..SENT {
+            sock.send_to(b"storm", to).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let out = watch.stop();
+    let s = out.summary();
+    let (drops, events, lost) = (
+        s["drops"].as_u64().unwrap(),
+        out.drops().len() as u64,
+        s["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(drops, SENT, "exact counter: {s}");
+    assert!(
+        lost > 0,
+        "a 4 KiB ring must overflow under {SENT} drops: {s}"
+    );
+    assert_eq!(
+        events + lost,
+        drops,
+        "every drop is an event or a counted loss: {s}"
+    );
+    assert_eq!(s["by_reason"]["NO_SOCKET"], SENT);
+}
+
+#[test]
+fn bad_values_are_one_sentence_errors_without_backtraces() {
+    for (args, code, says) in [
+        (&["watch"][..], 2, "--port"),
+        (&["watch", "--port", "70000"][..], 2, "70000"),
+        (
+            &["watch", "--port", "5000", "--duration", "soon"][..],
+            2,
+            "soon",
+        ),
+        (
+            &["watch", "--port", "5000", "--ring-bytes", "1000"][..],
+            2,
+            "power of two",
+        ),
+        (
+            &["watch", "--port", "5000", "--netns", "/etc/hostname"][..],
+            2,
+            "not a network namespace",
+        ),
+        (
+            &["watch", "--docker-host", "/nonexistent/docker.sock"][..],
+            3,
+            "no container engine answers",
+        ),
+        (
+            &["ports", "--docker-host", "/nonexistent/docker.sock"][..],
+            3,
+            "--docker-host",
+        ),
+        (
+            &["watch", "--port", "5000", "--addr", "not-an-address"][..],
+            2,
+            "not-an-address",
+        ),
+    ] {
+        let out = run_droptrace(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{args:?}: {err}"
+        );
+    }
+}
