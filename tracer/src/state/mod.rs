@@ -2,6 +2,8 @@
 //! addresses, and the firewall rulesets (iptables-nft, iptables-legacy, native nftables),
 //! read without changing anything. `capture` does the I/O; everything else here is pure.
 pub mod iptables;
+#[cfg(test)]
+mod layouts;
 pub mod nft;
 
 use std::{
@@ -140,7 +142,10 @@ impl Snapshot {
                     location: rule.location(),
                     table: rule.table.clone(),
                     chain: rule.chain.clone(),
-                    to: None,
+                    to: rule
+                        .dnat_to
+                        .as_ref()
+                        .and_then(|(a, p)| a.parse().ok().map(|a| (a, *p))),
                     reachable,
                     packets: rule.packets,
                 });
@@ -149,9 +154,22 @@ impl Snapshot {
         out
     }
 
-    /// Docker's filter rules that accept forwarded traffic to a container on `port`.
+    /// Docker's filter rules that accept forwarded traffic to a container on `port`
+    /// (iptables `DOCKER` chain; Docker 29's nftables `filter-forward-in__*` chains).
     pub fn published_hints(&self, port: u16) -> Vec<PublishedHint> {
         let mut out = Vec::new();
+        for rule in self.nft.native_rules() {
+            if rule.verdict.as_deref() == Some("accept")
+                && rule.names_dport(port)
+                && let Some(container) = rule.daddr.as_deref().and_then(|a| a.parse().ok())
+            {
+                out.push(PublishedHint {
+                    container,
+                    port,
+                    location: rule.location(),
+                });
+            }
+        }
         for rs in &self.iptables {
             let Some(filter) = rs.table("filter") else {
                 continue;
@@ -179,11 +197,20 @@ impl Snapshot {
         out
     }
 
-    /// Whether nat chain `chain` exists in any iptables backend.
+    /// Whether nat chain `chain` exists in any iptables backend (or, for Docker 29's
+    /// nftables backend, whether its `docker-bridges` table has its DNAT chain).
     pub fn nat_chain_exists(&self, chain: &str) -> bool {
-        self.iptables
+        let ipt = self
+            .iptables
             .iter()
-            .any(|rs| rs.table("nat").and_then(|t| t.chain(chain)).is_some())
+            .any(|rs| rs.table("nat").and_then(|t| t.chain(chain)).is_some());
+        let nft = chain == "DOCKER"
+            && self
+                .nft
+                .chains
+                .iter()
+                .any(|c| c.table == "docker-bridges" && c.name == "nat-prerouting-and-output");
+        ipt || nft
     }
 
     /// Drop/reject rules and DROP policies on the path of `hook` that may apply to `port`:

@@ -32,6 +32,15 @@ pub struct Rule {
     pub verdict: Option<String>,
     /// Jump/goto target chain.
     pub target: Option<String>,
+    /// Every chain this rule can continue in: jump/goto targets and the chains of a verdict
+    /// map it looks up (`oifname vmap @filter-forward-in-jumps`, Docker 29's layout).
+    pub targets: Vec<String>,
+    /// `ip daddr X` / `ip6 daddr X` the rule matches.
+    pub daddr: Option<String>,
+    /// DNAT target (`dnat to 172.17.0.2:5000`).
+    pub dnat_to: Option<(String, Option<u16>)>,
+    /// Named verdict map looked up (`@filter-forward-in-jumps`), resolved after parsing.
+    vmap_ref: Option<String>,
     /// `reject with icmpx admin-prohibited` → `icmpx admin-prohibited`.
     pub reject_with: Option<String>,
     /// Packets counted by a `counter` statement, if the rule has one.
@@ -108,10 +117,10 @@ impl Ruleset {
                 .iter()
                 .filter(|r| r.family == base.family && r.table == base.table && r.chain == current)
             {
-                if let Some(t) = &r.target
-                    && !seen.contains(t)
-                {
-                    seen.push(t.clone());
+                for t in &r.targets {
+                    if !seen.contains(t) {
+                        seen.push(t.clone());
+                    }
                 }
             }
             i += 1;
@@ -203,6 +212,9 @@ fn parse_rule(r: &Value) -> Option<Rule> {
                     rule.dports = port_ranges(&body["right"]);
                     rule.dport_negated = op == "!=";
                 }
+                if left["payload"]["field"] == "daddr" && op == "==" {
+                    rule.daddr = body["right"].as_str().map(str::to_string);
+                }
                 let op_text = match op {
                     "==" | "in" => String::new(),
                     other => format!("{other} "),
@@ -237,9 +249,31 @@ fn parse_rule(r: &Value) -> Option<Rule> {
             "jump" | "goto" => {
                 rule.verdict = Some(key.clone());
                 rule.target = body["target"].as_str().map(str::to_string);
+                rule.targets.extend(rule.target.clone());
                 words.push(format!("{key} {}", rule.target.as_deref().unwrap_or("?")));
             }
+            "vmap" => {
+                match &body["data"] {
+                    Value::String(name) => {
+                        rule.vmap_ref = name.strip_prefix('@').map(str::to_string)
+                    }
+                    inline => rule.targets.extend(verdict_targets(inline)),
+                }
+                words.push(format!(
+                    "{} vmap {}",
+                    render_value(&body["key"]),
+                    render_value(&body["data"])
+                ));
+            }
             "dnat" | "snat" | "masquerade" | "redirect" => {
+                if key == "dnat"
+                    && let Some(addr) = body["addr"].as_str()
+                {
+                    rule.dnat_to = Some((
+                        addr.to_string(),
+                        body["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+                    ));
+                }
                 rule.verdict = Some(key.clone());
                 let addr = render_value(&body["addr"]);
                 let port = render_value(&body["port"]);
@@ -261,6 +295,27 @@ fn parse_rule(r: &Value) -> Option<Rule> {
     Some(rule)
 }
 
+/// Chains named by jump/goto verdicts anywhere inside `v` (map elements, inline vmaps).
+fn verdict_targets(v: &Value) -> Vec<String> {
+    match v {
+        Value::Object(o) => {
+            let mut out = Vec::new();
+            for (k, inner) in o {
+                if (k == "jump" || k == "goto")
+                    && let Some(t) = inner["target"].as_str()
+                {
+                    out.push(t.to_string());
+                } else {
+                    out.extend(verdict_targets(inner));
+                }
+            }
+            out
+        }
+        Value::Array(items) => items.iter().flat_map(verdict_targets).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Parses `nft -j list ruleset`. Unknown objects are skipped; invalid JSON is an error the
 /// caller reports as unreadable state, never a crash.
 pub fn parse(json: &str) -> Result<Ruleset, String> {
@@ -269,8 +324,20 @@ pub fn parse(json: &str) -> Result<Ruleset, String> {
         .as_array()
         .ok_or("nft JSON: no \"nftables\" array")?;
     let mut rs = Ruleset::default();
+    // Verdict maps: (family, table, name) → chains their elements jump to.
+    let mut maps: Vec<((String, String, String), Vec<String>)> = Vec::new();
     for item in items {
-        if let Some(c) = item.get("chain") {
+        if let Some(m) = item.get("map") {
+            if m["map"] == "verdict"
+                && let (Some(f), Some(t), Some(n)) = (
+                    m["family"].as_str(),
+                    m["table"].as_str(),
+                    m["name"].as_str(),
+                )
+            {
+                maps.push(((f.into(), t.into(), n.into()), verdict_targets(&m["elem"])));
+            }
+        } else if let Some(c) = item.get("chain") {
             let (Some(family), Some(table), Some(name)) = (
                 c["family"].as_str(),
                 c["table"].as_str(),
@@ -291,6 +358,15 @@ pub fn parse(json: &str) -> Result<Ruleset, String> {
             && let Some(rule) = parse_rule(r)
         {
             rs.rules.push(rule);
+        }
+    }
+    for rule in &mut rs.rules {
+        if let Some(name) = rule.vmap_ref.take()
+            && let Some((_, targets)) = maps
+                .iter()
+                .find(|((f, t, n), _)| *f == rule.family && *t == rule.table && *n == name)
+        {
+            rule.targets.extend(targets.iter().cloned());
         }
     }
     Ok(rs)
@@ -343,6 +419,35 @@ mod tests {
         assert_eq!(forward.policy.as_deref(), Some("drop"));
         assert!(is_iptables_table("ip", "nat"));
         assert!(!is_iptables_table("inet", "filter"));
+    }
+
+    // The layout Docker 29's nftables backend documents for `-p 5000:5000` on docker0
+    // (testdata/docker29-layout.nft), loaded with `nft -f` and dumped with `nft -j list ruleset`.
+    const DOCKER29: &str = include_str!("testdata/docker29-nft-list-ruleset.json");
+
+    #[test]
+    fn docker29_verdict_maps_make_the_per_bridge_chains_reachable() {
+        let rs = parse(DOCKER29).expect("parse");
+        let forward = rs
+            .native_base_chains("forward")
+            .next()
+            .expect("filter-FORWARD");
+        let reach = rs.reachable_from(forward);
+        assert!(
+            reach.contains(&"filter-forward-in__docker0".to_string()),
+            "{reach:?}"
+        );
+        let dnat = rs
+            .native_rules()
+            .find(|r| r.verdict.as_deref() == Some("dnat"))
+            .unwrap();
+        assert_eq!(dnat.dnat_to, Some(("172.17.0.2".into(), Some(5000))));
+        assert!(dnat.names_dport(5000));
+        let open = rs
+            .native_rules()
+            .find(|r| r.verdict.as_deref() == Some("accept") && r.names_dport(5000))
+            .unwrap();
+        assert_eq!(open.daddr.as_deref(), Some("172.17.0.2"));
     }
 
     #[test]
