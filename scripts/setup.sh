@@ -27,6 +27,8 @@ APT_PACKAGES=(
   busybox-static curl bpftool kmod util-linux
   # the real components of the incident tests: dockerd (with containerd, runc), firewalld
   docker.io firewalld dbus
+  # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
+  iperf3 bpftrace
   # build: C toolchain for -sys crates, git for cargo
   build-essential pkg-config git ca-certificates
 )

@@ -26,6 +26,8 @@ const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_DEST: u8 = 60;
 const BPF_NOEXIST: u64 = 1;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
@@ -299,7 +301,14 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     // SAFETY: a helper call without arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
 
-    if EVENTS.output(&ev, 0).is_ok() {
+    // Wake the reader only for the first unread event: in a storm one wakeup serves a whole
+    // batch (userspace also drains on a short timer, so a raced event waits at most a tick).
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > 0 {
+        BPF_RB_NO_WAKEUP
+    } else {
+        0
+    };
+    if EVENTS.output(&ev, flags).is_ok() {
         bump(stat::EVENTS);
     } else {
         bump(stat::RING_LOST);

@@ -406,6 +406,34 @@ impl MonitorParser {
     }
 }
 
+/// Netlink groups of nfnetlink (uapi linux/netfilter/nfnetlink.h).
+pub const NFNLGRP_NFTABLES: u32 = 7;
+pub const NFNLGRP_NFTRACE: u32 = 9;
+
+/// Waits until process `pid` has a NETLINK_NETFILTER socket subscribed to `group`, as
+/// /proc/PID/net/netlink shows it: until then a monitor would miss events. Bounded.
+pub fn wait_subscribed(pid: u32, group: u32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let bit = 1u64 << (group - 1);
+    loop {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")).unwrap_or_default();
+        let subscribed = table.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1] == "12"
+                && f[2] == pid.to_string()
+                && u64::from_str_radix(f[3], 16).is_ok_and(|g| g & bit != 0)
+        });
+        if subscribed {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// `nft monitor` running in the watched namespace; killed with droptrace (PDEATHSIG).
 pub struct NftMonitor {
     child: Child,
@@ -431,6 +459,16 @@ impl NftMonitor {
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot run `nft monitor` ({e}): install nftables to see nf_tables changes")
         })?;
+        // nsenter execs nft in place, so the child's pid is the monitor's netlink port id.
+        if !wait_subscribed(
+            child.id(),
+            NFNLGRP_NFTABLES,
+            std::time::Duration::from_secs(3),
+        ) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("`nft monitor` did not subscribe to nf_tables events within 3 s".into());
+        }
         let stdout = child.stdout.take().ok_or("nft monitor has no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

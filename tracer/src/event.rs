@@ -6,7 +6,7 @@ use serde::Serialize;
 use tracer_common::{AF_INET, AF_INET6, DropEvent, ct, kind};
 
 use crate::{
-    kernel::{btf::DropReasons, kallsyms::Symbols},
+    kernel::{btf::DropReasons, kallsyms::LiveSymbols},
     netns::IfNames,
 };
 
@@ -212,7 +212,7 @@ pub fn icmp_name(family: &str, icmp_type: u8, code: u8) -> &'static str {
 pub struct Namer {
     pub clock: Clock,
     pub reasons: DropReasons,
-    pub symbols: Symbols,
+    pub symbols: LiveSymbols,
     pub ifnames: IfNames,
 }
 
@@ -267,7 +267,7 @@ impl Namer {
             tcp_flags: (ev.proto == 6).then(|| tcp_flags(ev.tcp_flags)),
             icmp: is_icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
             len: ev.len,
-            function: self.symbols.function(ev.location).map(str::to_string),
+            function: self.symbols.function(ev.location),
             hook: None,
             dnat,
             orig_dst: (dnat == Some(true)).then(|| addr(ev.family, &ev.orig_daddr).to_string()),

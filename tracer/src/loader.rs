@@ -394,14 +394,23 @@ impl Tracer {
     }
 }
 
+/// The kernel's BTF as aya parses it, once per process: each parse of vmlinux BTF costs
+/// megabytes and milliseconds.
+fn aya_btf() -> Result<&'static Btf, String> {
+    static BTF: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
+    BTF.get_or_init(|| Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}")))
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
 fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
-    let btf = Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}"))?;
+    let btf = aya_btf()?;
     let program: &mut BtfTracePoint = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load(tracepoint, &btf).map_err(|e| e.to_string())?;
+    program.load(tracepoint, btf).map_err(|e| e.to_string())?;
     program.attach().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -91,13 +91,18 @@ impl<W: Write> Printer<W> {
 
     fn json<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
         serde_json::to_writer(&mut self.out, value)?;
-        self.out.write_all(b"\n")?;
+        self.out.write_all(b"\n")
+    }
+
+    /// Drop and signal lines are buffered; the watch loop flushes after each batch it drains,
+    /// and every other kind of line flushes at once.
+    pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
 
     pub fn start(&mut self, start: &StartRecord) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(start),
+            Format::Json => self.json(start).and_then(|_| self.out.flush()),
             // Human mode: the banner is for the operator, on stderr, so stdout stays drops.
             Format::HumanQuiet => Ok(()),
             Format::Human => {
@@ -123,7 +128,7 @@ impl<W: Write> Printer<W> {
     /// A verdict: the cause in one sentence, then where, the evidence and the fix.
     pub fn verdict(&mut self, v: &VerdictRecord) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(v),
+            Format::Json => self.json(v).and_then(|_| self.out.flush()),
             Format::Human | Format::HumanQuiet => {
                 let head = if v.is_final {
                     "VERDICT (total)"
@@ -182,7 +187,7 @@ impl<W: Write> Printer<W> {
     /// A change to forwarding or the firewall, with its author.
     pub fn change(&mut self, c: &ChangeRecord) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(c),
+            Format::Json => self.json(c).and_then(|_| self.out.flush()),
             Format::Human | Format::HumanQuiet => {
                 writeln!(
                     self.out,
@@ -238,15 +243,14 @@ impl<W: Write> Printer<W> {
                     self.out,
                     "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} {}",
                     time, rec.netns, rec.ifname, rec.proto, flow, flags, rec.reason, rec.location
-                )?;
-                self.out.flush()
+                )
             }
         }
     }
 
     pub fn summary(&mut self, sum: &SummaryRecord) -> io::Result<()> {
         match self.format {
-            Format::Json => self.json(sum),
+            Format::Json => self.json(sum).and_then(|_| self.out.flush()),
             Format::Human | Format::HumanQuiet => {
                 writeln!(
                     self.out,

@@ -190,6 +190,17 @@ impl RuleTracer {
                 return Err(format!("cannot start nft monitor trace: {e}"));
             }
         };
+        // Only once the monitor listens do traced packets reach us.
+        if !crate::changes::wait_subscribed(
+            child.id(),
+            crate::changes::NFNLGRP_NFTRACE,
+            Duration::from_secs(3),
+        ) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = nft(&ns_arg, &["delete", "table", "inet", TRACE_TABLE]);
+            return Err("`nft monitor trace` did not subscribe within 3 s".into());
+        }
         let seen: Arc<Mutex<VecDeque<(Instant, TracedDrop)>>> = Arc::default();
         if let Some(stdout) = child.stdout.take() {
             let seen = Arc::clone(&seen);

@@ -2,7 +2,10 @@
 //!   lab up       build the namespace lab and keep it until Enter/Ctrl-C (for poking by hand)
 //!   lab cleanup  remove namespaces left behind by labs whose process was killed
 //!   clippy       clippy with -D warnings on the host crates and on the eBPF crate (BPF target)
+//!   bench        overhead, drop capacity, time to first verdict, footprint (target/bench/)
 use std::{io::BufRead, process::Command};
+
+mod bench;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -21,6 +24,8 @@ enum Task {
     Lab(LabTask),
     /// Clippy (-D warnings) on the host crates and on tracer-ebpf for the BPF target.
     Clippy,
+    /// Benchmarks in a namespace lab, against the bpftrace one-liner (≈1–2 minutes, root).
+    Bench,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +63,10 @@ fn main() -> Result<()> {
             println!("press Enter to tear it down");
             let _ = std::io::stdin().lock().lines().next();
             drop(lab);
+        }
+        Task::Bench => {
+            let bin = bench::release_binary()?;
+            bench::run(&bin, std::path::Path::new("target/bench"))?;
         }
         Task::Clippy => {
             cargo(

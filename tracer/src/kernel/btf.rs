@@ -28,10 +28,15 @@ impl KernelBtf {
         if !path.exists() {
             return Err(Error::NoBtf(path.display().to_string()));
         }
-        let btf = Btf::from_file(path).map_err(|err| Error::BadBtf {
-            path: path.display().to_string(),
-            reason: err.to_string(),
-        })?;
+        // Mapped, not parsed whole: parsing all of vmlinux BTF up front costs ~40 MB of heap,
+        // more than the rest of droptrace. Kernels that cannot mmap sysfs BTF (< 6.16) fall
+        // back to parsing.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|err| Error::BadBtf {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            })?;
         let conntrack = Path::new(CONNTRACK_MODULE_BTF)
             .exists()
             .then(|| Btf::from_split_file(CONNTRACK_MODULE_BTF, &btf).ok())

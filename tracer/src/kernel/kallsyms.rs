@@ -1,11 +1,72 @@
 //! Kernel text addresses → `symbol+0xoff`, from /proc/kallsyms.
 use std::fs;
 
-/// Sorted kernel text symbols.
+/// Sorted kernel text symbols. Names live in one buffer (about 150 000 symbols: a String
+/// each would cost several megabytes of small allocations).
 #[derive(Debug, Default)]
 pub struct Symbols {
-    /// (address, name), sorted by address.
-    text: Vec<(u64, String)>,
+    /// (address, start, len into `names`), sorted by address.
+    text: Vec<(u64, u32, u32)>,
+    names: String,
+}
+
+/// Symbols of the running kernel, looked up on demand: drops come from a few dozen
+/// locations, so scanning /proc/kallsyms once per new location costs far less memory than
+/// holding the whole table (≈10 MB) for the whole run.
+#[derive(Debug, Default)]
+pub struct LiveSymbols {
+    cache: std::collections::HashMap<u64, Option<(u64, String)>>,
+}
+
+impl LiveSymbols {
+    fn lookup(&mut self, addr: u64) -> Option<(u64, String)> {
+        if let Some(hit) = self.cache.get(&addr) {
+            return hit.clone();
+        }
+        let found = scan_kallsyms(addr);
+        if self.cache.len() < 4096 {
+            self.cache.insert(addr, found.clone());
+        }
+        found
+    }
+
+    /// `name+0xoff`, or the raw address.
+    pub fn resolve(&mut self, addr: u64) -> String {
+        match self.lookup(addr) {
+            Some((start, name)) if addr != 0 => format!("{name}+{:#x}", addr - start),
+            _ => format!("{addr:#x}"),
+        }
+    }
+
+    pub fn function(&mut self, addr: u64) -> Option<String> {
+        self.lookup(addr).map(|(_, name)| name)
+    }
+}
+
+/// The text symbol containing `addr`: the highest start address at or below it.
+fn scan_kallsyms(addr: u64) -> Option<(u64, String)> {
+    use std::io::BufRead;
+    if addr == 0 {
+        return None;
+    }
+    let file = fs::File::open("/proc/kallsyms").ok()?;
+    let mut best: Option<(u64, String)> = None;
+    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(a), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if !matches!(kind, "t" | "T" | "w" | "W") {
+            continue;
+        }
+        let Ok(start) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if start != 0 && start <= addr && best.as_ref().is_none_or(|(b, _)| start > *b) {
+            best = Some((start, name.to_string()));
+        }
+    }
+    best
 }
 
 impl Symbols {
@@ -20,7 +81,8 @@ impl Symbols {
     /// Parses kallsyms text; lines that do not have the `ADDR TYPE NAME [module]` shape are
     /// skipped, never fatal.
     pub fn parse(text: &str) -> Self {
-        let mut syms: Vec<(u64, String)> = text
+        let mut names = String::new();
+        let mut syms: Vec<(u64, u32, u32)> = text
             .lines()
             .filter_map(|line| {
                 let mut parts = line.split_ascii_whitespace();
@@ -28,11 +90,24 @@ impl Symbols {
                 let kind = parts.next()?;
                 let name = parts.next()?;
                 let is_text = matches!(kind, "t" | "T" | "w" | "W");
-                (addr != 0 && is_text).then(|| (addr, name.to_string()))
+                if addr == 0 || !is_text {
+                    return None;
+                }
+                let start = names.len() as u32;
+                names.push_str(name);
+                Some((addr, start, name.len() as u32))
             })
             .collect();
-        syms.sort_by_key(|(addr, _)| *addr);
-        Self { text: syms }
+        syms.sort_by_key(|(addr, _, _)| *addr);
+        names.shrink_to_fit();
+        syms.shrink_to_fit();
+        Self { text: syms, names }
+    }
+
+    fn name_at(&self, i: usize) -> Option<(u64, &str)> {
+        let (addr, start, len) = *self.text.get(i)?;
+        let name = self.names.get(start as usize..(start + len) as usize)?;
+        Some((addr, name))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -41,8 +116,8 @@ impl Symbols {
 
     /// `name+0xoff` of the symbol containing `addr`, or the raw address.
     pub fn resolve(&self, addr: u64) -> String {
-        let idx = self.text.partition_point(|(a, _)| *a <= addr);
-        match idx.checked_sub(1).and_then(|i| self.text.get(i)) {
+        let idx = self.text.partition_point(|(a, _, _)| *a <= addr);
+        match idx.checked_sub(1).and_then(|i| self.name_at(i)) {
             Some((start, name)) if addr != 0 => format!("{name}+{:#x}", addr - start),
             _ => format!("{addr:#x}"),
         }
@@ -50,10 +125,10 @@ impl Symbols {
 
     /// The function name alone (no offset), for matching locations such as `ip_error`.
     pub fn function(&self, addr: u64) -> Option<&str> {
-        let idx = self.text.partition_point(|(a, _)| *a <= addr);
+        let idx = self.text.partition_point(|(a, _, _)| *a <= addr);
         idx.checked_sub(1)
-            .and_then(|i| self.text.get(i))
-            .map(|(_, name)| name.as_str())
+            .and_then(|i| self.name_at(i))
+            .map(|(_, name)| name)
     }
 }
 
@@ -97,10 +172,11 @@ ffffffffc0000000 t nft_do_chain\t[nf_tables]
             eprintln!("kallsyms addresses hidden (not root?): skipped");
             return;
         }
-        assert!(
-            syms.text
-                .iter()
-                .any(|(_, n)| n == "kfree_skb_reason" || n == "sk_skb_reason_drop")
-        );
+        assert!((0..syms.text.len()).any(|i| {
+            matches!(
+                syms.name_at(i),
+                Some((_, "kfree_skb_reason" | "sk_skb_reason_drop"))
+            )
+        }));
     }
 }
