@@ -207,3 +207,37 @@ fn bad_values_are_one_sentence_errors_without_backtraces() {
         );
     }
 }
+
+#[test]
+fn once_attached_it_drops_the_capabilities_it_no_longer_needs() {
+    let lab = lab("caps");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", watch.pid())).unwrap();
+    let caps = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap()
+    };
+    let (eff, bnd) = (caps("CapEff:"), caps("CapBnd:"));
+    let out = watch.stop();
+    assert!(out.status.success());
+    for (cap, name) in [
+        (7, "CAP_SETUID"),
+        (16, "CAP_SYS_MODULE"),
+        (22, "CAP_SYS_BOOT"),
+        (25, "CAP_SYS_TIME"),
+        (27, "CAP_MKNOD"),
+    ] {
+        assert_eq!(eff & (1 << cap), 0, "{name} still effective ({eff:#x})");
+        assert_eq!(
+            bnd & (1 << cap),
+            0,
+            "{name} still in the bounding set ({bnd:#x})"
+        );
+    }
+    for (cap, name) in [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")] {
+        assert_ne!(eff & (1 << cap), 0, "{name} is still needed ({eff:#x})");
+    }
+}

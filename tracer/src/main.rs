@@ -26,6 +26,7 @@ fn main() -> ExitCode {
                 ready: None,
                 stop: None,
                 quiet: false,
+                drop_privileges: true,
                 docker_host: args.docker_host,
                 container: args.container,
             };

@@ -55,6 +55,9 @@ pub struct WatchRequest {
     pub stop: Option<Arc<Notify>>,
     /// No human start banner on stderr (the demo prints its own).
     pub quiet: bool,
+    /// Drop the capabilities no longer needed once attached (the CLI does; the demo, which
+    /// keeps building namespaces in the same process, does not).
+    pub drop_privileges: bool,
 }
 
 /// Asks the container engine for published ports when the user gave none, or named a socket
@@ -740,6 +743,9 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         })
         .map_err(io_err)?;
     let start_notes = notes;
+    if req.drop_privileges {
+        kernel::drop_unneeded_capabilities();
+    }
     if let Some(ready) = &req.ready {
         ready.notify_one();
     }
