@@ -70,6 +70,12 @@ if [ "$have_linker" != "bpf-linker $BPF_LINKER_VERSION" ]; then
 fi
 bpf-linker --version >/dev/null 2>&1 || die "bpf-linker does not run: see $llvm_prefix/bpf-linker-install.log"
 
+if ! cargo "+$TOOLCHAIN" fuzz --version >/dev/null 2>&1; then
+  say "cargo-fuzz (the parsers' fuzz targets, fuzz/)"
+  cargo "+$TOOLCHAIN" install cargo-fuzz@0.13.2 --locked >/dev/null 2>"$llvm_prefix/cargo-fuzz-install.log" \
+    || die "installing cargo-fuzz failed (log: $llvm_prefix/cargo-fuzz-install.log)"
+fi
+
 say "cargo build --release (the eBPF object is built by tracer/build.rs)"
 cargo build --release --locked -p tracer || die "build failed: see the compiler output above"
 say "built: $(pwd)/target/release/droptrace"

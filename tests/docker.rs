@@ -71,6 +71,12 @@ fn healthy_published_port_is_discovered_and_gives_no_verdict() {
     let (code, lines) = check(&host);
     assert_eq!(code, Some(0), "{lines:#?}");
     assert_eq!(lines.last().unwrap()["healthy"], true);
+
+    // An unknown container is a usage error naming the known ones.
+    let out = run_droptrace(&["watch", "--docker-host", host.sock.to_str().unwrap(), "--container", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("\"nope\"") && err.contains("web"), "{err}");
 }
 
 #[test]

@@ -222,7 +222,7 @@ fn once_attached_it_drops_the_capabilities_it_no_longer_needs() {
     };
     let (eff, bnd) = (caps("CapEff:"), caps("CapBnd:"));
     let out = watch.stop();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", out.dump());
     for (cap, name) in [
         (7, "CAP_SETUID"),
         (16, "CAP_SYS_MODULE"),
@@ -240,4 +240,30 @@ fn once_attached_it_drops_the_capabilities_it_no_longer_needs() {
     for (cap, name) in [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN")] {
         assert_ne!(eff & (1 << cap), 0, "{name} is still needed ({eff:#x})");
     }
+}
+
+#[test]
+fn no_port_given_and_nothing_published_says_how_to_name_one() {
+    let lab = lab("noports");
+    // The client namespace has no engine and no DNAT rule: nothing to discover.
+    let out = run_droptrace(&["watch", "--netns", &lab.ext, "--duration", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--port"), "{err}");
+}
+
+#[test]
+fn missing_iptables_and_nft_binaries_lower_precision_but_do_not_fail() {
+    require_root();
+    // iptables-*-save and nft live in /usr/sbin on Debian: hide them.
+    let out = std::process::Command::new(common::DROPTRACE)
+        .args(["watch", "--port", "5000", "--duration", "0.3", "--json"])
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let notes = start["notes"].to_string();
+    assert!(notes.contains("is not installed"), "the missing tools are named: {notes}");
 }

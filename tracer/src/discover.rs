@@ -135,6 +135,12 @@ pub fn published_from_summaries(
     out
 }
 
+/// Published ports from the engine's `/containers/json` body (for fuzzing and fixtures).
+pub fn published_from_json(json: &str) -> Result<Vec<PublishedPort>, String> {
+    let list: Vec<ContainerSummary> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    Ok(published_from_summaries(&list, "docker"))
+}
+
 /// Asks the engine at `socket`. Errors say what to do without an engine.
 pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), Error> {
     let no_engine = |why: String| Error::NoEngine {

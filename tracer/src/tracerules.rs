@@ -101,6 +101,12 @@ impl Parser {
     }
 }
 
+/// Parses a block of `nft monitor trace` output (for fuzzing and tests).
+pub fn parse_lines(text: &str) -> Vec<TracedDrop> {
+    let mut p = Parser::default();
+    text.lines().filter_map(|l| p.line(l)).collect()
+}
+
 pub struct RuleTracer {
     ns_arg: String,
     child: Option<Child>,

@@ -592,6 +592,10 @@ fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
 
 pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Error> {
     kernel::check_privileges()?;
+    // Before anything is loaded or changed: a Ctrl-C from here on ends the run cleanly
+    // (summary printed, --trace-rules' table removed) instead of killing the process.
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
     let (engine, mut published) = resolve_engine(&req).await?;
     let netns = match (
         &req.netns,
@@ -751,8 +755,6 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     }
 
     let started = Instant::now();
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
     let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
 
     loop {

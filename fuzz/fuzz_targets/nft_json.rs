@@ -1,0 +1,21 @@
+//! `nft -j list ruleset` JSON → ruleset, and the queries over it (maps, reachability).
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use tracer::state::{Snapshot, nft};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(rs) = nft::parse(&String::from_utf8_lossy(data)) else {
+        return;
+    };
+    let snap = Snapshot {
+        nft: rs,
+        ..Snapshot::default()
+    };
+    for port in [0, 5000, 65535] {
+        let _ = snap.dnats_for(port);
+        let _ = snap.published_hints(port);
+        for hook in ["PRE_ROUTING", "LOCAL_IN", "FORWARD"] {
+            let _ = snap.blockers(hook, port);
+        }
+    }
+});
