@@ -73,7 +73,13 @@ fn healthy_published_port_is_discovered_and_gives_no_verdict() {
     assert_eq!(lines.last().unwrap()["healthy"], true);
 
     // An unknown container is a usage error naming the known ones.
-    let out = run_droptrace(&["watch", "--docker-host", host.sock.to_str().unwrap(), "--container", "nope"]);
+    let out = run_droptrace(&[
+        "watch",
+        "--docker-host",
+        host.sock.to_str().unwrap(),
+        "--container",
+        "nope",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("\"nope\"") && err.contains("web"), "{err}");

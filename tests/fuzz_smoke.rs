@@ -9,12 +9,19 @@ fn every_parser_survives_a_fuzz_smoke_run() {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(has_fuzz, "cargo-fuzz is not installed: scripts/setup.sh installs it");
+    assert!(
+        has_fuzz,
+        "cargo-fuzz is not installed: scripts/setup.sh installs it"
+    );
     let out = std::process::Command::new("bash")
         .args([script, "5"])
         .output()
         .expect("run fuzz/run-all.sh");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "a fuzz target failed:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "a fuzz target failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(text.matches("no crash").count(), 6, "{text}");
 }

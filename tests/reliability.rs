@@ -262,8 +262,15 @@ fn missing_iptables_and_nft_binaries_lower_precision_but_do_not_fail() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let notes = start["notes"].to_string();
-    assert!(notes.contains("is not installed"), "the missing tools are named: {notes}");
+    assert!(
+        notes.contains("is not installed"),
+        "the missing tools are named: {notes}"
+    );
 }

@@ -107,12 +107,18 @@ pub struct WatchConfig {
     pub netns: u32,
     /// Non-zero: report every watched drop, even without a port/address match (debugging).
     pub match_all: u32,
+    /// Non-zero: copy the first HDR_LEN bytes of each dropped packet (from its IP header)
+    /// into the event, for `--pcap` / `--evidence`.
+    pub capture_headers: u32,
+    pub _pad: u32,
 }
 
 impl WatchConfig {
     pub const ZERO: Self = Self {
         netns: 0,
         match_all: 0,
+        capture_headers: 0,
+        _pad: 0,
     };
 }
 
@@ -172,7 +178,7 @@ pub mod ct {
 
 /// One watched packet the kernel dropped, or answered with an ICMP error or a RST.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) at the event.
     pub ktime_ns: u64,
@@ -215,6 +221,47 @@ pub struct DropEvent {
     pub daddr: [u8; 16],
     /// Original destination address from conntrack, when `has_ct` (IPv4 in the first 4 bytes).
     pub orig_daddr: [u8; 16],
+    /// Valid bytes of `hdr` (0 unless header capture is on).
+    pub hdr_len: u16,
+    pub _pad3: [u8; 6],
+    /// The packet from its IP header on: IPv6 (40) + the largest TCP header (60) nearly fit.
+    pub hdr: [u8; HDR_LEN],
+}
+
+/// Bytes of each dropped packet captured for pcap, from the IP header.
+pub const HDR_LEN: usize = 96;
+
+impl Default for DropEvent {
+    fn default() -> Self {
+        Self {
+            ktime_ns: 0,
+            location: 0,
+            reason: 0,
+            netns: 0,
+            ifindex: 0,
+            dev_ifindex: 0,
+            len: 0,
+            ct_status: 0,
+            family: 0,
+            proto: 0,
+            tcp_flags: 0,
+            icmp_type: 0,
+            icmp_code: 0,
+            kind: 0,
+            has_ct: 0,
+            _pad: 0,
+            sport: 0,
+            dport: 0,
+            orig_dport: 0,
+            nf_trail: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            orig_daddr: [0; 16],
+            hdr_len: 0,
+            _pad3: [0; 6],
+            hdr: [0; HDR_LEN],
+        }
+    }
 }
 
 /// What a CHANGES ring event reports.
@@ -307,6 +354,6 @@ mod pod {
 
 // The ring record's size is part of the contract with the decoder; a field added without
 // updating both sides fails the build here instead of garbling events.
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 208);
 const _: () = assert!(core::mem::size_of::<Process>() == 376);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 488);

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, stat};
+use tracer_common::{AddrPort, CounterKey, DropEvent, KernelOffsets, Process, WatchConfig, stat};
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
 #[unsafe(no_mangle)]
@@ -52,6 +52,10 @@ pub static CHANGES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 /// pid → identity of every program started in the watched namespace (see probes/exec.rs).
 #[map]
 pub static EXECS: LruHashMap<u32, Process> = LruHashMap::with_max_entries(8192, 0);
+
+/// Per-CPU scratch space for building a DropEvent (too large for the stack with the parser).
+#[map]
+pub static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for building a Process (too large for the 512-byte BPF stack).
 #[map]

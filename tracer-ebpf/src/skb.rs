@@ -5,13 +5,14 @@
 //! `skb->head + skb->network_header` points at the IPv4/IPv6 header whenever `skb->protocol`
 //! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
 //! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, KernelOffsets, kind, stat,
+    ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, HDR_LEN, KernelOffsets, kind, stat,
 };
 
 use crate::maps::{
-    CONFIG, COUNTERS, EVENTS, IGNORED_REASONS, NF_TRAIL, OFFSETS, WATCH_ADDR_PORT, WATCH_PORT, bump,
+    CONFIG, COUNTERS, DROP_SCRATCH, EVENTS, IGNORED_REASONS, NF_TRAIL, OFFSETS, WATCH_ADDR_PORT,
+    WATCH_PORT, bump,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -72,7 +73,7 @@ impl From<i32> for NotParsed {
 
 /// Fills addresses, protocol, ports and flags from the packet headers.
 #[inline(always)]
-fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotParsed> {
+fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<u64, NotParsed> {
     let protocol = u16::from_be(read::<u16>(skb, off.skb_protocol)?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Err(NotParsed::NotIp);
@@ -93,7 +94,7 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotPar
             // A non-first fragment has no transport header: keep the addresses, no ports.
             let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
             if frag_off != 0 {
-                return Ok(());
+                return Ok(ip);
             }
             ip + ((hdr[0] & 0x0f) as u64) * 4
         }
@@ -140,7 +141,7 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<(), NotPar
         }
         _ => {}
     }
-    Ok(())
+    Ok(ip)
 }
 
 /// The watched port this packet matches, if any: destination first (the published port of an
@@ -258,22 +259,30 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     if cfg.netns != 0 && netns != cfg.netns {
         return;
     }
-    let mut ev = DropEvent {
-        location,
-        reason,
-        netns,
-        kind: event_kind,
-        ..DropEvent::default()
+    // The event (208 bytes) is built in per-CPU scratch space: with the parsing state it
+    // would not fit the 512-byte BPF stack.
+    let Some(slot) = DROP_SCRATCH.get_ptr_mut(0) else {
+        return;
     };
-    match parse(skb, &off, &mut ev) {
-        Ok(()) => {}
+    // SAFETY: the per-CPU slot is exclusively ours while this program runs on this CPU
+    // (programs of this type do not nest on a CPU). Zeroing is a plain byte fill.
+    let ev = unsafe {
+        core::ptr::write_bytes(slot, 0, 1);
+        &mut *slot
+    };
+    ev.location = location;
+    ev.reason = reason;
+    ev.netns = netns;
+    ev.kind = event_kind;
+    let ip = match parse(skb, &off, ev) {
+        Ok(ip) => ip,
         Err(NotParsed::NotIp) => return,
         Err(NotParsed::Unreadable) => {
             bump(stat::READ_ERRORS);
             return;
         }
-    }
-    let port = match matched_port(&ev) {
+    };
+    let port = match matched_port(ev) {
         Some(port) => port,
         None if cfg.match_all != 0 => ev.dport,
         None => return,
@@ -297,7 +306,19 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
     ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
     ev.len = read(skb, off.skb_len).unwrap_or(0);
-    read_conntrack(skb, &off, &mut ev);
+    read_conntrack(skb, &off, ev);
+    if cfg.capture_headers != 0 && event_kind == kind::DROP {
+        // A fixed-size read keeps the verifier's bounds simple; a packet shorter than HDR_LEN
+        // still has its head buffer there, and hdr_len says how much is the packet.
+        // SAFETY: fault-tolerant kernel read into the event's own buffer.
+        if unsafe { bpf_probe_read_kernel_buf(ip as *const u8, &mut ev.hdr) }.is_ok() {
+            ev.hdr_len = if (ev.len as usize) < HDR_LEN {
+                ev.len as u16
+            } else {
+                HDR_LEN as u16
+            };
+        }
+    }
     // SAFETY: a helper call without arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
 
@@ -308,7 +329,7 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     } else {
         0
     };
-    if EVENTS.output(&ev, flags).is_ok() {
+    if EVENTS.output(ev, flags).is_ok() {
         bump(stat::EVENTS);
     } else {
         bump(stat::RING_LOST);

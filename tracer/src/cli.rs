@@ -23,6 +23,8 @@ pub struct Cli {
 pub enum Command {
     /// Print every dropped packet to or from the watched ports, then a summary.
     Watch(WatchArgs),
+    /// Render the report of an evidence bundle (any machine, no root needed).
+    Report(ReportArgs),
     /// List the published ports: from the container engine, else the DNAT rules.
     Ports(PreflightArgs),
     /// Static preflight, no eBPF: forwarding, DNAT and chains per published port, rules that
@@ -31,6 +33,13 @@ pub enum Command {
     /// Replay the incident in throwaway network namespaces and show droptrace's verdict for
     /// each step (a self-test of this kernel). Exit 0 when every step is attributed right.
     Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// The directory given to `watch --evidence`.
+    #[arg(value_name = "DIR")]
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +113,16 @@ pub struct WatchArgs {
     /// watched ports), removed on exit. Without it, rule counters name the rule.
     #[arg(long)]
     pub trace_rules: bool,
+
+    /// Write the headers of dropped packets (captured in the kernel, up to 96 bytes from the
+    /// IP header) to this pcapng file, with the drop reason in each packet's comment.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<std::path::PathBuf>,
+
+    /// Write an evidence bundle into this directory: events.jsonl, verdicts.json,
+    /// drops.pcapng, state snapshots at start and at the first verdict, report.md (files 0600).
+    #[arg(long, value_name = "DIR")]
+    pub evidence: Option<std::path::PathBuf>,
 
     /// Also report frees on socket teardown (QUEUE_PURGE, SOCKET_CLOSE), normally noise.
     #[arg(long)]

@@ -69,6 +69,16 @@ pub enum Error {
     )]
     UnknownContainer { wanted: String, known: String },
 
+    #[error(
+        "cannot write {path} ({why}): choose a directory droptrace can write to, on a filesystem with space"
+    )]
+    Unwritable { path: String, why: String },
+
+    #[error(
+        "{path} is not a droptrace evidence bundle ({why}): pass the directory given to --evidence"
+    )]
+    NotABundle { path: String, why: String },
+
     #[error("{0}")]
     Io(String),
 }
@@ -82,7 +92,8 @@ impl Error {
             | Error::NoPorts
             | Error::UnknownNetns { .. }
             | Error::NotANetns { .. }
-            | Error::UnknownContainer { .. } => 2,
+            | Error::UnknownContainer { .. }
+            | Error::NotABundle { .. } => 2,
             Error::NotRoot { .. }
             | Error::NoBtf(_)
             | Error::BadBtf { .. }
@@ -92,7 +103,8 @@ impl Error {
             | Error::Load(_)
             | Error::Attach(_)
             | Error::DemoLeftovers(_)
-            | Error::NoEngine { .. } => 3,
+            | Error::NoEngine { .. }
+            | Error::Unwritable { .. } => 3,
             Error::Io(_) => 4,
         }
     }

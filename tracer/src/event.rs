@@ -56,6 +56,11 @@ impl Clock {
         }
     }
 
+    /// Wall-clock nanoseconds since the epoch.
+    pub fn wall_ns(&self, ktime_ns: u64) -> i64 {
+        (ktime_ns as i128 + self.realtime_minus_monotonic_ns) as i64
+    }
+
     pub fn wall(&self, ktime_ns: u64) -> DateTime<Utc> {
         let ns = ktime_ns as i128 + self.realtime_minus_monotonic_ns;
         DateTime::from_timestamp_nanos(ns as i64)

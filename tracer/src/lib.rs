@@ -12,6 +12,7 @@ pub mod demo;
 pub mod discover;
 pub mod error;
 pub mod event;
+pub mod evidence;
 pub mod kernel;
 pub mod lab;
 pub mod loader;

@@ -27,6 +27,8 @@ fn main() -> ExitCode {
                 stop: None,
                 quiet: false,
                 drop_privileges: true,
+                pcap: args.pcap,
+                evidence: args.evidence,
                 docker_host: args.docker_host,
                 container: args.container,
             };
@@ -35,6 +37,9 @@ fn main() -> ExitCode {
                     .map(|_| ())
             })
         }
+        Command::Report(args) => tracer::evidence::read_records(&args.dir).map(|records| {
+            print!("{}", tracer::evidence::render_report(&records));
+        }),
         Command::Ports(args) => runtime().and_then(|rt| {
             rt.block_on(preflight::ports(
                 preflight_request(args),

@@ -23,6 +23,7 @@ use crate::{
     discover::{self, Engine, PublishedPort},
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
+    evidence::{Bundle, PcapSink},
     kernel::{self, btf::KernelBtf, kallsyms::LiveSymbols},
     loader::{HookChoice, LoadOptions, Totals, Tracer},
     netns::{IfNames, Netns},
@@ -55,6 +56,10 @@ pub struct WatchRequest {
     pub stop: Option<Arc<Notify>>,
     /// No human start banner on stderr (the demo prints its own).
     pub quiet: bool,
+    /// Write the dropped packets' headers here as pcapng.
+    pub pcap: Option<PathBuf>,
+    /// Write an evidence bundle into this directory.
+    pub evidence: Option<PathBuf>,
     /// Drop the capabilities no longer needed once attached (the CLI does; the demo, which
     /// keeps building namespaces in the same process, does not).
     pub drop_privileges: bool,
@@ -130,6 +135,9 @@ struct Observer<W: Write> {
     legacy_seen: Vec<iptables::Ruleset>,
     /// Published ports known from the engine (or the DNAT rules).
     published: Vec<PublishedPort>,
+    pcap: Option<PcapSink>,
+    bundle: Option<Bundle>,
+    notes: Vec<String>,
 }
 
 /// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
@@ -144,6 +152,9 @@ impl<W: Write> Observer<W> {
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
                 self.printer.signal_line(&sig)?;
+                if let Some(b) = &mut self.bundle {
+                    b.record(&sig)?;
+                }
                 if self.recent_signals.len() >= 256 {
                     self.recent_signals.pop_front();
                 }
@@ -189,6 +200,14 @@ impl<W: Write> Observer<W> {
                     .and_then(|p| p.container.clone());
                 rec.cause = Some(attribution.cause.name().to_string());
                 self.printer.drop_line(&rec)?;
+                let wall_ns = self.namer.clock.wall_ns(ev.ktime_ns);
+                if let Some(p) = &mut self.pcap {
+                    p.write(ev, &rec, wall_ns)?;
+                }
+                if let Some(b) = &mut self.bundle {
+                    b.record(&rec)?;
+                    b.pcap.write(ev, &rec, wall_ns)?;
+                }
                 if let Some(mut verdict) = self.book.add(port, &rec, &attribution) {
                     if needs_culprit(&attribution) && self.culprit(&attribution).is_none() {
                         // nf_tables changes arrive through the monitor process a moment
@@ -201,6 +220,10 @@ impl<W: Write> Observer<W> {
                     verdict.culprit = culprit;
                     verdict.culprit_note = note;
                     self.printer.verdict(&verdict)?;
+                    if let Some(b) = &mut self.bundle {
+                        b.record(&verdict)?;
+                        b.on_first_verdict(&self.netns, &self.ports, &self.notes);
+                    }
                 }
                 Ok(())
             }
@@ -259,6 +282,9 @@ impl<W: Write> Observer<W> {
 
     fn record_change(&mut self, rec: ChangeRecord) -> std::io::Result<()> {
         self.printer.change(&rec)?;
+        if let Some(b) = &mut self.bundle {
+            b.record(&rec)?;
+        }
         if self.changes.len() >= 1024 {
             self.changes.remove(0);
         }
@@ -459,6 +485,12 @@ fn drain<W: Write>(
             obs.handle(&ev, tracer)?;
         }
     }
+    if let Some(p) = &mut obs.pcap {
+        p.flush()?;
+    }
+    if let Some(b) = &mut obs.bundle {
+        b.flush()?;
+    }
     obs.printer.flush()
 }
 
@@ -647,6 +679,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         config: WatchConfig {
             netns: netns.inode,
             match_all: 0,
+            capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
+            _pad: 0,
         },
         ports: ports.clone(),
         addr_ports,
@@ -704,6 +738,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     notes.extend(trace_notes);
     notes.extend(monitor_note);
     notes.extend(before.problems.iter().cloned());
+    let pcap = req.pcap.as_deref().map(PcapSink::create).transpose()?;
+    let bundle = req.evidence.as_deref().map(Bundle::create).transpose()?;
     let mut obs = Observer {
         namer: Namer {
             clock: Clock::now(),
@@ -726,26 +762,34 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         resolver: Resolver::new(),
         monitor,
         legacy_seen: Vec::new(),
+        pcap,
+        bundle,
+        notes: Vec::new(),
         netns,
     };
 
-    obs.printer
-        .start(&StartRecord {
-            kind: "start",
-            time: now(),
-            version: env!("CARGO_PKG_VERSION"),
-            kernel: kernel::release(),
-            netns: obs.netns.inode,
-            netns_name: obs.netns.name.clone(),
-            ports: ports.clone(),
-            addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
-            published: published.clone(),
-            engine: engine.clone(),
-            hook: tracer.hook.name(),
-            signals: tracer.signals.clone(),
-            notes: notes.clone(),
-        })
-        .map_err(io_err)?;
+    let start_record = StartRecord {
+        kind: "start",
+        time: now(),
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel::release(),
+        netns: obs.netns.inode,
+        netns_name: obs.netns.name.clone(),
+        ports: ports.clone(),
+        addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
+        published: published.clone(),
+        engine: engine.clone(),
+        hook: tracer.hook.name(),
+        signals: tracer.signals.clone(),
+        notes: notes.clone(),
+    };
+    obs.printer.start(&start_record).map_err(io_err)?;
+    obs.notes = notes.clone();
+    if let Some(b) = &mut obs.bundle {
+        b.record(&start_record).map_err(io_err)?;
+        b.snapshot("start", &obs.netns, &obs.ports, &notes);
+        b.flush().map_err(io_err)?;
+    }
     let start_notes = notes;
     if req.drop_privileges {
         kernel::drop_unneeded_capabilities();
@@ -822,8 +866,18 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let verdicts = obs.book.finish(&exact);
     for verdict in &verdicts {
         obs.printer.verdict(verdict).map_err(io_err)?;
+        if let Some(b) = &mut obs.bundle {
+            b.record(verdict).map_err(io_err)?;
+        }
     }
     obs.printer.summary(&summary).map_err(io_err)?;
+    if let Some(b) = &mut obs.bundle {
+        b.record(&summary).map_err(io_err)?;
+        b.write_report();
+    }
+    if let Some(p) = &mut obs.pcap {
+        p.flush().map_err(io_err)?;
+    }
     drop(obs.rule_tracer.take());
     drop(obs.monitor.take());
     drop(tracer);
