@@ -29,8 +29,8 @@ APT_PACKAGES=(
   docker.io firewalld dbus
   # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
   iperf3 bpftrace
-  # reading droptrace's pcapng in the tests
-  tshark
+  # reading droptrace's pcapng and validating its metrics in the tests
+  tshark prometheus
   # build: C toolchain for -sys crates, git for cargo
   build-essential pkg-config git ca-certificates
 )

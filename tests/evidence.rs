@@ -157,3 +157,95 @@ fn unwritable_evidence_directory_and_non_bundles_are_clear_errors() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not a droptrace evidence bundle"), "{err}");
 }
+
+fn scrape(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+#[test]
+fn metrics_are_valid_exposition_with_exact_counts() {
+    let lab = forwarding_off_lab("metrics");
+    // Loopback of the test's own namespace, a port unlikely to be taken.
+    let addr = format!("127.0.0.1:{}", 19_000 + std::process::id() % 1000);
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host, "--metrics", &addr]);
+    assert_eq!(lab.client_request(Duration::from_secs(2)), Outcome::Timeout);
+    std::thread::sleep(Duration::from_millis(1300)); // one refresh of the kernel counters
+    let response = scrape(&addr, "/metrics");
+    assert!(scrape(&addr, "/other").starts_with("HTTP/1.1 404"));
+
+    // The address is taken now: a second droptrace says so.
+    let taken = run_droptrace(&[
+        "watch",
+        "--port",
+        "5000",
+        "--duration",
+        "0.2",
+        "--metrics",
+        &addr,
+    ]);
+    let err = String::from_utf8_lossy(&taken.stderr);
+    assert_eq!(taken.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("cannot serve metrics on {addr}")),
+        "{err}"
+    );
+
+    let out = watch.stop();
+    let drops = out.summary()["drops"].as_u64().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let line = format!(
+        "droptrace_drops_total{{cause=\"forwarding_disabled\",reason=\"IP_INADDRERRORS\",port=\"5000\",proto=\"tcp\"}} {drops}"
+    );
+    assert!(body.contains(&line), "expected `{line}` in:\n{body}");
+    assert!(
+        !body.contains("198.51.100"),
+        "no client addresses in labels"
+    );
+
+    // promtool (Debian's prometheus package) validates the exposition.
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(body);
+    assert!(
+        check.0,
+        "promtool rejected the metrics: {}\n{body}",
+        check.1
+    );
+    check.1.clear();
+}
+
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String);
+}
+
+impl WithStdin for std::process::Command {
+    fn output_with_stdin(&mut self, input: &str) -> (bool, String) {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (apt-get install prometheus)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+}

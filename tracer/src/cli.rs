@@ -114,6 +114,10 @@ pub struct WatchArgs {
     #[arg(long)]
     pub trace_rules: bool,
 
+    /// Serve Prometheus metrics (text exposition) on ADDR, path /metrics, e.g. 0.0.0.0:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
     /// Write the headers of dropped packets (captured in the kernel, up to 96 bytes from the
     /// IP header) to this pcapng file, with the drop reason in each packet's comment.
     #[arg(long, value_name = "FILE")]

@@ -79,6 +79,11 @@ pub enum Error {
     )]
     NotABundle { path: String, why: String },
 
+    #[error(
+        "cannot serve metrics on {addr} ({why}): pick a free address, e.g. --metrics 127.0.0.1:9464"
+    )]
+    MetricsBind { addr: String, why: String },
+
     #[error("{0}")]
     Io(String),
 }
@@ -104,7 +109,8 @@ impl Error {
             | Error::Attach(_)
             | Error::DemoLeftovers(_)
             | Error::NoEngine { .. }
-            | Error::Unwritable { .. } => 3,
+            | Error::Unwritable { .. }
+            | Error::MetricsBind { .. } => 3,
             Error::Io(_) => 4,
         }
     }

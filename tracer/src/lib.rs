@@ -16,6 +16,7 @@ pub mod evidence;
 pub mod kernel;
 pub mod lab;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 pub mod nfprobe;
 pub mod output;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
                 quiet: false,
                 drop_privileges: true,
                 pcap: args.pcap,
+                metrics: args.metrics,
                 evidence: args.evidence,
                 docker_host: args.docker_host,
                 container: args.container,

@@ -160,6 +160,14 @@ impl Book {
         }
     }
 
+    /// (port, cause name, proximate reason) of every open verdict.
+    pub fn groups(&self) -> Vec<(u16, &'static str, String)> {
+        self.groups
+            .values()
+            .map(|v| (v.port, v.cause, v.proximate.reason.clone()))
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }

@@ -26,6 +26,7 @@ use crate::{
     evidence::{Bundle, PcapSink},
     kernel::{self, btf::KernelBtf, kallsyms::LiveSymbols},
     loader::{HookChoice, LoadOptions, Totals, Tracer},
+    metrics::{self, Exporter, MetricsSnapshot},
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
     state::{self, Snapshot, iptables},
@@ -56,6 +57,8 @@ pub struct WatchRequest {
     pub stop: Option<Arc<Notify>>,
     /// No human start banner on stderr (the demo prints its own).
     pub quiet: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
     /// Write the dropped packets' headers here as pcapng.
     pub pcap: Option<PathBuf>,
     /// Write an evidence bundle into this directory.
@@ -138,6 +141,11 @@ struct Observer<W: Write> {
     pcap: Option<PcapSink>,
     bundle: Option<Bundle>,
     notes: Vec<String>,
+    exporter: Option<Exporter>,
+    metrics_at: Instant,
+    /// Live progress on stderr when it is a terminal and the output is for humans.
+    progress: Option<Instant>,
+    drops_seen: u64,
 }
 
 /// Signals older than this are not the answer to a drop (REJECT sends its ICMP error
@@ -162,6 +170,7 @@ impl<W: Write> Observer<W> {
                 Ok(())
             }
             Observed::Drop(mut rec) => {
+                self.drops_seen += 1;
                 rec.answered = self.answer_for(&rec);
                 let port = self.watched_port(&rec);
                 let sig = Signature::of(port, &rec);
@@ -463,6 +472,60 @@ impl<W: Write> Observer<W> {
         }
     }
 
+    /// One status line on a terminal's stderr, rewritten in place about once a second; never
+    /// on a pipe and never with --json, so nothing a script reads is polluted.
+    fn show_progress(&mut self, started: Instant) {
+        let Some(last) = self.progress else { return };
+        if last.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.progress = Some(Instant::now());
+        eprint!(
+            "\r\x1b[2K[droptrace] {:.0} s · {} drop(s) seen · {} verdict(s) · {} change(s)",
+            started.elapsed().as_secs_f64(),
+            self.drops_seen,
+            self.book.groups().len(),
+            self.changes.len()
+        );
+    }
+
+    /// Refreshes the metrics from the kernel's exact counters, at most once a second.
+    fn refresh_metrics(&mut self, tracer: &Tracer, force: bool) {
+        let Some(exporter) = &self.exporter else {
+            return;
+        };
+        if !force && self.metrics_at.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.metrics_at = Instant::now();
+        let Ok(totals) = tracer.totals() else { return };
+        let groups = self.book.groups();
+        let drops = totals
+            .counters
+            .iter()
+            .map(|(&(reason, port, proto), &n)| {
+                let name = self.namer.reasons.name(reason);
+                let cause = groups
+                    .iter()
+                    .find(|(p, _, r)| *p == port && *r == name)
+                    .map_or("unattributed", |(_, c, _)| c);
+                (cause.to_string(), name, port, event::proto_name(proto), n)
+            })
+            .collect();
+        let mut changes: BTreeMap<String, u64> = BTreeMap::new();
+        for c in &self.changes {
+            *changes.entry(c.source.to_string()).or_default() += 1;
+        }
+        exporter.update(MetricsSnapshot {
+            drops,
+            verdicts: groups.iter().map(|(p, c, _)| (c.to_string(), *p)).collect(),
+            changes: changes.into_iter().collect(),
+            events: totals.events,
+            lost: totals.ring_lost,
+            read_errors: totals.read_errors,
+        });
+    }
+
     fn refresh_snapshot(&mut self) {
         let fresh = matches!(&self.latest, Some((at, _)) if at.elapsed() < SNAPSHOT_REUSE);
         if !fresh {
@@ -628,6 +691,15 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     // (summary printed, --trace-rules' table removed) instead of killing the process.
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    let exporter = match req.metrics {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let exporter = Exporter::default();
+            tokio::spawn(metrics::serve(listener, exporter.clone()));
+            Some(exporter)
+        }
+        None => None,
+    };
     let (engine, mut published) = resolve_engine(&req).await?;
     let netns = match (
         &req.netns,
@@ -765,6 +837,11 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         pcap,
         bundle,
         notes: Vec::new(),
+        exporter,
+        metrics_at: Instant::now(),
+        progress: (!req.json && !req.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .then(Instant::now),
+        drops_seen: 0,
         netns,
     };
 
@@ -835,6 +912,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             // burst, not per drop); this tick bounds the latency of an event that raced a drain.
             _ = tokio::time::sleep(DRAIN_TICK) => {
                 drain(ring.get_mut(), &mut obs, &tracer).map_err(io_err)?;
+                obs.refresh_metrics(&tracer, false);
+                obs.show_progress(started);
             }
         }
     }
@@ -877,6 +956,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     }
     if let Some(p) = &mut obs.pcap {
         p.flush().map_err(io_err)?;
+    }
+    obs.refresh_metrics(&tracer, true);
+    if obs.progress.is_some() {
+        eprintln!();
     }
     drop(obs.rule_tracer.take());
     drop(obs.monitor.take());
