@@ -131,37 +131,7 @@ fn ingress_interface_forwarding_off_is_forwarding_disabled_on_that_interface() {
 
 fn nat_chain_gone_without_listener(backend: Backend) {
     let lab = lab("natgone", backend);
-    for args in [
-        &[
-            "-t",
-            "nat",
-            "-D",
-            "PREROUTING",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
-        ][..],
-        &[
-            "-t",
-            "nat",
-            "-D",
-            "OUTPUT",
-            "!",
-            "-d",
-            "127.0.0.0/8",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
-        ],
-        &["-t", "nat", "-F", "DOCKER"],
-        &["-t", "nat", "-X", "DOCKER"],
-    ] {
+    for args in common::DELETE_DOCKER_NAT_CHAIN {
         lab.iptables(args).unwrap();
     }
     let (seen, out) = watch_client(&lab);

@@ -161,37 +161,7 @@ fn firewalld_started_after_dockerd_wipes_the_chains_and_rejects_in_local_in() {
 fn nat_chain_deleted_while_docker_proxy_answers_is_found_by_check() {
     let host = DockerHost::start("dkproxy", true);
     host.run_web();
-    for args in [
-        &[
-            "-t",
-            "nat",
-            "-D",
-            "PREROUTING",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
-        ][..],
-        &[
-            "-t",
-            "nat",
-            "-D",
-            "OUTPUT",
-            "!",
-            "-d",
-            "127.0.0.0/8",
-            "-m",
-            "addrtype",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "DOCKER",
-        ],
-        &["-t", "nat", "-F", "DOCKER"],
-        &["-t", "nat", "-X", "DOCKER"],
-    ] {
+    for args in common::DELETE_DOCKER_NAT_CHAIN {
         host.lab
             .exec(&host.lab.host, &[&["iptables"][..], args].concat())
             .expect("iptables");

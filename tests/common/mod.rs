@@ -34,6 +34,40 @@ pub fn netns_inode(name: &str) -> u64 {
         .ino()
 }
 
+/// iptables arguments that remove Docker's nat DOCKER chain the way `iptables -F`/`-X` after
+/// a firewall reload leaves it: unhooked from PREROUTING and OUTPUT, flushed, deleted.
+pub const DELETE_DOCKER_NAT_CHAIN: &[&[&str]] = &[
+    &[
+        "-t",
+        "nat",
+        "-D",
+        "PREROUTING",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "DOCKER",
+    ],
+    &[
+        "-t",
+        "nat",
+        "-D",
+        "OUTPUT",
+        "!",
+        "-d",
+        "127.0.0.0/8",
+        "-m",
+        "addrtype",
+        "--dst-type",
+        "LOCAL",
+        "-j",
+        "DOCKER",
+    ],
+    &["-t", "nat", "-F", "DOCKER"],
+    &["-t", "nat", "-X", "DOCKER"],
+];
+
 /// A running `droptrace watch --json`.
 pub struct Watch {
     child: Option<Child>,

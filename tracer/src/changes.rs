@@ -434,6 +434,25 @@ pub fn wait_subscribed(pid: u32, group: u32, timeout: std::time::Duration) -> bo
     }
 }
 
+/// Starts a monitoring tool inside the namespace, its stdout piped to us. It dies with
+/// droptrace, even by SIGKILL (PDEATHSIG), so no monitor outlives a run.
+pub fn spawn_monitor(ns: &Netns, args: &[&str]) -> std::io::Result<Child> {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// `nft monitor` running in the watched namespace; killed with droptrace (PDEATHSIG).
 pub struct NftMonitor {
     child: Child,
@@ -442,21 +461,7 @@ pub struct NftMonitor {
 
 impl NftMonitor {
     pub fn start(ns: &Netns) -> Result<Self, String> {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", ns.path.display()))
-            .args(["nft", "monitor"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe: the kernel kills the monitor when droptrace
-        // dies, even by SIGKILL.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
+        let mut child = spawn_monitor(ns, &["nft", "monitor"]).map_err(|e| {
             format!("cannot run `nft monitor` ({e}): install nftables to see nf_tables changes")
         })?;
         // nsenter execs nft in place, so the child's pid is the monitor's netlink port id.

@@ -182,6 +182,20 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
     Ok((engine, published_from_summaries(&list, source)))
 }
 
+/// The namespace to look in: the one the user named, else the engine's own (where its ports
+/// are published), else droptrace's.
+pub fn watched_netns(
+    spec: Option<&str>,
+    engine: Option<&Engine>,
+) -> Result<crate::netns::Netns, Error> {
+    use crate::netns::Netns;
+    match (spec, engine.and_then(|e| e.netns_path.as_ref())) {
+        (Some(spec), _) => Netns::resolve(spec),
+        (None, Some(path)) => Netns::resolve(&path.display().to_string()),
+        (None, None) => Netns::current(),
+    }
+}
+
 /// Ports translated by DNAT rules in the namespace: the fallback without an engine.
 pub fn from_rules(snap: &Snapshot) -> Vec<PublishedPort> {
     let mut out: Vec<PublishedPort> = Vec::new();

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fs};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, CgroupSockopt, CgroupSysctl, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, TracePoint},
 };
 use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, stat};
 
@@ -250,38 +250,14 @@ impl Tracer {
                 return;
             }
         };
-        let sysctl = (|| -> Result<(), String> {
-            let program: &mut CgroupSysctl = self
-                .ebpf
-                .program_mut("sysctl_write")
-                .ok_or("program sysctl_write missing")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            program.load().map_err(|e| e.to_string())?;
-            program
-                .attach(&cgroup, LINK_MODE)
-                .map_err(|e| error_chain(&e))?;
-            Ok(())
-        })();
+        let sysctl = self.attach_cgroup("sysctl_write", &cgroup);
         match sysctl {
             Ok(()) => self.signals.push("sysctl_writes"),
             Err(why) => self.notes.push(format!(
                 "cgroup/sysctl unavailable ({why}): who changed forwarding sysctls is not recorded"
             )),
         }
-        let sockopt = (|| -> Result<(), String> {
-            let program: &mut CgroupSockopt = self
-                .ebpf
-                .program_mut("ipt_replace")
-                .ok_or("program ipt_replace missing")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            program.load().map_err(|e| e.to_string())?;
-            program
-                .attach(&cgroup, LINK_MODE)
-                .map_err(|e| error_chain(&e))?;
-            Ok(())
-        })();
+        let sockopt = self.attach_cgroup("ipt_replace", &cgroup);
         match sockopt {
             Ok(()) => self.signals.push("iptables_legacy_replace"),
             Err(why) => self.notes.push(format!(
@@ -295,6 +271,16 @@ impl Tracer {
                 why.lines().next().unwrap_or_default()
             )),
         }
+    }
+
+    /// Loads program `name` and links it to the cgroup (bpf_link: detached when droptrace's fd
+    /// closes, even after SIGKILL).
+    fn attach_cgroup(&mut self, name: &str, cgroup: &std::fs::File) -> Result<(), String> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing"))?;
+        load_and_link_cgroup(program, cgroup)
     }
 
     /// The CHANGES ring, taken out of the object (once).
@@ -413,6 +399,24 @@ fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(),
     program.load(tracepoint, btf).map_err(|e| e.to_string())?;
     program.attach().map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Loads a cgroup program and links it to `cgroup`.
+fn load_and_link_cgroup(
+    program: &mut aya::programs::Program,
+    cgroup: &std::fs::File,
+) -> Result<(), String> {
+    use aya::programs::Program;
+    let attached = match program {
+        Program::CgroupSysctl(p) => p
+            .load()
+            .and_then(|_| p.attach(cgroup, LINK_MODE).map(|_| ())),
+        Program::CgroupSockopt(p) => p
+            .load()
+            .and_then(|_| p.attach(cgroup, LINK_MODE).map(|_| ())),
+        _ => return Err("not a cgroup sysctl/sockopt program".into()),
+    };
+    attached.map_err(|e| error_chain(&e))
 }
 
 /// A cgroup bpf_link coexists with every other program on the cgroup (links are always

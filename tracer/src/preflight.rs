@@ -39,14 +39,7 @@ async fn scene(req: &PreflightRequest) -> Result<Scene, Error> {
         Err(e) if req.docker_host.is_some() => return Err(e),
         Err(e) => (None, Vec::new(), Some(e.to_string())),
     };
-    let netns = match (
-        &req.netns,
-        engine.as_ref().and_then(|e| e.netns_path.as_ref()),
-    ) {
-        (Some(spec), _) => Netns::resolve(spec)?,
-        (None, Some(path)) => Netns::resolve(&path.display().to_string())?,
-        (None, None) => Netns::current()?,
-    };
+    let netns = discover::watched_netns(req.netns.as_deref(), engine.as_ref())?;
     let snapshot = state::capture(&netns);
     if engine.is_none() {
         published = discover::from_rules(&snapshot);

@@ -9,7 +9,6 @@
 use std::{
     collections::VecDeque,
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -175,21 +174,7 @@ impl RuleTracer {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(&ns_arg)
-            .args(["nft", "monitor", "trace"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe; it makes the kernel kill the monitor if
-        // droptrace dies (even by SIGKILL), so no tracer outlives the run.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = match cmd.spawn() {
+        let mut child = match crate::changes::spawn_monitor(ns, &["nft", "monitor", "trace"]) {
             Ok(c) => c,
             Err(e) => {
                 let _ = nft(&ns_arg, &["delete", "table", "inet", TRACE_TABLE]);

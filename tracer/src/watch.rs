@@ -701,15 +701,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         None => None,
     };
     let (engine, mut published) = resolve_engine(&req).await?;
-    let netns = match (
-        &req.netns,
-        engine.as_ref().and_then(|e| e.netns_path.as_ref()),
-    ) {
-        (Some(spec), _) => Netns::resolve(spec)?,
-        // The engine's own namespace is where its ports are published.
-        (None, Some(path)) => Netns::resolve(&path.display().to_string())?,
-        (None, None) => Netns::current()?,
-    };
+    let netns = discover::watched_netns(req.netns.as_deref(), engine.as_ref())?;
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
     let reasons = btf.drop_reasons()?;
