@@ -26,6 +26,26 @@ fn write_script(path: &Path, body: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// Runs `script` inside network namespace `ns` with a private mount namespace of its own
+/// (its mounts never reach the host), output discarded (the scripts log to files).
+fn spawn_private(ns: &str, script: &Path) -> std::io::Result<Child> {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+        ])
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
 /// The docker CLI of Debian's docker.io (a newer client elsewhere on PATH works too: the API
 /// version is negotiated).
 fn docker_bin() -> &'static str {
@@ -67,21 +87,7 @@ impl DockerHost {
                    > {d}/dockerd.log 2>&1"
             ),
         );
-        let daemon = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.host,
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-            ])
-            .arg(dir.join("start-dockerd"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let daemon = spawn_private(&lab.host, &dir.join("start-dockerd"))
             .expect("start dockerd (apt-get install docker.io)");
         let sock = dir.join("docker.sock");
         let host = DockerHost {
@@ -189,21 +195,7 @@ impl DockerHost {
                  exec firewalld --nofork --nopid --log-file {f}/firewalld.log > {f}/firewalld.out 2>&1"
             ),
         );
-        let child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.lab.host,
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-            ])
-            .arg(fw.join("start-firewalld"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
+        let child = spawn_private(&self.lab.host, &fw.join("start-firewalld"))
             .expect("start firewalld (apt-get install firewalld dbus)");
         self.firewalld = Some(child);
         let deadline = Instant::now() + Duration::from_secs(40);

@@ -5,7 +5,9 @@ use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
     bpf_probe_read_kernel, generated::bpf_get_current_task, generated::bpf_probe_read_user,
 };
-use tracer_common::{ANCESTORS, ARGS_LEN, KernelOffsets, Process};
+use tracer_common::{ANCESTORS, ARGS_LEN, ChangeEvent, KernelOffsets, Process};
+
+use crate::maps::{CHANGES, CONFIG, OFFSETS, bump};
 
 #[inline(always)]
 fn read<T>(base: u64, off: u32) -> Result<T, i32> {
@@ -96,4 +98,39 @@ pub unsafe fn fill_current(p: *mut Process, off: &KernelOffsets) {
     if rc == 0 {
         p.args_len = len;
     }
+}
+
+/// The current task's network namespace when it is the watched one (or every namespace is
+/// watched); None otherwise, so change probes return before doing any work.
+#[inline(always)]
+pub fn watched_netns() -> Option<u32> {
+    let off = OFFSETS.load();
+    let cfg = CONFIG.load();
+    let netns = task_netns(current_task(), &off);
+    (cfg.netns == 0 || netns == cfg.netns).then_some(netns)
+}
+
+/// Reserves a ChangeEvent, writes its header, `name` and the writer's identity, lets `fill`
+/// write the values, and submits it. A full ring is counted, never waited for.
+#[inline(always)]
+pub fn emit_change(kind: u32, netns: u32, name: [u8; 64], fill: impl FnOnce(*mut ChangeEvent)) {
+    let Some(mut entry) = CHANGES.reserve::<ChangeEvent>(0) else {
+        bump(tracer_common::stat::RING_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    let off = OFFSETS.load();
+    // SAFETY: `ev` is the ring reservation, sized for a ChangeEvent and ours until submit;
+    // every field userspace reads is written here or by `fill` (values zeroed first).
+    unsafe {
+        (*ev).ktime_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
+        (*ev).kind = kind;
+        (*ev).netns = netns;
+        (*ev).name = name;
+        (*ev).old_value = [0; 16];
+        (*ev).new_value = [0; 16];
+        fill_current(&raw mut (*ev).process, &off);
+    }
+    fill(ev);
+    entry.submit(0);
 }

@@ -8,17 +8,16 @@
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
-    maps::{CONFIG, EXECS, OFFSETS, SCRATCH},
-    process::{current_task, fill_current, task_netns},
+    maps::{EXECS, OFFSETS, SCRATCH},
+    process::{fill_current, watched_netns},
 };
 
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(_ctx: BtfTracePointContext) -> i32 {
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
-    if cfg.netns != 0 && task_netns(current_task(), &off) != cfg.netns {
+    if watched_netns().is_none() {
         return 0;
     }
+    let off = OFFSETS.load();
     let Some(p) = SCRATCH.get_ptr_mut(0) else {
         return 0;
     };

@@ -6,12 +6,9 @@
 //! (allow) and sets optlen to 0 ("use the caller's buffer unchanged") when the option is larger
 //! than the page the kernel copied for it, as the sockopt hook contract requires.
 use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
-use tracer_common::{ChangeEvent, change};
+use tracer_common::change;
 
-use crate::{
-    maps::{CHANGES, CONFIG, OFFSETS, bump},
-    process::{current_task, fill_current, task_netns},
-};
+use crate::process::{emit_change, watched_netns};
 
 const SOL_IP: i32 = 0;
 const SOL_IPV6: i32 = 41;
@@ -42,36 +39,25 @@ pub fn ipt_replace(ctx: SockoptContext) -> i32 {
 
 #[inline(always)]
 fn record(level: i32, optval: *const u8, end: *const u8) {
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
-    let netns = task_netns(current_task(), &off);
-    if cfg.netns != 0 && netns != cfg.netns {
-        return;
-    }
-    let Some(mut entry) = CHANGES.reserve::<ChangeEvent>(0) else {
-        bump(tracer_common::stat::RING_LOST);
+    let Some(netns) = watched_netns() else {
         return;
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is our ring reservation; `optval` is read only after the bounds check
-    // against `end` (struct ipt_replace starts with char name[32]).
+    let mut name = [0u8; 64];
+    // SAFETY: `optval` is read only after the bounds check against `end` (struct
+    // ipt_replace starts with char name[32]).
     unsafe {
-        (*ev).ktime_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        (*ev).kind = change::IPT_REPLACE;
-        (*ev).netns = netns;
-        let mut name = [0u8; 64];
         if optval.add(32) <= end {
             let table = *(optval as *const [u8; 32]);
             name[..32].copy_from_slice(&table);
         }
-        (*ev).name = name;
-        (*ev).old_value = [0; 16];
-        (*ev).new_value = if level == SOL_IPV6 {
+    }
+    emit_change(change::IPT_REPLACE, netns, name, |ev| {
+        let family = if level == SOL_IPV6 {
             *b"ipv6\0\0\0\0\0\0\0\0\0\0\0\0"
         } else {
             *b"ipv4\0\0\0\0\0\0\0\0\0\0\0\0"
         };
-        fill_current(&raw mut (*ev).process, &off);
-    }
-    entry.submit(0);
+        // SAFETY: `ev` is the reserved event.
+        unsafe { (*ev).new_value = family };
+    });
 }

@@ -12,12 +12,9 @@ use aya_ebpf::{
     macros::cgroup_sysctl,
     programs::SysctlContext,
 };
-use tracer_common::{ChangeEvent, change};
+use tracer_common::change;
 
-use crate::{
-    maps::{CHANGES, CONFIG, OFFSETS, bump},
-    process::{current_task, fill_current, task_netns},
-};
+use crate::process::{emit_change, watched_netns};
 
 const PREFIXES: [&[u8]; 4] = [
     b"net/ipv4/ip_forward",
@@ -50,36 +47,21 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
 
 #[inline(always)]
 fn record(ctx: &SysctlContext) {
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
-    let netns = task_netns(current_task(), &off);
-    if cfg.netns != 0 && netns != cfg.netns {
+    let Some(netns) = watched_netns() else {
         return;
-    }
+    };
     let mut name = [0u8; 64];
     // SAFETY: the buffer is 64 bytes and its length is passed; flags 0 = full name.
     let rc = unsafe { bpf_sysctl_get_name(ctx.sysctl, name.as_mut_ptr().cast(), 64, 0) };
     if rc < 0 || !PREFIXES.iter().any(|p| starts_with(&name, p)) {
         return;
     }
-    let Some(mut entry) = CHANGES.reserve::<ChangeEvent>(0) else {
-        bump(tracer_common::stat::RING_LOST);
-        return;
-    };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` is the ring reservation, sized for a ChangeEvent, exclusively ours until
-    // submit; every field read by userspace is written below (values are NUL-terminated by
-    // the helpers, zeroed first in case they fail).
-    unsafe {
-        (*ev).ktime_ns = aya_ebpf::helpers::bpf_ktime_get_ns();
-        (*ev).kind = change::SYSCTL;
-        (*ev).netns = netns;
-        (*ev).name = name;
-        (*ev).old_value = [0; 16];
-        (*ev).new_value = [0; 16];
-        bpf_sysctl_get_current_value(ctx.sysctl, (*ev).old_value.as_mut_ptr().cast(), 16);
-        bpf_sysctl_get_new_value(ctx.sysctl, (*ev).new_value.as_mut_ptr().cast(), 16);
-        fill_current(&raw mut (*ev).process, &off);
-    }
-    entry.submit(0);
+    emit_change(change::SYSCTL, netns, name, |ev| {
+        // SAFETY: `ev` is the reserved event; the helpers write at most 16 bytes each and
+        // NUL-terminate (the buffers were zeroed in case they fail).
+        unsafe {
+            bpf_sysctl_get_current_value(ctx.sysctl, (*ev).old_value.as_mut_ptr().cast(), 16);
+            bpf_sysctl_get_new_value(ctx.sysctl, (*ev).new_value.as_mut_ptr().cast(), 16);
+        }
+    });
 }
