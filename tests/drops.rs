@@ -311,7 +311,7 @@ fn without_privileges_it_says_to_use_sudo() {
             "--inh-caps=-all",
         ])
         .args([
-            common::DROPTRACE,
+            common::DROPTRACE.as_str(),
             "watch",
             "--port",
             "5000",

@@ -117,7 +117,7 @@ fn evidence_bundle_is_private_complete_and_reports_without_root() {
         .args([
             "--inh-caps=-all",
             "--bounding-set=-all",
-            common::DROPTRACE,
+            common::DROPTRACE.as_str(),
             "report",
         ])
         .arg(&dir)

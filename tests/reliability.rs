@@ -256,7 +256,7 @@ fn no_port_given_and_nothing_published_says_how_to_name_one() {
 fn missing_iptables_and_nft_binaries_lower_precision_but_do_not_fail() {
     require_root();
     // iptables-*-save and nft live in /usr/sbin on Debian: hide them.
-    let out = std::process::Command::new(common::DROPTRACE)
+    let out = std::process::Command::new(&*common::DROPTRACE)
         .args(["watch", "--port", "5000", "--duration", "0.3", "--json"])
         .env("PATH", "/usr/bin:/bin")
         .output()

@@ -15,7 +15,12 @@ use std::{
 
 use serde_json::Value;
 
-pub const DROPTRACE: &str = env!("CARGO_BIN_EXE_droptrace");
+/// The binary under test: the one cargo built with these tests, or the one named by
+/// DROPTRACE_BIN (the kernel matrix runs these tests in guests against the static
+/// `target/dist/droptrace`).
+pub static DROPTRACE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("DROPTRACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_droptrace").into())
+});
 
 /// The tests need root (eBPF, namespaces). Fail loudly instead of passing vacuously.
 pub fn require_root() {
@@ -115,7 +120,7 @@ impl Watch {
     /// Starts `droptrace watch --json ARGS…` and waits until it reports it is attached.
     pub fn start(args: &[&str]) -> Watch {
         require_root();
-        let mut cmd = Command::new(DROPTRACE);
+        let mut cmd = Command::new(&*DROPTRACE);
         cmd.arg("watch").arg("--json").args(args);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -229,7 +234,7 @@ impl Drop for Watch {
 
 /// Runs droptrace to completion with the given arguments (for error cases).
 pub fn run_droptrace(args: &[&str]) -> std::process::Output {
-    Command::new(DROPTRACE)
+    Command::new(&*DROPTRACE)
         .args(args)
         .stdin(Stdio::null())
         .output()

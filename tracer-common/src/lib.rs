@@ -160,6 +160,9 @@ pub mod stat {
 }
 
 /// What a ring event reports.
+/// `DropEvent::reason` of a RST whose kernel gives no `enum sk_rst_reason` (before 6.10).
+pub const RST_REASON_UNKNOWN: u32 = u32::MAX;
+
 pub mod kind {
     /// The packet was freed with a drop reason (kfree_skb).
     pub const DROP: u8 = 0;

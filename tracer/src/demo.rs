@@ -203,6 +203,25 @@ impl Row {
     }
 }
 
+/// Runs one step's `watch` together with its actor, which waits for the watch to be ready.
+/// A watch that fails before it is ready never wakes the actor: the actor is then cancelled
+/// (and awaited, so the lab it holds is released) and the watch's error comes back at once.
+async fn run_step<W, T>(
+    watch: W,
+    actor: tokio::task::JoinHandle<T>,
+) -> (Result<watch::RunOutcome, Error>, T)
+where
+    W: std::future::Future<Output = Result<watch::RunOutcome, Error>>,
+    T: Default,
+{
+    let outcome = watch.await;
+    if outcome.is_err() {
+        actor.abort();
+    }
+    let acted = actor.await.unwrap_or_default();
+    (outcome, acted)
+}
+
 /// Runs the demo; Ok(true) when every step was attributed right.
 pub async fn run(hook: HookChoice) -> Result<bool, Error> {
     let stale = leftovers();
@@ -210,6 +229,9 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
         return Err(Error::DemoLeftovers(stale.join(", ")));
     }
     crate::kernel::check_privileges()?;
+    // The kernel's own refusals (no BTF, no drop reasons) come before any namespace is made:
+    // a kernel droptrace cannot watch gets its one sentence at once, with nothing to clean up.
+    crate::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Notify::new());
@@ -291,8 +313,7 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
                 (done, seen.to_string())
             })
         };
-        let outcome = watch::run(req, std::io::stdout()).await;
-        let (done, seen) = actor.await.unwrap_or_default();
+        let (outcome, (done, seen)) = run_step(watch::run(req, std::io::stdout()), actor).await;
         let outcome = outcome?;
         if notes.is_empty() {
             notes = outcome.notes.clone();
@@ -361,4 +382,54 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
         }
     );
     Ok(all_right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stands for the lab an actor holds: it records when it is released.
+    struct Held(Arc<AtomicBool>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn an_early_watch_error_ends_the_step_and_releases_what_the_actor_holds() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let released = Arc::new(AtomicBool::new(false));
+        let result = rt.block_on(async {
+            let ready = Arc::new(Notify::new());
+            let held = Held(Arc::clone(&released));
+            // The actor of every demo step: it waits for a readiness the failed watch never
+            // signals.
+            let actor = tokio::spawn(async move {
+                let _held = held;
+                ready.notified().await;
+                (String::from("acted"), String::from("seen"))
+            });
+            let failing_watch = async { Err(Error::NoDropReasons) };
+            tokio::time::timeout(Duration::from_secs(5), run_step(failing_watch, actor)).await
+        });
+        let (outcome, acted) = result.expect("the step hung after the watch failed early");
+        assert!(
+            matches!(outcome, Err(Error::NoDropReasons)),
+            "the watch's own error must come back, got {:?}",
+            outcome.map(|o| o.verdicts.len())
+        );
+        assert_eq!(
+            acted,
+            (String::new(), String::new()),
+            "the actor must not act"
+        );
+        assert!(
+            released.load(Ordering::SeqCst),
+            "the cancelled actor still holds the lab"
+        );
+    }
 }

@@ -245,7 +245,8 @@ impl Namer {
             dst: addr(ev.family, &ev.daddr).to_string(),
             dport: ev.dport,
             icmp: icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
-            rst_reason: (!icmp).then_some(ev.reason),
+            rst_reason: (!icmp && ev.reason != tracer_common::RST_REASON_UNKNOWN)
+                .then_some(ev.reason),
             ktime_ns: ev.ktime_ns,
         }
     }

@@ -57,6 +57,88 @@ pub struct LoadOptions {
     /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
+    /// The running kernel's prototype of each BTF-typed tracepoint droptrace hooks
+    /// (`KernelBtf::tracepoint_args`, keyed by tracepoint; None: the kernel has none).
+    pub prototypes: Prototypes,
+}
+
+/// Tracepoint → its arguments' C types on the running kernel (None: no such tracepoint).
+pub type Prototypes = BTreeMap<&'static str, Option<Vec<String>>>;
+
+/// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
+/// refuses a program that reads an argument the running kernel's prototype lacks.
+#[derive(Debug)]
+pub struct TpVariant {
+    pub program: &'static str,
+    pub args: &'static [&'static str],
+}
+
+/// A BTF-typed tracepoint and its programs, most informative first.
+pub struct TpHook {
+    pub tracepoint: &'static str,
+    pub variants: &'static [TpVariant],
+}
+
+pub const KFREE_SKB: TpHook = TpHook {
+    tracepoint: "kfree_skb",
+    variants: &[TpVariant {
+        program: "kfree_skb_btf",
+        args: &["struct sk_buff *", "void *", "enum skb_drop_reason"],
+    }],
+};
+
+const ICMP_SEND: TpHook = TpHook {
+    tracepoint: "icmp_send",
+    variants: &[TpVariant {
+        program: "icmp_send",
+        args: &["struct sk_buff *", "int", "int"],
+    }],
+};
+
+const TCP_SEND_RESET: TpHook = TpHook {
+    tracepoint: "tcp_send_reset",
+    variants: &[
+        TpVariant {
+            program: "tcp_send_reset",
+            args: &["struct sock *", "struct sk_buff *", "enum sk_rst_reason"],
+        },
+        TpVariant {
+            program: "tcp_send_reset_no_reason",
+            args: &["struct sock *", "struct sk_buff *"],
+        },
+    ],
+};
+
+const PROCESS_EXEC: TpHook = TpHook {
+    tracepoint: "sched_process_exec",
+    variants: &[TpVariant {
+        program: "process_exec",
+        args: &["struct task_struct *", "pid_t", "struct linux_binprm *"],
+    }],
+};
+
+/// Every BTF-typed tracepoint droptrace may hook: the prototypes to read before loading.
+pub const TP_HOOKS: &[&TpHook] = &[&KFREE_SKB, &ICMP_SEND, &TCP_SEND_RESET, &PROCESS_EXEC];
+
+impl TpHook {
+    /// The program written for this kernel's prototype (`args`, from its BTF).
+    pub fn variant_for(&self, args: Option<&[String]>) -> Result<&'static TpVariant, String> {
+        let Some(args) = args else {
+            return Err(format!("this kernel has no tracepoint {}", self.tracepoint));
+        };
+        self.variants
+            .iter()
+            .find(|v| {
+                v.args.len() <= args.len()
+                    && v.args.iter().zip(args).all(|(want, have)| want == have)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "its prototype here ({}) is not one droptrace has a program for",
+                    args.join(", ")
+                )
+            })
+    }
 }
 
 /// The loaded and attached kernel side.
@@ -69,6 +151,7 @@ pub struct Tracer {
     hook_probes: Option<HookProbes>,
     /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
     pub notes: Vec<String>,
+    prototypes: Prototypes,
 }
 
 /// Exact totals read from the per-CPU maps.
@@ -140,7 +223,7 @@ impl Tracer {
         let mut ebpf = open_object(opts, &opts.offsets)?;
         let tried = match opts.hook {
             HookChoice::Tracepoint => Err("not requested (--drop-hook tracepoint)".to_string()),
-            _ => attach_tp_btf(&mut ebpf, "kfree_skb_btf", "kfree_skb"),
+            _ => attach_tp_hook(&mut ebpf, &KFREE_SKB, &opts.prototypes),
         };
         let hook = match tried {
             Ok(()) => DropHook::TpBtf,
@@ -166,12 +249,13 @@ impl Tracer {
             }
         };
         let mut signals = Vec::new();
-        for (program, tracepoint, lost) in SIGNAL_HOOKS {
-            match attach_tp_btf(&mut ebpf, program, tracepoint) {
-                Ok(()) => signals.push(*tracepoint),
+        for (hook, lost) in SIGNAL_HOOKS {
+            match attach_tp_hook(&mut ebpf, hook, &opts.prototypes) {
+                Ok(()) => signals.push(hook.tracepoint),
                 Err(why) => notes.push(format!(
-                    "tracepoint {tracepoint} unavailable ({}): {lost}",
-                    why.lines().next().unwrap_or_default()
+                    "tracepoint {} unavailable ({}): {lost}",
+                    hook.tracepoint,
+                    refusal(&why)
                 )),
             }
         }
@@ -181,6 +265,7 @@ impl Tracer {
             signals,
             hook_probes: None,
             notes,
+            prototypes: opts.prototypes.clone(),
         };
         tracer.fill_maps(opts)?;
         Ok(tracer)
@@ -264,11 +349,11 @@ impl Tracer {
                 "cgroup/setsockopt unavailable ({why}): iptables-legacy changes are not attributed"
             )),
         }
-        match attach_tp_btf(&mut self.ebpf, "process_exec", "sched_process_exec") {
+        match attach_tp_hook(&mut self.ebpf, &PROCESS_EXEC, &self.prototypes) {
             Ok(()) => self.signals.push("process_exec"),
             Err(why) => self.notes.push(format!(
                 "sched_process_exec unavailable ({}): nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
-                why.lines().next().unwrap_or_default()
+                refusal(&why)
             )),
         }
     }
@@ -389,6 +474,27 @@ fn aya_btf() -> Result<&'static Btf, String> {
         .map_err(Clone::clone)
 }
 
+/// Loads and attaches the program written for this kernel's prototype of `hook`.
+fn attach_tp_hook(ebpf: &mut Ebpf, hook: &TpHook, prototypes: &Prototypes) -> Result<(), String> {
+    let args = prototypes.get(hook.tracepoint).cloned().flatten();
+    let variant = hook.variant_for(args.as_deref())?;
+    attach_tp_btf(ebpf, variant.program, hook.tracepoint)
+}
+
+/// The sentence of a refusal worth a note: aya's error, or the verifier's last words (its
+/// first lines describe the program, the refusal comes at the end).
+fn refusal(why: &str) -> String {
+    let mut lines = why.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let last = lines
+        .filter(|l| !l.starts_with("processed ") && !l.starts_with("verification time"))
+        .last();
+    match last {
+        Some(last) if last != first => format!("{first} … {last}"),
+        _ => first.to_string(),
+    }
+}
+
 fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {
     let btf = aya_btf()?;
     let program: &mut BtfTracePoint = ebpf
@@ -424,15 +530,13 @@ fn load_and_link_cgroup(
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
 
 /// Optional signal hooks: each adds precision; a missing one is a note, never a failure.
-const SIGNAL_HOOKS: &[(&str, &str, &str)] = &[
+const SIGNAL_HOOKS: &[(&TpHook, &str)] = &[
     (
-        "icmp_send",
-        "icmp_send",
+        &ICMP_SEND,
         "a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
     ),
     (
-        "tcp_send_reset",
-        "tcp_send_reset",
+        &TCP_SEND_RESET,
         "RSTs sent for closed ports are not seen (the NO_SOCKET drop still is)",
     ),
 ];
@@ -459,4 +563,68 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tcp_send_reset_program_follows_the_kernels_prototype() {
+        // `btf_trace_tcp_send_reset` as Debian's 6.1 and 6.12 kernels declare it (read with
+        // KernelBtf::tracepoint_args in `cargo xtask vm` guests).
+        let v6_1 = args(&["struct sock *", "struct sk_buff *"]);
+        let v6_12 = args(&["struct sock *", "struct sk_buff *", "enum sk_rst_reason"]);
+        assert_eq!(
+            TCP_SEND_RESET.variant_for(Some(&v6_1)).unwrap().program,
+            "tcp_send_reset_no_reason"
+        );
+        assert_eq!(
+            TCP_SEND_RESET.variant_for(Some(&v6_12)).unwrap().program,
+            "tcp_send_reset"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_unknown_prototype_is_a_sentence_not_a_guess() {
+        let none = ICMP_SEND.variant_for(None).unwrap_err();
+        assert_eq!(none, "this kernel has no tracepoint icmp_send");
+        // kfree_skb before drop reasons (5.10): (skb, location) only.
+        let old = args(&["struct sk_buff *", "void *"]);
+        let why = KFREE_SKB.variant_for(Some(&old)).unwrap_err();
+        assert!(why.contains("(struct sk_buff *, void *)"), "{why}");
+    }
+
+    #[test]
+    fn every_hook_on_this_kernel_has_a_program_for_its_prototype() {
+        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        for hook in TP_HOOKS {
+            // icmp_send is a tracepoint since 6.14 only; what a kernel has must be loadable.
+            let Some(args) = btf.tracepoint_args(hook.tracepoint) else {
+                assert_ne!(hook.tracepoint, "kfree_skb", "no kfree_skb tracepoint");
+                continue;
+            };
+            let args = Some(args);
+            assert!(
+                hook.variant_for(args.as_deref()).is_ok(),
+                "{}: {:?}",
+                hook.tracepoint,
+                args
+            );
+        }
+    }
+
+    #[test]
+    fn a_verifier_refusal_is_reported_by_its_last_words() {
+        let log = "the BPF_PROG_LOAD syscall failed. Verifier output: reg type unsupported for arg#0 function tcp_send_reset#30\n0: R1=ctx() R10=fp0\nfunc 'tcp_send_reset' doesn't have 3-th argument\nprocessed 3 insns";
+        assert_eq!(
+            refusal(log),
+            "the BPF_PROG_LOAD syscall failed. Verifier output: reg type unsupported for arg#0 function tcp_send_reset#30 … func 'tcp_send_reset' doesn't have 3-th argument"
+        );
+        assert_eq!(refusal("one line"), "one line");
+    }
 }

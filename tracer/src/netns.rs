@@ -132,7 +132,8 @@ impl IfNames {
         let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
         req.ifr_ifru.ifru_ifindex = ifindex as libc::c_int;
         // SAFETY: SIOCGIFNAME reads ifr_ifindex and writes ifr_name within the struct.
-        let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFNAME, &mut req) };
+        let rc =
+            unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFNAME as libc::Ioctl, &mut req) };
         if rc != 0 {
             return None;
         }

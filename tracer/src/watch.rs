@@ -25,7 +25,7 @@ use crate::{
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     evidence::{Bundle, PcapSink},
     kernel::{self, btf::KernelBtf, kallsyms::LiveSymbols},
-    loader::{HookChoice, LoadOptions, Totals, Tracer},
+    loader::{self, HookChoice, LoadOptions, Totals, Tracer},
     metrics::{self, Exporter, MetricsSnapshot},
     netns::{IfNames, Netns},
     output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
@@ -705,6 +705,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
     let reasons = btf.drop_reasons()?;
+    let prototypes = loader::TP_HOOKS
+        .iter()
+        .map(|h| (h.tracepoint, btf.tracepoint_args(h.tracepoint)))
+        .collect();
     drop(btf);
 
     // Started first: `nft monitor` needs a moment to subscribe, and every ruleset change
@@ -751,6 +755,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes,
         hook: req.hook,
+        prototypes,
     };
     let mut tracer = Tracer::load(&opts)?;
     tracer.attach_hook_probes(&netns);

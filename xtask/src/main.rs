@@ -3,9 +3,13 @@
 //!   lab cleanup  remove namespaces left behind by labs whose process was killed
 //!   clippy       clippy with -D warnings on the host crates and on the eBPF crate (BPF target)
 //!   bench        overhead, drop capacity, time to first verdict, footprint (target/bench/)
+//!   dist         the static binary target/dist/droptrace (musl, eBPF object embedded)
+//!   vm           the kernel matrix: Debian's kernels in QEMU, demo and tests inside
 use std::{io::BufRead, process::Command};
 
 mod bench;
+mod dist;
+mod vm;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -26,6 +30,11 @@ enum Task {
     Clippy,
     /// Benchmarks in a namespace lab, against the bpftrace one-liner (≈1–2 minutes, root).
     Bench,
+    /// The static binary: target/dist/droptrace (x86_64 musl, runs on any x86_64 Linux).
+    Dist,
+    /// The kernel matrix: Debian's cloud kernels booted in QEMU, the demo and the
+    /// integration tests run inside each (root; results in target/vm/results.json).
+    Vm(vm::VmArgs),
 }
 
 #[derive(Subcommand)]
@@ -99,6 +108,11 @@ fn main() -> Result<()> {
                 true,
             )?;
         }
+        Task::Dist => {
+            let path = dist::build()?;
+            println!("{} (static, x86_64)", path.display());
+        }
+        Task::Vm(args) => vm::run(args)?,
         Task::Lab(LabTask::Cleanup) => {
             for ns in lab::cleanup_stale() {
                 println!("removed {ns}");

@@ -119,12 +119,54 @@ impl KernelBtf {
         Ok(DropReasons { names })
     }
 
-    /// Whether the kernel has a BTF-typed tracepoint `name` (`btf_trace_<name>`).
-    pub fn has_btf_tracepoint(&self, name: &str) -> bool {
-        self.btf
+    /// The arguments of tracepoint `name` as this kernel declares them, as C type names
+    /// without qualifiers (`struct sk_buff *`, `enum skb_drop_reason`). The kernel describes
+    /// each BTF-typed tracepoint as `typedef void (*btf_trace_<name>)(void *, ARGS…)`; None when
+    /// it has no such tracepoint. Prototypes change between releases (tcp_send_reset gained
+    /// its reason in 6.10, kfree_skb its reason in 5.17): programs are chosen from this.
+    pub fn tracepoint_args(&self, name: &str) -> Option<Vec<String>> {
+        let typedef = self
+            .btf
             .resolve_types_by_name(&format!("btf_trace_{name}"))
-            .map(|types| !types.is_empty())
-            .unwrap_or(false)
+            .ok()?
+            .into_iter()
+            .find(|t| matches!(t, Type::Typedef(_)))?;
+        let Type::Typedef(typedef) = typedef else {
+            return None;
+        };
+        let Type::Ptr(ptr) = self.btf.resolve_chained_type(&typedef).ok()? else {
+            return None;
+        };
+        let Type::FuncProto(proto) = self.btf.resolve_chained_type(&ptr).ok()? else {
+            return None;
+        };
+        // The first parameter is the tracepoint's private `void *__data`, not an argument.
+        let args = proto.parameters.iter().skip(1);
+        args.map(|p| self.c_type(p.get_type_id()?)).collect()
+    }
+
+    /// A type as C spells it, qualifiers dropped: enough to tell one prototype from another.
+    fn c_type(&self, id: u32) -> Option<String> {
+        let ty = self.btf.resolve_type_by_id(id).ok()?;
+        let name = |t: &dyn btf_rs::BtfType| self.btf.resolve_name(t).unwrap_or_default();
+        Some(match &ty {
+            Type::Void => "void".to_string(),
+            Type::Ptr(p) => format!("{} *", self.c_type(p.get_type_id().unwrap_or(0))?),
+            Type::Const(t) | Type::Volatile(t) | Type::Restrict(t) => {
+                self.c_type(t.get_type_id().unwrap_or(0))?
+            }
+            Type::TypeTag(t) => self.c_type(t.get_type_id()?)?,
+            Type::Struct(s) => format!("struct {}", name(s)),
+            Type::Union(u) => format!("union {}", name(u)),
+            Type::Enum(e) => format!("enum {}", name(e)),
+            Type::Enum64(e) => format!("enum {}", name(e)),
+            Type::Fwd(f) => format!("struct {}", name(f)),
+            Type::Typedef(t) => name(t),
+            Type::Int(i) => name(i),
+            Type::Float(f) => name(f),
+            Type::FuncProto(_) => "function".to_string(),
+            _ => "?".to_string(),
+        })
     }
 }
 
@@ -261,6 +303,23 @@ mod tests {
 
     fn kernel() -> Option<KernelBtf> {
         KernelBtf::from_sys().ok()
+    }
+
+    #[test]
+    fn tracepoint_prototypes_are_read_as_c_types() {
+        let btf = kernel().expect("the tests need this kernel's BTF at /sys/kernel/btf/vmlinux");
+        let kfree = btf.tracepoint_args("kfree_skb").expect("kfree_skb");
+        assert_eq!(
+            kfree[..3],
+            ["struct sk_buff *", "void *", "enum skb_drop_reason"],
+            "kfree_skb's first arguments on every kernel with drop reasons"
+        );
+        let exec = btf.tracepoint_args("sched_process_exec").expect("exec");
+        assert_eq!(
+            exec,
+            ["struct task_struct *", "pid_t", "struct linux_binprm *"]
+        );
+        assert_eq!(btf.tracepoint_args("no_such_tracepoint_here"), None);
     }
 
     #[test]
