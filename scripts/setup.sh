@@ -3,7 +3,8 @@
 #   - the apt packages droptrace and its integration tests use,
 #   - the pinned Rust toolchain (rust-toolchain.toml) with rust-src, rustfmt and clippy,
 #   - bpf-linker linked against rustc's own libLLVM (an LLVM at least as new as rustc's),
-#   - a release build of the workspace (the eBPF object is built by tracer/build.rs).
+#   - a release build of the workspace (the eBPF object is built by tracer/build.rs),
+#   - the static binary target/dist/droptrace (x86_64 musl) that runs on any x86_64 Linux.
 # Every step says what failed and what to do; nothing here is silent.
 #
 # Usage: scripts/setup.sh            (everything)
@@ -33,6 +34,9 @@ APT_PACKAGES=(
   tshark prometheus
   # build: C toolchain for -sys crates, git for cargo
   build-essential pkg-config git ca-certificates
+  # cargo xtask vm, the kernel matrix: guests under QEMU, their bookworm userland, and the
+  # tools that unpack Debian's kernel modules
+  qemu-system-x86 debootstrap xz-utils zstd
 )
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
@@ -46,8 +50,9 @@ fi
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 command -v rustup >/dev/null || die "rustup not found: install it (https://rustup.rs) and re-run"
-say "rust toolchain $TOOLCHAIN (+rust-src, rustfmt, clippy)"
-rustup toolchain install "$TOOLCHAIN" --profile minimal -c rust-src -c rustfmt -c clippy >/dev/null \
+say "rust toolchain $TOOLCHAIN (+rust-src, rustfmt, clippy, the x86_64 musl target)"
+rustup toolchain install "$TOOLCHAIN" --profile minimal -c rust-src -c rustfmt -c clippy \
+  -t x86_64-unknown-linux-musl >/dev/null \
   || die "rustup could not install $TOOLCHAIN: the eBPF crates (aya-ebpf 0.3) need Rust >= 1.98"
 
 # bpf-linker must use an LLVM at least as new as rustc's. Debian's system LLVM is older, so link
@@ -81,3 +86,6 @@ fi
 say "cargo build --release (the eBPF object is built by tracer/build.rs)"
 cargo build --release --locked -p tracer || die "build failed: see the compiler output above"
 say "built: $(pwd)/target/release/droptrace"
+say "cargo xtask dist (the static binary, for any x86_64 Linux)"
+cargo xtask dist >/dev/null || die "the static build failed: see the compiler output above"
+say "built: $(pwd)/target/dist/droptrace (static: copy it to any x86_64 host)"

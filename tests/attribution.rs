@@ -140,7 +140,12 @@ fn nat_chain_gone_without_listener(backend: Backend) {
     assert_cause(&v, "missing_chain", Some("socket"));
     assert_eq!(v["proximate"]["reason"], "NO_SOCKET");
     assert_eq!(v["proximate"]["dnat"], false);
-    assert_eq!(v["proximate"]["icmp"], "tcp-reset");
+    if common::kernel::reports_rsts_for_closed_ports() {
+        assert_eq!(v["proximate"]["icmp"], "tcp-reset");
+    } else {
+        // Before 6.10 the kernel sends the RST without passing the tracepoint: nothing to claim.
+        assert_eq!(v["proximate"]["icmp"], Value::Null, "{v:#}");
+    }
     assert!(
         v["sentence"]
             .as_str()
@@ -280,9 +285,15 @@ fn docker_user_drop(backend: Backend) {
         v["evidence"].to_string().contains("packet counter rose"),
         "the rule must be confirmed by its counter: {v:#}"
     );
-    // The netfilter hook probes (Linux >= 6.4) saw each packet enter FORWARD, never leave.
+    // The netfilter hook probes (Linux >= 6.4) saw each packet enter FORWARD, never leave;
+    // without them the hook above was inferred and no probe claims anything.
+    let probed = if common::kernel::has_netfilter_links() {
+        Value::from("FORWARD")
+    } else {
+        Value::Null
+    };
     for d in out.drops() {
-        assert_eq!(d["nf_hook"], "FORWARD", "{d}");
+        assert_eq!(d["nf_hook"], probed, "{d}");
     }
 }
 

@@ -32,6 +32,30 @@ pub fn require_root() {
     );
 }
 
+/// What the running kernel itself offers, read from its BTF (not from droptrace's output):
+/// some evidence exists only on newer kernels, and the kernel matrix runs these tests on
+/// Debian 12's 6.1 as well as on newer ones.
+pub mod kernel {
+    use tracer::kernel::btf::KernelBtf;
+
+    fn btf() -> KernelBtf {
+        KernelBtf::from_sys().expect("the tests need the kernel's BTF")
+    }
+
+    /// tcp_send_reset fires for RSTs answering closed ports (it gained its reason argument
+    /// with that change, Linux 6.10).
+    pub fn reports_rsts_for_closed_ports() -> bool {
+        btf()
+            .tracepoint_args("tcp_send_reset")
+            .is_some_and(|args| args.len() >= 3)
+    }
+
+    /// BPF_PROG_TYPE_NETFILTER links (Linux 6.4): the netfilter hook probes can attach.
+    pub fn has_netfilter_links() -> bool {
+        btf().has_type("bpf_nf_link")
+    }
+}
+
 /// nsfs inode of a named namespace, as droptrace reports it in `netns`.
 pub fn netns_inode(name: &str) -> u64 {
     std::fs::metadata(format!("/run/netns/{name}"))

@@ -23,7 +23,7 @@ pub enum Error {
     MissingField { field: String },
 
     #[error(
-        "this kernel has no `enum skb_drop_reason` (drop reasons arrived in Linux 5.17; RHEL 9.2+, Ubuntu 22.04 HWE, Debian 12 have them): droptrace cannot tell why packets die on it"
+        "this kernel has no `enum skb_drop_reason` (drop reasons arrived in Linux 5.17): droptrace cannot tell why packets die on it; `droptrace check` still reads the forwarding sysctls and rules without eBPF, and kernels with drop reasons include Debian 12's 6.1, Ubuntu 22.04's HWE 6.8 and RHEL 9.2+"
     )]
     NoDropReasons,
 

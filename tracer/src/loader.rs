@@ -71,6 +71,8 @@ pub type Prototypes = BTreeMap<&'static str, Option<Vec<String>>>;
 pub struct TpVariant {
     pub program: &'static str,
     pub args: &'static [&'static str],
+    /// What the kernels that need this variant do not show, for the start line's notes.
+    pub lost: Option<&'static str>,
 }
 
 /// A BTF-typed tracepoint and its programs, most informative first.
@@ -84,6 +86,7 @@ pub const KFREE_SKB: TpHook = TpHook {
     variants: &[TpVariant {
         program: "kfree_skb_btf",
         args: &["struct sk_buff *", "void *", "enum skb_drop_reason"],
+        lost: None,
     }],
 };
 
@@ -92,6 +95,7 @@ const ICMP_SEND: TpHook = TpHook {
     variants: &[TpVariant {
         program: "icmp_send",
         args: &["struct sk_buff *", "int", "int"],
+        lost: None,
     }],
 };
 
@@ -101,10 +105,16 @@ const TCP_SEND_RESET: TpHook = TpHook {
         TpVariant {
             program: "tcp_send_reset",
             args: &["struct sock *", "struct sk_buff *", "enum sk_rst_reason"],
+            lost: None,
         },
         TpVariant {
             program: "tcp_send_reset_no_reason",
             args: &["struct sock *", "struct sk_buff *"],
+            // Linux 6.10 made the tracepoint fire for every RST (19822a980e19); before, only
+            // for RSTs sent by a full socket.
+            lost: Some(
+                "tcp_send_reset on this kernel (before Linux 6.10) fires only for RSTs sent by a socket: RSTs answering a closed port are not seen (the NO_SOCKET drop still is)",
+            ),
         },
     ],
 };
@@ -114,6 +124,7 @@ const PROCESS_EXEC: TpHook = TpHook {
     variants: &[TpVariant {
         program: "process_exec",
         args: &["struct task_struct *", "pid_t", "struct linux_binprm *"],
+        lost: None,
     }],
 };
 
@@ -226,7 +237,10 @@ impl Tracer {
             _ => attach_tp_hook(&mut ebpf, &KFREE_SKB, &opts.prototypes),
         };
         let hook = match tried {
-            Ok(()) => DropHook::TpBtf,
+            Ok(lost) => {
+                notes.extend(lost.map(str::to_string));
+                DropHook::TpBtf
+            }
             Err(why) if opts.hook == HookChoice::TpBtf => {
                 return Err(Error::Attach(format!("tp_btf/kfree_skb: {why}")));
             }
@@ -251,7 +265,10 @@ impl Tracer {
         let mut signals = Vec::new();
         for (hook, lost) in SIGNAL_HOOKS {
             match attach_tp_hook(&mut ebpf, hook, &opts.prototypes) {
-                Ok(()) => signals.push(hook.tracepoint),
+                Ok(lost) => {
+                    signals.push(hook.tracepoint);
+                    notes.extend(lost.map(str::to_string));
+                }
                 Err(why) => notes.push(format!(
                     "tracepoint {} unavailable ({}): {lost}",
                     hook.tracepoint,
@@ -350,7 +367,10 @@ impl Tracer {
             )),
         }
         match attach_tp_hook(&mut self.ebpf, &PROCESS_EXEC, &self.prototypes) {
-            Ok(()) => self.signals.push("process_exec"),
+            Ok(lost) => {
+                self.signals.push("process_exec");
+                self.notes.extend(lost.map(str::to_string));
+            }
             Err(why) => self.notes.push(format!(
                 "sched_process_exec unavailable ({}): nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
                 refusal(&why)
@@ -474,11 +494,17 @@ fn aya_btf() -> Result<&'static Btf, String> {
         .map_err(Clone::clone)
 }
 
-/// Loads and attaches the program written for this kernel's prototype of `hook`.
-fn attach_tp_hook(ebpf: &mut Ebpf, hook: &TpHook, prototypes: &Prototypes) -> Result<(), String> {
+/// Loads and attaches the program written for this kernel's prototype of `hook`; returns
+/// what that variant cannot see, if anything.
+fn attach_tp_hook(
+    ebpf: &mut Ebpf,
+    hook: &TpHook,
+    prototypes: &Prototypes,
+) -> Result<Option<&'static str>, String> {
     let args = prototypes.get(hook.tracepoint).cloned().flatten();
     let variant = hook.variant_for(args.as_deref())?;
-    attach_tp_btf(ebpf, variant.program, hook.tracepoint)
+    attach_tp_btf(ebpf, variant.program, hook.tracepoint)?;
+    Ok(variant.lost)
 }
 
 /// The sentence of a refusal worth a note: aya's error, or the verifier's last words (its

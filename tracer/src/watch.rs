@@ -857,6 +857,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         signals: tracer.signals.clone(),
         notes: notes.clone(),
     };
+    // Capabilities go before the start line: whoever reads "attached" may check them.
+    if req.drop_privileges {
+        kernel::drop_unneeded_capabilities();
+    }
     obs.printer.start(&start_record).map_err(io_err)?;
     obs.notes = notes.clone();
     if let Some(b) = &mut obs.bundle {
@@ -865,9 +869,6 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         b.flush().map_err(io_err)?;
     }
     let start_notes = notes;
-    if req.drop_privileges {
-        kernel::drop_unneeded_capabilities();
-    }
     if let Some(ready) = &req.ready {
         ready.notify_one();
     }

@@ -119,6 +119,13 @@ impl KernelBtf {
         Ok(DropReasons { names })
     }
 
+    /// Whether the kernel defines a type called `name` (a struct, enum, typedef…).
+    pub fn has_type(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .is_ok_and(|types| !types.is_empty())
+    }
+
     /// The arguments of tracepoint `name` as this kernel declares them, as C type names
     /// without qualifiers (`struct sk_buff *`, `enum skb_drop_reason`). The kernel describes
     /// each BTF-typed tracepoint as `typedef void (*btf_trace_<name>)(void *, ARGS…)`; None when

@@ -122,9 +122,11 @@ impl PrivateApt {
         if !status.exists() {
             fs::write(&status, "")?;
         }
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
+        // apt resolves relative Dir:: paths against its own directories: give it absolute ones.
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("{}", dir.display()))?;
+        Ok(Self { dir })
     }
 
     fn command(&self, tool: &str) -> Command {

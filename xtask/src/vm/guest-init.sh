@@ -5,7 +5,7 @@
 # threads' stacks printed, is killed and counted as a hang; the guest always powers off.
 #   dtvm.steps=probe,demo,drops   dtvm.limit=SECS (per step)   dtvm.budget=SECS (whole guest)
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8 RUST_BACKTRACE=1
+export HOME=/root LANG=C.UTF-8 RUST_BACKTRACE=0
 
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -52,7 +52,7 @@ for step in $steps; do
   case $step in
     probe) cmd=(/droptrace-vm/droptrace watch --port 5000 --duration 1 --json) ;;
     demo) cmd=(/droptrace-vm/droptrace demo) ;;
-    *) cmd=(/droptrace-vm/tests/"$step" --test-threads=2) ;;
+    *) cmd=(/droptrace-vm/tests/"$step" --test-threads=2 --color=never) ;;
   esac
   echo "@@DTVM step=$step begin@@"
   t0=$(date +%s.%N)

@@ -113,18 +113,16 @@ pub fn unpack_kernel(deb: &Path, dir: &Path) -> Result<Kernel> {
     })
 }
 
-/// Copies every kernel's modules into the root filesystem and indexes them (depmod), so
-/// that the guest's kmod loads veth, bridge, nf_tables… on demand as a real host does.
-pub fn install_modules(root: &Path, kernels: &[Kernel]) -> Result<()> {
-    for k in kernels {
-        let dest = root.join("lib/modules").join(&k.release);
-        if !dest.join("modules.dep").exists() {
-            fs::create_dir_all(dest.parent().unwrap_or(root))?;
-            run(Command::new("cp").arg("-a").arg(&k.modules).arg(&dest))?;
-            run(Command::new("depmod").arg("-b").arg(root).arg(&k.release))?;
-        }
+/// Copies a kernel's modules into the root filesystem and indexes them (depmod), so that the
+/// guest's kmod loads veth, bridge, nf_tables… on demand as a real host does. Returns the copy.
+pub fn install_modules(root: &Path, k: &Kernel) -> Result<PathBuf> {
+    let dest = root.join("lib/modules").join(&k.release);
+    if !dest.join("modules.dep").exists() {
+        fs::create_dir_all(dest.parent().unwrap_or(root))?;
+        run(Command::new("cp").arg("-a").arg(&k.modules).arg(&dest))?;
+        run(Command::new("depmod").arg("-b").arg(root).arg(&k.release))?;
     }
-    Ok(())
+    Ok(dest)
 }
 
 /// The disk image of `root` (ext4, sized to fit with room for the tests' files).

@@ -86,15 +86,10 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
 
     let root = image::rootfs(&dir, &archives)?;
-    let all: Vec<image::Kernel> = kernels
-        .iter()
-        .map(|(_, k)| image::Kernel {
-            release: k.release.clone(),
-            vmlinuz: k.vmlinuz.clone(),
-            modules: k.modules.clone(),
-        })
-        .collect();
-    image::install_modules(&root, &all)?;
+    for (_, kernel) in kernels.iter_mut() {
+        // From here on, the indexed copy in the guest's root filesystem.
+        kernel.modules = image::install_modules(&root, kernel)?;
+    }
     install_payload(&root, &droptrace, &test_bins)?;
     let disk = dir.join("disk.img");
     eprintln!("[vm] disk image {}", disk.display());
