@@ -512,9 +512,7 @@ fn attach_tp_hook(
 fn refusal(why: &str) -> String {
     let mut lines = why.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
-    let last = lines
-        .filter(|l| !l.starts_with("processed ") && !l.starts_with("verification time"))
-        .last();
+    let last = lines.rfind(|l| !l.starts_with("processed ") && !l.starts_with("verification time"));
     match last {
         Some(last) if last != first => format!("{first} … {last}"),
         _ => first.to_string(),

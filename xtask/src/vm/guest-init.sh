@@ -24,16 +24,23 @@ budget=$(arg budget); budget=${budget:-1800}
 
 poweroff_now() { sync; echo o >/proc/sysrq-trigger; sleep 30; }
 
-# Every thread of every process in process group $1: state, wait channel, kernel stack, and
-# the user stack where eu-stack can read it.
+# Every thread of every process in process group $1: state, wait channel and kernel stack,
+# then the user stacks where eu-stack can read them (it stops each process while it reads).
+group() { ps -eo pid=,pgid= | awk -v g="$1" '$2 == g { print $1 }'; }
 stacks() {
-  for pid in $(ps -eo pid=,pgid= | awk -v g="$1" '$2 == g { print $1 }'); do
-    echo "--- pid $pid: $(tr '\0' ' ' </proc/$pid/cmdline 2>/dev/null)"
-    for t in /proc/$pid/task/*; do
+  local p t
+  for p in $(group "$1"); do
+    [ -d /proc/$p ] || continue
+    echo "--- pid $p: $(tr '\0' ' ' </proc/$p/cmdline 2>/dev/null)"
+    for t in /proc/$p/task/*; do
       echo "thread ${t##*/} $(cat $t/comm 2>/dev/null) state=$(awk '/^State/ {print $2}' $t/status 2>/dev/null) wchan=$(cat $t/wchan 2>/dev/null)"
       sed 's/^/    /' $t/stack 2>/dev/null
     done
-    command -v eu-stack >/dev/null && timeout 20 eu-stack -p "$pid" 2>&1 | sed 's/^/    /'
+  done
+  command -v eu-stack >/dev/null || return 0
+  for p in $(group "$1"); do
+    echo "--- user stacks of pid $p"
+    timeout 20 eu-stack -p "$p" 2>&1 | sed 's/^/    /'
   done
 }
 

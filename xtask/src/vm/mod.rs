@@ -236,8 +236,11 @@ fn run_kernel(
     let initrd = kdir.join("initrd.cpio");
     image::initramfs(kernel, &initrd)?;
     let limit = Duration::from_secs(args.step_limit);
-    // Every step may use its whole limit; the guest powers itself off after all of them.
-    let budget = limit * steps.len() as u32 + Duration::from_secs(60);
+    // Every step may use its whole limit and then have its stacks printed (eu-stack reads a
+    // process in seconds on a host, in tens of seconds under emulation); the guest powers
+    // itself off after all of them.
+    let per_step = limit + Duration::from_secs(90);
+    let budget = per_step * steps.len() as u32 + Duration::from_secs(60);
     let log = kdir.join("console.log");
     eprintln!("[vm] booting {} ({:?})", kernel.release, accel);
     let (console, killed) = guest::boot(&guest::Boot {
