@@ -170,6 +170,8 @@ pub mod kind {
     pub const ICMP_SENT: u8 = 1;
     /// The kernel's TCP stack answered this packet with a RST (tcp_send_reset).
     pub const RST_SENT: u8 = 2;
+    /// How many kinds (one program, and one scratch slot, each).
+    pub const COUNT: u32 = 3;
 }
 
 /// IPS_* bits of `nf_conn.status` (uapi nf_conntrack_common.h, stable).

@@ -2,6 +2,8 @@
 //! share: reading the packet out of an `sk_buff`, the watch filter and the exact counters.
 #![no_std]
 #![no_main]
+// One BPF instruction (an atomic add) has no stable spelling on this target: see maps::bump.
+#![feature(asm_experimental_arch)]
 
 mod maps;
 mod probes;

@@ -4,7 +4,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use tracer_common::{AddrPort, CounterKey, DropEvent, KernelOffsets, Process, WatchConfig, stat};
+use tracer_common::{
+    AddrPort, CounterKey, DropEvent, KernelOffsets, Process, WatchConfig, kind, stat,
+};
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
 #[unsafe(no_mangle)]
@@ -53,9 +55,13 @@ pub static CHANGES: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 #[map]
 pub static EXECS: LruHashMap<u32, Process> = LruHashMap::with_max_entries(8192, 0);
 
-/// Per-CPU scratch space for building a DropEvent (too large for the stack with the parser).
+/// Per-CPU scratch space for building a DropEvent (too large for the stack with the parser),
+/// one slot per program, indexed by the event kind it emits (`tracer_common::kind`). Different
+/// tracing programs nest on one CPU (a softirq drop inside a process-context `icmp_send`), so
+/// they must not share a slot; the kernel never nests a program inside itself (its `active`
+/// recursion guard skips the inner run).
 #[map]
-pub static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(1, 0);
+pub static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 
 /// Per-CPU scratch space for building a Process (too large for the 512-byte BPF stack).
 #[map]
@@ -64,8 +70,16 @@ pub static SCRATCH: PerCpuArray<Process> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn bump(index: u32) {
     if let Some(slot) = STATS.get_ptr_mut(index) {
-        // SAFETY: a per-CPU slot is only touched by programs on this CPU, and BPF programs of
-        // one type do not preempt each other on a CPU, so this increment cannot race.
-        unsafe { *slot += 1 };
+        // SAFETY: the slot is a valid, aligned u64 of this CPU's copy. Programs of different
+        // types (a cgroup sysctl program, a softirq drop) can interrupt each other on one CPU
+        // between a load and a store, so the increment is one atomic add instruction (the
+        // target's core has no AtomicU64 to say it with).
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({slot} + 0) += {one}",
+                slot = in(reg) slot,
+                one = in(reg) 1u64,
+            )
+        };
     }
 }

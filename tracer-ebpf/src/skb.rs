@@ -261,11 +261,12 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     }
     // The event (208 bytes) is built in per-CPU scratch space: with the parsing state it
     // would not fit the 512-byte BPF stack.
-    let Some(slot) = DROP_SCRATCH.get_ptr_mut(0) else {
+    let Some(slot) = DROP_SCRATCH.get_ptr_mut(event_kind as u32) else {
         return;
     };
-    // SAFETY: the per-CPU slot is exclusively ours while this program runs on this CPU
-    // (programs of this type do not nest on a CPU). Zeroing is a plain byte fill.
+    // SAFETY: the per-CPU slot of this event kind belongs to the one program that emits it,
+    // and the kernel never runs a program nested inside itself on a CPU (see DROP_SCRATCH).
+    // Zeroing is a plain byte fill.
     let ev = unsafe {
         core::ptr::write_bytes(slot, 0, 1);
         &mut *slot

@@ -323,9 +323,10 @@ impl Tracer {
         Ok(())
     }
 
-    /// The culprit probes: sysctl writes and iptables-legacy replacements (cgroup programs on
-    /// the cgroup v2 root, multi-attach, never refusing anything) and program starts (to name
-    /// nf_tables committers). Each is optional; what is missing becomes a note.
+    /// The culprit probes: sysctl writes and iptables-legacy replacements (cgroup programs
+    /// linked to the cgroup v2 root beside any other program, never refusing anything) and
+    /// program starts (to name nf_tables committers). Each is optional; what is missing
+    /// becomes a note.
     pub fn attach_change_probes(&mut self) {
         let Some(root) = crate::changes::cgroup2_root() else {
             self.notes.push(

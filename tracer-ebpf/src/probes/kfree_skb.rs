@@ -11,7 +11,12 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use crate::{maps::OFFSETS, skb::on_drop};
+use tracer_common::stat;
+
+use crate::{
+    maps::{OFFSETS, bump},
+    skb::on_drop,
+};
 
 #[btf_tracepoint(function = "kfree_skb")]
 pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
@@ -34,8 +39,10 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
             ctx.read_at::<u32>(off.tp_reason as usize),
         )
     };
-    if let (Ok(skb), Ok(location), Ok(reason)) = (skb, location, reason) {
-        on_drop(skb, location, reason);
+    match (skb, location, reason) {
+        (Ok(skb), Ok(location), Ok(reason)) => on_drop(skb, location, reason),
+        // A record the program cannot read is a drop it cannot report: counted, not hidden.
+        _ => bump(stat::READ_ERRORS),
     }
     0
 }

@@ -1,7 +1,8 @@
 //! iptables-legacy rewrites a whole table with setsockopt(IPT_SO_SET_REPLACE) (and
 //! IP6T_SO_SET_REPLACE): the moment and author of every legacy ruleset change.
 //!
-//! cgroup/setsockopt, attached with BPF_F_ALLOW_MULTI to the cgroup v2 root (Linux >= 5.3).
+//! cgroup/setsockopt, linked (bpf_link, Linux >= 5.7) to the cgroup v2 root, beside any other
+//! program there.
 //! It sees every setsockopt on the host, so it does the least possible: it always returns 1
 //! (allow) and sets optlen to 0 ("use the caller's buffer unchanged") when the option is larger
 //! than the page the kernel copied for it, as the sockopt hook contract requires.

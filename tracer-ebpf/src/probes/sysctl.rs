@@ -1,7 +1,8 @@
 //! Writes to forwarding-relevant sysctls, with their author, before they take effect.
 //!
-//! cgroup/sysctl, attached with BPF_F_ALLOW_MULTI to the cgroup v2 root so it sees every
-//! process (Linux >= 5.2); it always returns 1: the write is never refused. Names are
+//! cgroup/sysctl, linked (bpf_link, Linux >= 5.7) to the cgroup v2 root so it sees every
+//! process; a link coexists with every other program on the cgroup. It always returns 1: the
+//! write is never refused. Names are
 //! filtered by prefix here (net/ipv4/ip_forward, net/ipv4/conf/, net/ipv6/conf/,
 //! net/bridge/bridge-nf-call-); userspace keeps the leaves that matter.
 //! Helpers: bpf_sysctl_get_name / get_current_value / get_new_value; checked on 6.18.
