@@ -5,12 +5,12 @@ mod common;
 use std::{
     collections::BTreeSet,
     net::{IpAddr, SocketAddr, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use common::{Watch, require_root, run_droptrace};
 use tracer::{
-    lab::{self, Lab, LabSpec},
+    lab::{self, Lab, LabSpec, Outcome},
     netns::Netns,
 };
 
@@ -280,5 +280,94 @@ fn missing_iptables_and_nft_binaries_lower_precision_but_do_not_fail() {
     assert!(
         notes.contains("is not installed"),
         "the missing tools are named: {notes}"
+    );
+}
+
+fn scrape(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+/// A state capture runs several tools in the namespace. While one of them is slow, the
+/// metrics endpoint must still answer and Ctrl-C must still end the run: captures run off the
+/// event loop. A wrapper first in droptrace's PATH makes iptables-nft-save take 20 s once the
+/// test says so (after the start snapshot); the bounds below are responsiveness, not speed.
+#[test]
+fn metrics_and_ctrl_c_stay_responsive_while_a_state_capture_is_slow() {
+    let lab = lab("slowcap");
+    lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0").unwrap();
+    let dir = std::env::temp_dir().join(format!("droptrace-slowtools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v iptables-nft-save"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let marker = dir.join("slow");
+    let wrapper = dir.join("iptables-nft-save");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n[ -e {} ] && sleep 20\nexec {} \"$@\"\n",
+            marker.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let addr = format!("127.0.0.1:{}", 20_000 + std::process::id() % 1000);
+    let watch = Watch::start_env(
+        &["--port", "5000", "--netns", &lab.host, "--metrics", &addr],
+        &[("PATH", &path)],
+    );
+    std::fs::write(&marker, "").unwrap();
+
+    // The first drop of its kind makes droptrace read the namespace's state: 20 s from now on.
+    assert_eq!(lab.client_request(Duration::from_secs(2)), Outcome::Timeout);
+    let asked = Instant::now();
+    let response = scrape(&addr, "/metrics");
+    let answered_in = asked.elapsed();
+    let stopped = Instant::now();
+    let out = watch.stop();
+    let ended_in = stopped.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        answered_in < Duration::from_secs(3),
+        "/metrics answered after {answered_in:?} while a capture was running"
+    );
+    assert!(
+        ended_in < Duration::from_secs(6),
+        "Ctrl-C ended the run after {ended_in:?} while a capture was running"
+    );
+    assert!(out.status.success(), "{}", out.dump());
+    // The drop is still attributed, from the start snapshot the abandoned capture left.
+    let causes: Vec<_> = out
+        .of_type("verdict")
+        .iter()
+        .map(|v| v["cause"].clone())
+        .collect();
+    assert!(
+        causes.iter().all(|c| c == "forwarding_disabled") && !causes.is_empty(),
+        "{}",
+        out.dump()
     );
 }

@@ -143,9 +143,15 @@ impl Output {
 impl Watch {
     /// Starts `droptrace watch --json ARGS…` and waits until it reports it is attached.
     pub fn start(args: &[&str]) -> Watch {
+        Self::start_env(args, &[])
+    }
+
+    /// Like `start`, with extra environment variables for droptrace.
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Watch {
         require_root();
         let mut cmd = Command::new(&*DROPTRACE);
         cmd.arg("watch").arg("--json").args(args);
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

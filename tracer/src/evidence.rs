@@ -9,7 +9,6 @@ use std::{
     io::{BufWriter, Write},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -167,115 +166,14 @@ impl Bundle {
         self.pcap.flush()
     }
 
-    /// The namespace's state, as the tools print it, into `snapshot-{label}/`.
-    pub fn snapshot(&self, label: &str, ns: &Netns, ports: &[u16], notes: &[String]) {
-        let dir = self.dir.join(format!("snapshot-{label}"));
-        if std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .is_err()
-        {
-            return;
-        }
-        let net = format!("--net={}", ns.path.display());
-        let mut commands: Vec<(String, Vec<String>)> = vec![
-            (
-                "iptables-nft-save.txt".into(),
-                vec!["iptables-nft-save".into(), "-c".into()],
-            ),
-            (
-                "iptables-legacy-save.txt".into(),
-                vec!["iptables-legacy-save".into(), "-c".into()],
-            ),
-            (
-                "ip6tables-nft-save.txt".into(),
-                vec!["ip6tables-nft-save".into(), "-c".into()],
-            ),
-            (
-                "nft-ruleset.json".into(),
-                vec!["nft".into(), "-j".into(), "list".into(), "ruleset".into()],
-            ),
-            (
-                "ip-addr.json".into(),
-                vec!["ip".into(), "-j".into(), "addr".into()],
-            ),
-            (
-                "ip-link.json".into(),
-                vec!["ip".into(), "-j".into(), "-s".into(), "link".into()],
-            ),
-            (
-                "ip-route.json".into(),
-                vec![
-                    "ip".into(),
-                    "-j".into(),
-                    "route".into(),
-                    "show".into(),
-                    "table".into(),
-                    "all".into(),
-                ],
-            ),
-            (
-                "sysctl-net.txt".into(),
-                vec![
-                    "sysctl".into(),
-                    "-a".into(),
-                    "-r".into(),
-                    "forwarding|ip_forward|rp_filter|bridge-nf".into(),
-                ],
-            ),
-        ];
-        for port in ports {
-            commands.push((
-                format!("conntrack-port-{port}.txt"),
-                ["conntrack", "-L", "-p", "tcp", "--dport", &port.to_string()]
-                    .map(String::from)
-                    .to_vec(),
-            ));
-        }
-        for (file, args) in commands {
-            let out = Command::new("nsenter")
-                .arg(&net)
-                .args(&args)
-                .stdin(Stdio::null())
-                .output();
-            let text = match out {
-                Ok(o) => {
-                    let mut t = o.stdout;
-                    if !o.status.success() {
-                        t.extend_from_slice(
-                            format!("\n# `{}` exited {}: ", args.join(" "), o.status).as_bytes(),
-                        );
-                        t.extend_from_slice(&o.stderr);
-                    }
-                    t
-                }
-                Err(e) => format!("# `{}` could not run: {e}\n", args.join(" ")).into_bytes(),
-            };
-            if let Ok(mut f) = private_file(&dir.join(file)) {
-                let _ = f.write_all(&text);
-            }
-        }
-        let kernel = format!(
-            "kernel: {}\nnetns: {} (inode {})\nnotes (what this kernel lacks, what droptrace did):\n{}\n",
-            crate::kernel::release(),
-            ns.name,
-            ns.inode,
-            notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
-        );
-        if let Ok(mut f) = private_file(&dir.join("kernel.txt")) {
-            let _ = f.write_all(kernel.as_bytes());
-        }
+    /// Where the bundle is written.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    /// Snapshot and report at the first verdict (once).
-    pub fn on_first_verdict(&mut self, ns: &Netns, ports: &[u16], notes: &[String]) {
-        if self.snapped_verdict {
-            return;
-        }
-        self.snapped_verdict = true;
-        self.snapshot("first-verdict", ns, ports, notes);
-        self.write_report();
+    /// True the first time it is asked: the moment for the first-verdict snapshot.
+    pub fn first_verdict(&mut self) -> bool {
+        !std::mem::replace(&mut self.snapped_verdict, true)
     }
 
     pub fn write_report(&mut self) {
@@ -291,6 +189,104 @@ impl Bundle {
         if let Ok(mut f) = private_file(&self.dir.join("verdicts.json")) {
             let _ = serde_json::to_writer_pretty(&mut f, &verdicts);
         }
+    }
+}
+
+/// The namespace's state, as the tools print it, into `DIR/snapshot-{label}/`. It runs several
+/// tools (bounded by netns::TOOL_LIMIT each): call it off the event loop.
+pub fn write_snapshot(bundle_dir: &Path, label: &str, ns: &Netns, ports: &[u16], notes: &[String]) {
+    let dir = bundle_dir.join(format!("snapshot-{label}"));
+
+    if std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .is_err()
+    {
+        return;
+    }
+    let mut commands: Vec<(String, Vec<String>)> = vec![
+        (
+            "iptables-nft-save.txt".into(),
+            vec!["iptables-nft-save".into(), "-c".into()],
+        ),
+        (
+            "iptables-legacy-save.txt".into(),
+            vec!["iptables-legacy-save".into(), "-c".into()],
+        ),
+        (
+            "ip6tables-nft-save.txt".into(),
+            vec!["ip6tables-nft-save".into(), "-c".into()],
+        ),
+        (
+            "nft-ruleset.json".into(),
+            vec!["nft".into(), "-j".into(), "list".into(), "ruleset".into()],
+        ),
+        (
+            "ip-addr.json".into(),
+            vec!["ip".into(), "-j".into(), "addr".into()],
+        ),
+        (
+            "ip-link.json".into(),
+            vec!["ip".into(), "-j".into(), "-s".into(), "link".into()],
+        ),
+        (
+            "ip-route.json".into(),
+            vec![
+                "ip".into(),
+                "-j".into(),
+                "route".into(),
+                "show".into(),
+                "table".into(),
+                "all".into(),
+            ],
+        ),
+        (
+            "sysctl-net.txt".into(),
+            vec![
+                "sysctl".into(),
+                "-a".into(),
+                "-r".into(),
+                "forwarding|ip_forward|rp_filter|bridge-nf".into(),
+            ],
+        ),
+    ];
+    for port in ports {
+        commands.push((
+            format!("conntrack-port-{port}.txt"),
+            ["conntrack", "-L", "-p", "tcp", "--dport", &port.to_string()]
+                .map(String::from)
+                .to_vec(),
+        ));
+    }
+    for (file, args) in commands {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let text = match ns.tool_output(&argv) {
+            Ok(o) => {
+                let mut t = o.stdout;
+                if !o.status.success() {
+                    t.extend_from_slice(
+                        format!("\n# `{}` exited {}: ", args.join(" "), o.status).as_bytes(),
+                    );
+                    t.extend_from_slice(&o.stderr);
+                }
+                t
+            }
+            Err(e) => format!("# `{}` could not run: {e}\n", args.join(" ")).into_bytes(),
+        };
+        if let Ok(mut f) = private_file(&dir.join(file)) {
+            let _ = f.write_all(&text);
+        }
+    }
+    let kernel = format!(
+        "kernel: {}\nnetns: {} (inode {})\nnotes (what this kernel lacks, what droptrace did):\n{}\n",
+        crate::kernel::release(),
+        ns.name,
+        ns.inode,
+        notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
+    );
+    if let Ok(mut f) = private_file(&dir.join("kernel.txt")) {
+        let _ = f.write_all(kernel.as_bytes());
     }
 }
 

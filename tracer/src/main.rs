@@ -33,27 +33,23 @@ fn main() -> ExitCode {
                 docker_host: args.docker_host,
                 container: args.container,
             };
-            runtime().and_then(|rt| {
-                rt.block_on(watch::run(req, std::io::stdout().lock()))
-                    .map(|_| ())
-            })
+            block_on(watch::run(req, std::io::stdout().lock())).and_then(|r| r.map(|_| ()))
         }
         Command::Report(args) => tracer::evidence::read_records(&args.dir).map(|records| {
             print!("{}", tracer::evidence::render_report(&records));
         }),
-        Command::Ports(args) => runtime().and_then(|rt| {
-            rt.block_on(preflight::ports(
+        Command::Ports(args) => block_on(preflight::ports(
+            preflight_request(args),
+            std::io::stdout().lock(),
+        ))
+        .and_then(|r| r),
+        Command::Check(args) => {
+            match block_on(preflight::check(
                 preflight_request(args),
                 std::io::stdout().lock(),
             ))
-        }),
-        Command::Check(args) => {
-            match runtime().and_then(|rt| {
-                rt.block_on(preflight::check(
-                    preflight_request(args),
-                    std::io::stdout().lock(),
-                ))
-            }) {
+            .and_then(|r| r)
+            {
                 Ok(true) => Ok(()),
                 // Findings were printed: exit 1, as documented.
                 Ok(false) => return ExitCode::from(1),
@@ -67,7 +63,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Demo(args) => {
-            match runtime().and_then(|rt| rt.block_on(demo::run(args.drop_hook))) {
+            match block_on(demo::run(args.drop_hook)).and_then(|r| r) {
                 Ok(true) => Ok(()),
                 // Some step was attributed wrong (or the run was interrupted): the table says which.
                 Ok(false) => return ExitCode::from(1),
@@ -93,9 +89,15 @@ fn preflight_request(args: tracer::cli::PreflightArgs) -> preflight::PreflightRe
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, Error> {
-    tokio::runtime::Builder::new_current_thread()
+/// Runs `fut` to completion on a single-threaded runtime. State reads abandoned when the run
+/// was stopped may still be running on blocking threads: they are not waited for (each is
+/// bounded, but the user asked to stop).
+fn block_on<F: std::future::Future>(fut: F) -> Result<F::Output, Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))
+        .map_err(|e| Error::Io(format!("cannot start the async runtime: {e}")))?;
+    let out = rt.block_on(fut);
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    Ok(out)
 }

@@ -16,6 +16,9 @@ const NSIO: libc::c_ulong = 0xb7;
 /// ioctl(fd, NS_GET_NSTYPE) returns the CLONE_NEW* type of a namespace file (Linux >= 4.11).
 const NS_GET_NSTYPE: libc::c_ulong = (NSIO << 8) | 0x3;
 
+/// How long a read-only tool (iptables-save, nft, ip, conntrack) may take in the namespace.
+pub const TOOL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A network namespace, held open so that its inode cannot be reused while we watch it.
 #[derive(Debug)]
 pub struct Netns {
@@ -62,6 +65,37 @@ impl Netns {
             inode: meta.ino() as u32,
             file,
         })
+    }
+
+    /// Runs a read-only tool inside the namespace (`nsenter --net=PATH ARGS…`) and collects
+    /// its output. A tool that has not finished within TOOL_LIMIT (a wedged netlink socket, a
+    /// lock held elsewhere) is killed and reported as timed out: no caller waits forever.
+    pub fn tool_output(&self, args: &[&str]) -> io::Result<std::process::Output> {
+        use std::process::{Command, Stdio};
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.path.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let pid = child.id() as libc::pid_t;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(TOOL_LIMIT) {
+            Ok(out) => out,
+            Err(_) => {
+                // SAFETY: the child is not reaped until wait_with_output returns, so `pid`
+                // still names it (it cannot have been reused).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("did not finish within {} s", TOOL_LIMIT.as_secs()),
+                ))
+            }
+        }
     }
 
     /// Runs `f` on a thread that has joined this namespace. Sockets created there stay bound

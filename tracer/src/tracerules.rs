@@ -219,7 +219,7 @@ impl RuleTracer {
 
     /// The traced drop of the packet from `saddr:sport`, waiting up to `wait` for the monitor
     /// (it reports asynchronously, usually within milliseconds).
-    pub fn find(&self, saddr: &str, sport: u16, wait: Duration) -> Option<TracedDrop> {
+    pub async fn find(&self, saddr: &str, sport: u16, wait: Duration) -> Option<TracedDrop> {
         let deadline = Instant::now() + wait;
         loop {
             if let Ok(q) = self.seen.lock()
@@ -233,7 +233,8 @@ impl RuleTracer {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            // The monitor thread fills `seen`; the event loop keeps serving meanwhile.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

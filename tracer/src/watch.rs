@@ -23,7 +23,7 @@ use crate::{
     discover::{self, Engine, PublishedPort},
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
-    evidence::{Bundle, PcapSink},
+    evidence::{self, Bundle, PcapSink},
     kernel::{self, btf::KernelBtf, kallsyms::LiveSymbols},
     loader::{self, HookChoice, LoadOptions, Totals, Tracer},
     metrics::{self, Exporter, MetricsSnapshot},
@@ -121,7 +121,10 @@ pub fn addr_port(sa: &SocketAddr) -> AddrPort {
 struct Observer<W: Write> {
     namer: Namer,
     printer: Printer<W>,
-    netns: Netns,
+    /// Shared with the blocking threads that read the namespace's state.
+    netns: Arc<Netns>,
+    /// Becomes true when the run is asked to end: waits in progress give up at once.
+    stopping: tokio::sync::watch::Receiver<bool>,
     ports: Vec<u16>,
     exec_prefix: String,
     before: Snapshot,
@@ -155,7 +158,11 @@ const ANSWER_WINDOW_NS: u64 = 50_000_000;
 const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 
 impl<W: Write> Observer<W> {
-    fn handle(&mut self, ev: &tracer_common::DropEvent, tracer: &Tracer) -> std::io::Result<()> {
+    async fn handle(
+        &mut self,
+        ev: &tracer_common::DropEvent,
+        tracer: &Tracer,
+    ) -> std::io::Result<()> {
         self.delivered += 1;
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
@@ -183,9 +190,10 @@ impl<W: Write> Observer<W> {
                         {
                             facts.traced = rt
                                 .find(&rec.src, rec.sport, Duration::from_millis(300))
+                                .await
                                 .map(|t| (t.text, t.policy));
                         }
-                        self.refresh_snapshot();
+                        self.refresh_snapshot().await;
                         let now = &self.latest.as_ref().expect("refreshed").1;
                         let ctx = Context {
                             port,
@@ -221,7 +229,8 @@ impl<W: Write> Observer<W> {
                     if needs_culprit(&attribution) && self.culprit(&attribution).is_none() {
                         // nf_tables changes arrive through the monitor process a moment
                         // later than the kernel's events: give it a short chance.
-                        self.wait_for_monitor(tracer, Duration::from_millis(300));
+                        self.wait_for_monitor(tracer, Duration::from_millis(300))
+                            .await;
                     }
                     let (culprit, note) = self.culprit_or_note(&attribution);
                     self.book
@@ -229,9 +238,18 @@ impl<W: Write> Observer<W> {
                     verdict.culprit = culprit;
                     verdict.culprit_note = note;
                     self.printer.verdict(&verdict)?;
-                    if let Some(b) = &mut self.bundle {
-                        b.record(&verdict)?;
-                        b.on_first_verdict(&self.netns, &self.ports, &self.notes);
+                    let first = match &mut self.bundle {
+                        Some(b) => {
+                            b.record(&verdict)?;
+                            b.first_verdict()
+                        }
+                        None => false,
+                    };
+                    if first {
+                        self.bundle_snapshot("first-verdict").await;
+                        if let Some(b) = &mut self.bundle {
+                            b.write_report();
+                        }
                     }
                 }
                 Ok(())
@@ -240,14 +258,16 @@ impl<W: Write> Observer<W> {
     }
 
     /// A kernel change event (sysctl write, iptables-legacy replace).
-    fn handle_change(&mut self, ev: &ChangeEvent, tracer: &Tracer) -> std::io::Result<()> {
+    async fn handle_change(&mut self, ev: &ChangeEvent, tracer: &Tracer) -> std::io::Result<()> {
         let time = event::rfc3339(self.namer.clock.wall(ev.ktime_ns));
         let lookup = |pid: u32| tracer.exec_identity(pid);
         let Some(mut rec) = changes::from_event(ev, time, &mut self.resolver, &lookup) else {
             return Ok(());
         };
         if rec.source == "iptables-legacy" {
-            rec.changes = self.legacy_diff(rec.key.as_deref().unwrap_or_default());
+            rec.changes = self
+                .legacy_diff(rec.key.as_deref().unwrap_or_default())
+                .await;
             if !rec.changes.is_empty() {
                 rec.what = format!("{}: {}", rec.what, rec.changes.join("; "));
             }
@@ -302,14 +322,14 @@ impl<W: Write> Observer<W> {
     }
 
     /// Drains pending changes so that a drop is attributed with every change before it.
-    fn drain_changes(
+    async fn drain_changes(
         &mut self,
         changes_ring: &mut RingBuf<MapData>,
         tracer: &Tracer,
     ) -> std::io::Result<()> {
         while let Some(item) = changes_ring.next() {
             if let Some(ev) = event::decode_change(&item) {
-                self.handle_change(&ev, tracer)?;
+                self.handle_change(&ev, tracer).await?;
             }
         }
         loop {
@@ -324,20 +344,27 @@ impl<W: Write> Observer<W> {
         }
     }
 
-    fn wait_for_monitor(&mut self, tracer: &Tracer, wait: Duration) {
-        let got = self
-            .monitor
-            .as_ref()
-            .and_then(|m| m.generations.recv_timeout(wait).ok());
-        if let Some(g) = got {
-            let _ = self.handle_generation(g, tracer);
-            while let Some(g) = self
+    /// Waits up to `wait` for the monitor's next generation, serving the event loop meanwhile;
+    /// gives up at once when the run is ending.
+    async fn wait_for_monitor(&mut self, tracer: &Tracer, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline && !*self.stopping.borrow() {
+            let got = self
                 .monitor
                 .as_ref()
-                .and_then(|m| m.generations.try_recv().ok())
-            {
+                .and_then(|m| m.generations.try_recv().ok());
+            if let Some(g) = got {
                 let _ = self.handle_generation(g, tracer);
+                while let Some(g) = self
+                    .monitor
+                    .as_ref()
+                    .and_then(|m| m.generations.try_recv().ok())
+                {
+                    let _ = self.handle_generation(g, tracer);
+                }
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -365,10 +392,10 @@ impl<W: Write> Observer<W> {
     }
 
     /// What an iptables-legacy table replacement removed, against the last rules seen.
-    fn legacy_diff(&mut self, table: &str) -> Vec<String> {
+    async fn legacy_diff(&mut self, table: &str) -> Vec<String> {
         // The setsockopt hook fires before the kernel applies the new table.
-        std::thread::sleep(Duration::from_millis(50));
-        let now = state::capture(&self.netns);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = self.capture().await;
         let old_sets = if self.legacy_seen.is_empty() {
             self.before
                 .iptables
@@ -526,26 +553,66 @@ impl<W: Write> Observer<W> {
         });
     }
 
-    fn refresh_snapshot(&mut self) {
+    async fn refresh_snapshot(&mut self) {
         let fresh = matches!(&self.latest, Some((at, _)) if at.elapsed() < SNAPSHOT_REUSE);
         if !fresh {
-            self.latest = Some((Instant::now(), state::capture(&self.netns)));
+            let snap = self.capture().await;
+            self.latest = Some((Instant::now(), snap));
         }
     }
+
+    /// Runs blocking work (tools in the namespace) on a blocking thread while the event loop
+    /// keeps serving Ctrl-C, the rings and /metrics. Once the run is asked to end, the work
+    /// gets STOP_GRACE more to finish (its evidence is worth a moment), then is abandoned:
+    /// None.
+    async fn off_loop<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut work = tokio::task::spawn_blocking(work);
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            done = &mut work => return done.ok(),
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        tokio::time::timeout(STOP_GRACE, work).await.ok()?.ok()
+    }
+
+    /// The namespace's state, read off the event loop; the start snapshot stands in when the
+    /// read was abandoned because the run is ending.
+    async fn capture(&self) -> Snapshot {
+        let ns = Arc::clone(&self.netns);
+        match self.off_loop(move || state::capture(&ns)).await {
+            Some(snap) => snap,
+            None => self.before.clone(),
+        }
+    }
+
+    /// The evidence bundle's `snapshot-LABEL/`, written off the event loop.
+    async fn bundle_snapshot(&self, label: &'static str) {
+        let Some(b) = &self.bundle else { return };
+        let (dir, ns) = (b.dir().to_path_buf(), Arc::clone(&self.netns));
+        let (ports, notes) = (self.ports.clone(), self.notes.clone());
+        self.off_loop(move || evidence::write_snapshot(&dir, label, &ns, &ports, &notes))
+            .await;
+    }
 }
+
+/// How long blocking work in progress may still take once the run is asked to end.
+const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// How often the event ring is drained even without a wakeup.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
 
 /// Handles every event in the ring, then flushes the output once.
-fn drain<W: Write>(
+async fn drain<W: Write>(
     rb: &mut RingBuf<MapData>,
     obs: &mut Observer<W>,
     tracer: &Tracer,
 ) -> std::io::Result<()> {
     while let Some(item) = rb.next() {
         if let Some(ev) = event::decode(&item) {
-            obs.handle(&ev, tracer)?;
+            obs.handle(&ev, tracer).await?;
         }
     }
     if let Some(p) = &mut obs.pcap {
@@ -701,7 +768,10 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         None => None,
     };
     let (engine, mut published) = resolve_engine(&req).await?;
-    let netns = discover::watched_netns(req.netns.as_deref(), engine.as_ref())?;
+    let netns = Arc::new(discover::watched_netns(
+        req.netns.as_deref(),
+        engine.as_ref(),
+    )?);
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
     let reasons = btf.drop_reasons()?;
@@ -718,7 +788,12 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         Err(why) => (None, Some(why)),
     };
     // Read before any drop of this run, so rule counters that move later name the rule.
-    let before = state::capture(&netns);
+    let before = {
+        let ns = Arc::clone(&netns);
+        tokio::task::spawn_blocking(move || state::capture(&ns))
+            .await
+            .map_err(|e| Error::Io(format!("reading the namespace's state: {e}")))?
+    };
     if engine.is_none() && req.ports.is_empty() && req.addrs.is_empty() {
         published = discover::from_rules(&before);
     }
@@ -808,6 +883,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     notes.extend(monitor_note);
     notes.extend(before.problems.iter().cloned());
     let pcap = req.pcap.as_deref().map(PcapSink::create).transpose()?;
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let bundle = req.evidence.as_deref().map(Bundle::create).transpose()?;
     let mut obs = Observer {
         namer: Namer {
@@ -840,6 +916,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             .then(Instant::now),
         drops_seen: 0,
         netns,
+        stopping: stopping.clone(),
     };
 
     let start_record = StartRecord {
@@ -865,51 +942,61 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     obs.notes = notes.clone();
     if let Some(b) = &mut obs.bundle {
         b.record(&start_record).map_err(io_err)?;
-        b.snapshot("start", &obs.netns, &obs.ports, &notes);
         b.flush().map_err(io_err)?;
     }
+    obs.bundle_snapshot("start").await;
     let start_notes = notes;
     if let Some(ready) = &req.ready {
         ready.notify_one();
     }
 
     let started = Instant::now();
+    // Whatever ends the run (Ctrl-C, SIGTERM, --duration, the demo) flips `stopping`, which
+    // the loop and every wait inside it watch.
     let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
-
-    loop {
+    let demo_stop = req.stop.clone();
+    tokio::spawn(async move {
         tokio::select! {
-            _ = sigint.recv() => break,
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
             _ = async {
-                match &req.stop {
+                match demo_stop {
                     Some(stop) => stop.notified().await,
                     None => std::future::pending().await,
                 }
-            } => break,
-            _ = sigterm.recv() => break,
+            } => {}
             _ = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d).await,
                     None => std::future::pending().await,
                 }
-            } => break,
+            } => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    let mut stop_seen = stopping;
+
+    loop {
+        tokio::select! {
+            _ = stop_seen.wait_for(|stop| *stop) => break,
             guard = changes_ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
-                obs.drain_changes(guard.get_inner_mut(), &tracer).map_err(io_err)?;
+                obs.drain_changes(guard.get_inner_mut(), &tracer).await.map_err(io_err)?;
                 guard.clear_ready();
             }
             _ = tokio::time::sleep(Duration::from_millis(200)), if obs.monitor.is_some() => {
-                obs.drain_changes(changes_ring.get_mut(), &tracer).map_err(io_err)?;
+                obs.drain_changes(changes_ring.get_mut(), &tracer).await.map_err(io_err)?;
             }
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
-                obs.drain_changes(changes_ring.get_mut(), &tracer).map_err(io_err)?;
-                drain(guard.get_inner_mut(), &mut obs, &tracer).map_err(io_err)?;
+                obs.drain_changes(changes_ring.get_mut(), &tracer).await.map_err(io_err)?;
+                drain(guard.get_inner_mut(), &mut obs, &tracer).await.map_err(io_err)?;
                 guard.clear_ready();
             }
             // The kernel side skips the wakeup while unread events are pending (one wakeup per
             // burst, not per drop); this tick bounds the latency of an event that raced a drain.
             _ = tokio::time::sleep(DRAIN_TICK) => {
-                drain(ring.get_mut(), &mut obs, &tracer).map_err(io_err)?;
+                drain(ring.get_mut(), &mut obs, &tracer).await.map_err(io_err)?;
                 obs.refresh_metrics(&tracer, false);
                 obs.show_progress(started);
             }
@@ -917,15 +1004,11 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     }
     // Events already in the ring when we stopped still belong to this run.
     obs.drain_changes(changes_ring.get_mut(), &tracer)
+        .await
         .map_err(io_err)?;
-    {
-        let rb = ring.get_mut();
-        while let Some(item) = rb.next() {
-            if let Some(ev) = event::decode(&item) {
-                obs.handle(&ev, &tracer).map_err(io_err)?;
-            }
-        }
-    }
+    drain(ring.get_mut(), &mut obs, &tracer)
+        .await
+        .map_err(io_err)?;
     let totals = tracer.totals()?;
     let summary = summarize(
         &totals,

@@ -9,7 +9,6 @@ pub mod nft;
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
-    process::{Command, Stdio},
 };
 
 use serde::Serialize;
@@ -307,13 +306,7 @@ impl Snapshot {
 /// Runs a read-only tool inside the namespace (`nsenter --net=PATH CMD…`). None when the tool
 /// is missing or fails; the reason goes to `problems`.
 fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<String> {
-    let ns_arg = format!("--net={}", ns.path.display());
-    let out = Command::new("nsenter")
-        .arg(&ns_arg)
-        .args(args)
-        .stdin(Stdio::null())
-        .output();
-    match out {
+    match ns.tool_output(args) {
         Ok(o) if o.status.success() => Some(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -326,6 +319,10 @@ fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<Strin
             } else {
                 format!("`{}` failed: {}", args.join(" "), err.trim())
             });
+            None
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            problems.push(format!("`{}` {e}: its evidence is missing", args.join(" ")));
             None
         }
         Err(e) => {
