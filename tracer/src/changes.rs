@@ -107,17 +107,6 @@ pub struct Resolver {
     cgroups: HashMap<u64, String>,
 }
 
-/// The cgroup v2 mount point (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified`
-/// on hybrid ones).
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(point))
-    })
-}
-
 fn find_cgroup(dir: &Path, id: u64, depth: usize) -> Option<PathBuf> {
     if depth > 8 {
         return None;
@@ -172,9 +161,11 @@ fn unit_of(path: &str) -> Option<String> {
 }
 
 impl Resolver {
-    pub fn new() -> Self {
+    /// `cgroup_root`: the cgroup v2 mount point (the capability inspector's), where cgroup ids
+    /// are turned into paths and systemd units.
+    pub fn new(cgroup_root: Option<PathBuf>) -> Self {
         Self {
-            cgroup_root: cgroup2_root(),
+            cgroup_root,
             cgroups: HashMap::new(),
         }
     }
@@ -294,12 +285,6 @@ impl Resolver {
             ancestors,
             captured: "proc",
         }
-    }
-}
-
-impl Default for Resolver {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

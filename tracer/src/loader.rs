@@ -13,7 +13,12 @@ use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, s
 
 use std::os::fd::{AsFd, AsRawFd};
 
-use crate::{error::Error, kernel::tracefs, netns::Netns, nfprobe::HookProbes};
+use crate::{
+    error::Error,
+    kernel::{inspect::Capabilities, tracefs},
+    netns::Netns,
+    nfprobe::HookProbes,
+};
 
 /// The object built by build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
@@ -57,13 +62,9 @@ pub struct LoadOptions {
     /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
-    /// The running kernel's prototype of each BTF-typed tracepoint droptrace hooks
-    /// (`KernelBtf::tracepoint_args`, keyed by tracepoint; None: the kernel has none).
-    pub prototypes: Prototypes,
+    /// What the running kernel offers (probed once, before loading).
+    pub caps: Capabilities,
 }
-
-/// Tracepoint → its arguments' C types on the running kernel (None: no such tracepoint).
-pub type Prototypes = BTreeMap<&'static str, Option<Vec<String>>>;
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
 /// refuses a program that reads an argument the running kernel's prototype lacks.
@@ -152,6 +153,102 @@ impl TpHook {
     }
 }
 
+/// What an optional hook needs from the kernel, asked of the capability inspector.
+pub enum Need {
+    Tracepoint(&'static TpHook),
+    NetfilterLinks,
+    CgroupLinks,
+}
+
+/// A hook droptrace does without when it must: the name it has in the start line's
+/// `signals`, what it needs, and what is lost without it (the start line's note).
+pub struct OptionalHook {
+    pub signal: &'static str,
+    pub name: &'static str,
+    pub need: Need,
+    pub lost: &'static str,
+}
+
+pub const ICMP_SIGNAL: OptionalHook = OptionalHook {
+    signal: "icmp_send",
+    name: "tracepoint icmp_send",
+    need: Need::Tracepoint(&ICMP_SEND),
+    lost: "a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
+};
+
+pub const RST_SIGNAL: OptionalHook = OptionalHook {
+    signal: "tcp_send_reset",
+    name: "tracepoint tcp_send_reset",
+    need: Need::Tracepoint(&TCP_SEND_RESET),
+    lost: "RSTs sent for closed ports are not seen (the NO_SOCKET drop still is)",
+};
+
+pub const NETFILTER_PROBES: OptionalHook = OptionalHook {
+    signal: "netfilter_hooks",
+    name: "netfilter hook probes",
+    need: Need::NetfilterLinks,
+    lost: "the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead",
+};
+
+pub const SYSCTL_WRITES: OptionalHook = OptionalHook {
+    signal: "sysctl_writes",
+    name: "cgroup/sysctl",
+    need: Need::CgroupLinks,
+    lost: "who changed forwarding sysctls is not recorded",
+};
+
+pub const LEGACY_REPLACES: OptionalHook = OptionalHook {
+    signal: "iptables_legacy_replace",
+    name: "cgroup/setsockopt",
+    need: Need::CgroupLinks,
+    lost: "iptables-legacy changes are not attributed",
+};
+
+pub const EXEC_RECORDS: OptionalHook = OptionalHook {
+    signal: "process_exec",
+    name: "tracepoint sched_process_exec",
+    need: Need::Tracepoint(&PROCESS_EXEC),
+    lost: "nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
+};
+
+/// Every optional hook, in the order they are attached.
+pub const OPTIONAL_HOOKS: &[&OptionalHook] = &[
+    &ICMP_SIGNAL,
+    &RST_SIGNAL,
+    &NETFILTER_PROBES,
+    &SYSCTL_WRITES,
+    &LEGACY_REPLACES,
+    &EXEC_RECORDS,
+];
+
+impl OptionalHook {
+    /// Why the hook cannot run on a kernel with `caps`, if it cannot.
+    pub fn missing(&self, caps: &Capabilities) -> Option<String> {
+        match &self.need {
+            Need::Tracepoint(tp) => {
+                let args = caps.prototypes.get(tp.tracepoint).cloned().flatten();
+                tp.variant_for(args.as_deref()).err()
+            }
+            Need::NetfilterLinks => (!caps.netfilter_links)
+                .then(|| "netfilter links need Linux >= 6.4: this kernel has no bpf_nf_link".into()),
+            Need::CgroupLinks => match (&caps.cgroup2_root, caps.cgroup_links) {
+                (None, _) => Some(
+                    "no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified".into(),
+                ),
+                // Without links aya would fall back to BPF_PROG_ATTACH, which outlives a killed
+                // process: droptrace never leaves a program behind, so it does without.
+                (_, false) => Some("cgroup bpf_links need Linux >= 5.7".into()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The start line's sentence for this hook, unavailable because of `why`.
+    pub fn unavailable(&self, why: &str) -> String {
+        format!("{} unavailable ({why}): {}", self.name, self.lost)
+    }
+}
+
 /// The loaded and attached kernel side.
 pub struct Tracer {
     ebpf: Ebpf,
@@ -162,7 +259,7 @@ pub struct Tracer {
     hook_probes: Option<HookProbes>,
     /// Sentences about precision lost or host changes made (tracefs mounted, fallback used).
     pub notes: Vec<String>,
-    prototypes: Prototypes,
+    caps: Capabilities,
 }
 
 /// Exact totals read from the per-CPU maps.
@@ -201,8 +298,8 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
 
 /// Offsets of the classic tracepoint's record fields, mounting tracefs privately if the host
 /// has it nowhere.
-fn tracepoint_offsets(notes: &mut Vec<String>) -> Result<[u32; 3], Error> {
-    let root = match tracefs::mounted() {
+fn tracepoint_offsets(caps: &Capabilities, notes: &mut Vec<String>) -> Result<[u32; 3], Error> {
+    let root = match caps.tracefs.clone() {
         Some(root) => root,
         None => {
             let root = tracefs::mount_private()?;
@@ -234,7 +331,7 @@ impl Tracer {
         let mut ebpf = open_object(opts, &opts.offsets)?;
         let tried = match opts.hook {
             HookChoice::Tracepoint => Err("not requested (--drop-hook tracepoint)".to_string()),
-            _ => attach_tp_hook(&mut ebpf, &KFREE_SKB, &opts.prototypes),
+            _ => attach_tp_hook(&mut ebpf, &KFREE_SKB, &opts.caps),
         };
         let hook = match tried {
             Ok(lost) => {
@@ -248,7 +345,7 @@ impl Tracer {
                 notes.push(format!(
                     "tp_btf/kfree_skb unavailable ({why}); using the classic skb:kfree_skb tracepoint"
                 ));
-                let [skbaddr, location, reason] = tracepoint_offsets(&mut notes)?;
+                let [skbaddr, location, reason] = tracepoint_offsets(&opts.caps, &mut notes)?;
                 let offsets = KernelOffsets {
                     tp_skbaddr: skbaddr,
                     tp_location: location,
@@ -262,30 +359,42 @@ impl Tracer {
                 DropHook::Tracepoint
             }
         };
-        let mut signals = Vec::new();
-        for (hook, lost) in SIGNAL_HOOKS {
-            match attach_tp_hook(&mut ebpf, hook, &opts.prototypes) {
-                Ok(lost) => {
-                    signals.push(hook.tracepoint);
-                    notes.extend(lost.map(str::to_string));
-                }
-                Err(why) => notes.push(format!(
-                    "tracepoint {} unavailable ({}): {lost}",
-                    hook.tracepoint,
-                    refusal(&why)
-                )),
-            }
-        }
         let mut tracer = Self {
             ebpf,
             hook,
-            signals,
+            signals: Vec::new(),
             hook_probes: None,
             notes,
-            prototypes: opts.prototypes.clone(),
+            caps: opts.caps.clone(),
         };
+        for signal in [&ICMP_SIGNAL, &RST_SIGNAL] {
+            let Need::Tracepoint(tp) = signal.need else {
+                continue;
+            };
+            tracer.enable(signal, |t| attach_tp_hook(&mut t.ebpf, tp, &t.caps));
+        }
         tracer.fill_maps(opts)?;
         Ok(tracer)
+    }
+
+    /// Attaches an optional hook when the kernel has what it needs; otherwise, or when the
+    /// kernel refuses it, its note. `attach` returns what the variant it loaded cannot see.
+    fn enable(
+        &mut self,
+        hook: &OptionalHook,
+        attach: impl FnOnce(&mut Self) -> Result<Option<&'static str>, String>,
+    ) {
+        if let Some(why) = hook.missing(&self.caps) {
+            self.notes.push(hook.unavailable(&why));
+            return;
+        }
+        match attach(self) {
+            Ok(lost) => {
+                self.signals.push(hook.signal);
+                self.notes.extend(lost.map(str::to_string));
+            }
+            Err(why) => self.notes.push(hook.unavailable(&refusal(&why))),
+        }
     }
 
     fn fill_maps(&mut self, opts: &LoadOptions) -> Result<(), Error> {
@@ -328,65 +437,24 @@ impl Tracer {
     /// program starts (to name nf_tables committers). Each is optional; what is missing
     /// becomes a note.
     pub fn attach_change_probes(&mut self) {
-        let Some(root) = crate::changes::cgroup2_root() else {
-            self.notes.push(
-                "no cgroup v2 hierarchy is mounted: sysctl writes and iptables-legacy changes cannot be attributed to a process (mount -t cgroup2 none /sys/fs/cgroup/unified)".into(),
-            );
-            return;
-        };
-        // Before 5.7 aya would fall back to BPF_PROG_ATTACH, which outlives the process if it
-        // is killed: droptrace must never leave a program behind, so it does without.
-        let new_enough = aya::util::KernelVersion::current()
-            .map(|v| v >= aya::util::KernelVersion::new(5, 7, 0))
-            .unwrap_or(false);
-        if !new_enough {
-            self.notes.push("kernel < 5.7 has no cgroup bpf_link: sysctl writes and iptables-legacy changes are not attributed".into());
-            return;
-        }
-        let cgroup = match std::fs::File::open(&root) {
-            Ok(f) => f,
-            Err(e) => {
-                self.notes.push(format!(
-                    "cannot open {}: {e}: changes are not attributed",
-                    root.display()
-                ));
-                return;
-            }
-        };
-        let sysctl = self.attach_cgroup("sysctl_write", &cgroup);
-        match sysctl {
-            Ok(()) => self.signals.push("sysctl_writes"),
-            Err(why) => self.notes.push(format!(
-                "cgroup/sysctl unavailable ({why}): who changed forwarding sysctls is not recorded"
-            )),
-        }
-        let sockopt = self.attach_cgroup("ipt_replace", &cgroup);
-        match sockopt {
-            Ok(()) => self.signals.push("iptables_legacy_replace"),
-            Err(why) => self.notes.push(format!(
-                "cgroup/setsockopt unavailable ({why}): iptables-legacy changes are not attributed"
-            )),
-        }
-        match attach_tp_hook(&mut self.ebpf, &PROCESS_EXEC, &self.prototypes) {
-            Ok(lost) => {
-                self.signals.push("process_exec");
-                self.notes.extend(lost.map(str::to_string));
-            }
-            Err(why) => self.notes.push(format!(
-                "sched_process_exec unavailable ({}): nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
-                refusal(&why)
-            )),
-        }
+        self.enable(&SYSCTL_WRITES, |t| t.attach_cgroup("sysctl_write"));
+        self.enable(&LEGACY_REPLACES, |t| t.attach_cgroup("ipt_replace"));
+        self.enable(&EXEC_RECORDS, |t| {
+            attach_tp_hook(&mut t.ebpf, &PROCESS_EXEC, &t.caps)
+        });
     }
 
-    /// Loads program `name` and links it to the cgroup (bpf_link: detached when droptrace's fd
-    /// closes, even after SIGKILL).
-    fn attach_cgroup(&mut self, name: &str, cgroup: &std::fs::File) -> Result<(), String> {
+    /// Loads program `name` and links it to the cgroup v2 root (bpf_link: detached when
+    /// droptrace's fd closes, even after SIGKILL).
+    fn attach_cgroup(&mut self, name: &str) -> Result<Option<&'static str>, String> {
+        let root = self.caps.cgroup2_root.clone().unwrap_or_default();
+        let cgroup = std::fs::File::open(&root)
+            .map_err(|e| format!("cannot open {}: {e}", root.display()))?;
         let program = self
             .ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing"))?;
-        load_and_link_cgroup(program, cgroup)
+        load_and_link_cgroup(program, &cgroup).map(|()| None)
     }
 
     /// The CHANGES ring, taken out of the object (once).
@@ -407,28 +475,15 @@ impl Tracer {
 
     /// Links the netfilter hook probes inside `ns`. Optional: on kernels without netfilter
     /// links (< 6.4) the hook of a NETFILTER_DROP is inferred instead, and a note says so.
-    pub fn attach_hook_probes(&mut self, ns: &Netns) -> bool {
-        let fd = match self.ebpf.map("NF_TRAIL") {
-            Some(aya::maps::Map::LruHashMap(data)) => data.fd().as_fd().as_raw_fd(),
-            _ => {
-                self.notes
-                    .push("map NF_TRAIL missing: netfilter hook probes not attached".into());
-                return false;
-            }
-        };
-        match HookProbes::attach(ns, fd) {
-            Ok(probes) => {
-                self.hook_probes = Some(probes);
-                self.signals.push("netfilter_hooks");
-                true
-            }
-            Err(why) => {
-                self.notes.push(format!(
-                    "netfilter hook probes unavailable: {why}; the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead"
-                ));
-                false
-            }
-        }
+    pub fn attach_hook_probes(&mut self, ns: &Netns) {
+        self.enable(&NETFILTER_PROBES, |t| {
+            let fd = match t.ebpf.map("NF_TRAIL") {
+                Some(aya::maps::Map::LruHashMap(data)) => data.fd().as_fd().as_raw_fd(),
+                _ => return Err("map NF_TRAIL missing from the eBPF object".into()),
+            };
+            t.hook_probes = Some(HookProbes::attach(ns, fd)?);
+            Ok(None)
+        });
     }
 
     fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map, Error> {
@@ -486,8 +541,9 @@ impl Tracer {
     }
 }
 
-/// The kernel's BTF as aya parses it, once per process: each parse of vmlinux BTF costs
-/// megabytes and milliseconds.
+/// The kernel's BTF as aya parses it, once per process: aya's tp_btf loader resolves the
+/// tracepoint's type id in its own `Btf`, so it cannot use the inspector's (btf-rs, mapped).
+/// Each parse of vmlinux BTF costs megabytes and milliseconds.
 fn aya_btf() -> Result<&'static Btf, String> {
     static BTF: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
     BTF.get_or_init(|| Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}")))
@@ -500,9 +556,9 @@ fn aya_btf() -> Result<&'static Btf, String> {
 fn attach_tp_hook(
     ebpf: &mut Ebpf,
     hook: &TpHook,
-    prototypes: &Prototypes,
+    caps: &Capabilities,
 ) -> Result<Option<&'static str>, String> {
-    let args = prototypes.get(hook.tracepoint).cloned().flatten();
+    let args = caps.prototypes.get(hook.tracepoint).cloned().flatten();
     let variant = hook.variant_for(args.as_deref())?;
     attach_tp_btf(ebpf, variant.program, hook.tracepoint)?;
     Ok(variant.lost)
@@ -553,18 +609,6 @@ fn load_and_link_cgroup(
 /// A cgroup bpf_link coexists with every other program on the cgroup (links are always
 /// "multi"); BPF_LINK_CREATE rejects the BPF_F_ALLOW_MULTI flag, so the mode is Single (flags 0).
 const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
-
-/// Optional signal hooks: each adds precision; a missing one is a note, never a failure.
-const SIGNAL_HOOKS: &[(&TpHook, &str)] = &[
-    (
-        &ICMP_SEND,
-        "a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
-    ),
-    (
-        &TCP_SEND_RESET,
-        "RSTs sent for closed ports are not seen (the NO_SOCKET drop still is)",
-    ),
-];
 
 fn attach_tracepoint(ebpf: &mut Ebpf) -> Result<(), Error> {
     let program: &mut TracePoint = ebpf
@@ -651,5 +695,49 @@ mod tests {
             "the BPF_PROG_LOAD syscall failed. Verifier output: reg type unsupported for arg#0 function tcp_send_reset#30 … func 'tcp_send_reset' doesn't have 3-th argument"
         );
         assert_eq!(refusal("one line"), "one line");
+    }
+
+    fn caps_of(btf: &crate::kernel::btf::KernelBtf) -> Capabilities {
+        let names: Vec<&'static str> = TP_HOOKS.iter().map(|h| h.tracepoint).collect();
+        Capabilities::probe(btf, &names)
+    }
+
+    #[test]
+    fn on_this_kernel_every_optional_hook_has_what_it_needs() {
+        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        let caps = caps_of(&btf);
+        for hook in OPTIONAL_HOOKS {
+            assert_eq!(hook.missing(&caps), None, "{}", hook.name);
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_a_capability_gets_each_hooks_own_sentence() {
+        // Debian 12's 6.1 as the kernel matrix measured it: no netfilter links, the older
+        // tcp_send_reset prototype; and a host with no cgroup v2 mounted.
+        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        let mut caps = caps_of(&btf);
+        caps.netfilter_links = false;
+        caps.cgroup2_root = None;
+        caps.prototypes.insert("icmp_send", None);
+        let notes: Vec<String> = OPTIONAL_HOOKS
+            .iter()
+            .filter_map(|h| h.missing(&caps).map(|why| h.unavailable(&why)))
+            .collect();
+        assert_eq!(
+            notes,
+            [
+                "tracepoint icmp_send unavailable (this kernel has no tracepoint icmp_send): a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
+                "netfilter hook probes unavailable (netfilter links need Linux >= 6.4: this kernel has no bpf_nf_link): the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead",
+                "cgroup/sysctl unavailable (no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified): who changed forwarding sysctls is not recorded",
+                "cgroup/setsockopt unavailable (no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified): iptables-legacy changes are not attributed",
+            ]
+        );
+        caps.cgroup2_root = Some("/sys/fs/cgroup".into());
+        caps.cgroup_links = false;
+        assert_eq!(
+            SYSCTL_WRITES.missing(&caps).as_deref(),
+            Some("cgroup bpf_links need Linux >= 5.7")
+        );
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     error::Error,
     event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
     evidence::{self, Bundle, PcapSink},
-    kernel::{self, btf::KernelBtf, kallsyms::LiveSymbols},
+    kernel::{self, btf::KernelBtf, inspect::Capabilities, kallsyms::LiveSymbols},
     loader::{self, HookChoice, LoadOptions, Totals, Tracer},
     metrics::{self, Exporter, MetricsSnapshot},
     netns::{IfNames, Netns},
@@ -775,10 +775,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
     let reasons = btf.drop_reasons()?;
-    let prototypes = loader::TP_HOOKS
-        .iter()
-        .map(|h| (h.tracepoint, btf.tracepoint_args(h.tracepoint)))
-        .collect();
+    let tracepoints: Vec<&'static str> = loader::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
+    let caps = Capabilities::probe(&btf, &tracepoints);
     drop(btf);
 
     // Started first: `nft monitor` needs a moment to subscribe, and every ruleset change
@@ -830,7 +828,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes,
         hook: req.hook,
-        prototypes,
+        caps: caps.clone(),
     };
     let mut tracer = Tracer::load(&opts)?;
     tracer.attach_hook_probes(&netns);
@@ -904,7 +902,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         delivered: 0,
         rule_tracer,
         changes: Vec::new(),
-        resolver: Resolver::new(),
+        resolver: Resolver::new(caps.cgroup2_root.clone()),
         monitor,
         legacy_seen: Vec::new(),
         pcap,

@@ -1,6 +1,7 @@
 //! The one place that inspects the running kernel: BTF, drop-reason names, symbols, tracefs
 //! and privileges. Everything else asks here instead of probing on its own.
 pub mod btf;
+pub mod inspect;
 pub mod kallsyms;
 pub mod tracefs;
 

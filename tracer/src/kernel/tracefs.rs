@@ -1,30 +1,11 @@
 //! tracefs: where classic tracepoints live. A fresh machine may boot without it mounted
 //! (measured on the build machine); droptrace mounts it only when the fallback needs it.
-use std::{fs, path::PathBuf};
+use std::path::PathBuf;
 
 use crate::error::Error;
 
-const CANDIDATES: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
-
-/// The tracefs mount point, if one is mounted.
-pub fn mounted() -> Option<PathBuf> {
-    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
-    let points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let _dev = f.next()?;
-            let point = f.next()?;
-            let fstype = f.next()?;
-            (fstype == "tracefs").then_some(point)
-        })
-        .collect();
-    CANDIDATES
-        .iter()
-        .find(|c| points.contains(c))
-        .map(PathBuf::from)
-        .or_else(|| points.first().map(PathBuf::from))
-}
+/// Where tracefs is usually mounted, the preferred place first (the inspector finds it).
+pub const CANDIDATES: &[&str] = &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// Mounts tracefs at /sys/kernel/tracing in a private mount namespace of the calling thread:
 /// the host's mounts are untouched and nothing is left to unmount, even if droptrace is killed
