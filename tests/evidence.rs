@@ -158,16 +158,6 @@ fn unwritable_evidence_directory_and_non_bundles_are_clear_errors() {
     assert!(err.contains("not a droptrace evidence bundle"), "{err}");
 }
 
-fn scrape(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
 #[test]
 fn metrics_are_valid_exposition_with_exact_counts() {
     let lab = forwarding_off_lab("metrics");
@@ -176,8 +166,8 @@ fn metrics_are_valid_exposition_with_exact_counts() {
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host, "--metrics", &addr]);
     assert_eq!(lab.client_request(Duration::from_secs(2)), Outcome::Timeout);
     std::thread::sleep(Duration::from_millis(1300)); // one refresh of the kernel counters
-    let response = scrape(&addr, "/metrics");
-    assert!(scrape(&addr, "/other").starts_with("HTTP/1.1 404"));
+    let response = common::scrape(&addr, "/metrics");
+    assert!(common::scrape(&addr, "/other").starts_with("HTTP/1.1 404"));
 
     // The address is taken now: a second droptrace says so.
     let taken = run_droptrace(&[

@@ -128,16 +128,36 @@ fn sigkill_leaves_no_program_and_the_next_run_removes_the_trace_table() {
 
 #[test]
 fn a_tiny_ring_overflows_but_the_counters_stay_exact() {
-    let lab = lab("ringstorm");
-    let watch = Watch::start(&[
+    let out = ring_storm("ringstorm", &[]);
+    // Off by default: the kernel side's anomaly reports stay silent.
+    assert!(!out.stderr.contains("droptrace: kernel"), "{}", out.stderr);
+}
+
+#[test]
+fn with_kernel_log_the_kernel_side_reports_its_full_ring() {
+    let out = ring_storm("kernlog", &["--kernel-log"]);
+    assert!(
+        out.stderr
+            .contains("droptrace: kernel WARN: event ring full: an event for port 5001 is lost"),
+        "the kernel side's own report (aya-log) on stderr: {}",
+        out.stderr
+    );
+}
+
+/// A burst of UDP datagrams to a closed port through a 4 KiB event ring: each is a NO_SOCKET
+/// drop in the host, most of them lost from the ring but every one counted.
+fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
+    let lab = lab(label);
+    let mut args = vec![
         "--port",
         "5001",
         "--netns",
         &lab.host,
         "--ring-bytes",
         "4096",
-    ]);
-    // A burst of UDP datagrams to a closed port: each is a NO_SOCKET drop in the host.
+    ];
+    args.extend_from_slice(extra);
+    let watch = Watch::start(&args);
     const SENT: u64 = 3000;
     let ns = Netns::resolve(&lab.ext).unwrap();
     ns.run_in(|| {
@@ -167,6 +187,7 @@ fn a_tiny_ring_overflows_but_the_counters_stay_exact() {
         "every drop is an event or a counted loss: {s}"
     );
     assert_eq!(s["by_reason"]["NO_SOCKET"], SENT);
+    out
 }
 
 #[test]
@@ -283,16 +304,6 @@ fn missing_iptables_and_nft_binaries_lower_precision_but_do_not_fail() {
     );
 }
 
-fn scrape(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body
-}
-
 /// A state capture runs several tools in the namespace. While one of them is slow, the
 /// metrics endpoint must still answer and Ctrl-C must still end the run: captures run off the
 /// event loop. A wrapper first in droptrace's PATH makes iptables-nft-save take 20 s once the
@@ -342,7 +353,7 @@ fn metrics_and_ctrl_c_stay_responsive_while_a_state_capture_is_slow() {
     // The first drop of its kind makes droptrace read the namespace's state: 20 s from now on.
     assert_eq!(lab.client_request(Duration::from_secs(2)), Outcome::Timeout);
     let asked = Instant::now();
-    let response = scrape(&addr, "/metrics");
+    let response = common::scrape(&addr, "/metrics");
     let answered_in = asked.elapsed();
     let stopped = Instant::now();
     let out = watch.stop();

@@ -270,3 +270,14 @@ pub fn run_droptrace(args: &[&str]) -> std::process::Output {
         .output()
         .expect("run droptrace")
 }
+
+/// One HTTP GET of `path` on `addr` (droptrace's metrics endpoint), answer read within 5 s.
+pub fn scrape(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics address");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}

@@ -116,6 +116,7 @@ pub fn watched_netns() -> Option<u32> {
 pub fn emit_change(kind: u32, netns: u32, name: [u8; 64], fill: impl FnOnce(*mut ChangeEvent)) {
     let Some(mut entry) = CHANGES.reserve::<ChangeEvent>(0) else {
         bump(tracer_common::stat::RING_LOST);
+        aya_log_ebpf::warn!(&(), "change ring full: a change of kind {} is lost", kind);
         return;
     };
     let ev = entry.as_mut_ptr();

@@ -6,6 +6,7 @@
 //! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
 //! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_log_ebpf::warn;
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, HDR_LEN, KernelOffsets, kind, stat,
 };
@@ -191,7 +192,13 @@ fn count(reason: u32, port: u16, proto: u8) {
     match COUNTERS.get_ptr_mut(&key) {
         // SAFETY: as above.
         Some(slot) => unsafe { *slot += 1 },
-        None => bump(stat::COUNTER_FULL),
+        None => {
+            bump(stat::COUNTER_FULL);
+            warn!(
+                &(),
+                "exact counter map full: a drop (reason {}, port {}) is not counted", reason, port
+            );
+        }
     }
 }
 
@@ -280,6 +287,12 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
         Err(NotParsed::NotIp) => return,
         Err(NotParsed::Unreadable) => {
             bump(stat::READ_ERRORS);
+            warn!(
+                &(),
+                "unreadable sk_buff {:x} (kind {}): do this kernel's offsets match its BTF?",
+                skb,
+                event_kind
+            );
             return;
         }
     };
@@ -334,5 +347,9 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
         bump(stat::EVENTS);
     } else {
         bump(stat::RING_LOST);
+        warn!(
+            &(),
+            "event ring full: an event for port {} is lost (counted)", port
+        );
     }
 }

@@ -114,6 +114,11 @@ pub struct WatchArgs {
     #[arg(long)]
     pub trace_rules: bool,
 
+    /// Print the kernel side's own anomaly reports on stderr (a full ring or counter map, a
+    /// packet it could not read), through aya-log. Off by default: then they cost one check.
+    #[arg(long)]
+    pub kernel_log: bool,
+
     /// Serve Prometheus metrics (text exposition) on ADDR, path /metrics, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

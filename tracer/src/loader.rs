@@ -64,6 +64,8 @@ pub struct LoadOptions {
     pub hook: HookChoice,
     /// What the running kernel offers (probed once, before loading).
     pub caps: Capabilities,
+    /// Let the kernel side report its anomalies (aya-log); off, each costs one check.
+    pub kernel_log: bool,
 }
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
@@ -285,9 +287,16 @@ fn raise_memlock() {
 
 fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Error> {
     let mut loader = EbpfLoader::new();
+    // aya-log-ebpf's own switch: 0 turns every log statement into one load and a branch.
+    let log_level: u8 = if opts.kernel_log {
+        aya_log::Level::Trace as u8
+    } else {
+        0
+    };
     loader
         .override_global("OFFSETS", offsets, true)
-        .override_global("CONFIG", &opts.config, true);
+        .override_global("CONFIG", &opts.config, true)
+        .override_global(aya_log::LEVEL, &log_level, true);
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
@@ -457,6 +466,26 @@ impl Tracer {
         load_and_link_cgroup(program, &cgroup).map(|()| None)
     }
 
+    /// Prints the kernel side's log records (aya-log) on stderr as they come, from a task of
+    /// the event loop. Once only: it takes the log ring out of the object.
+    pub fn forward_kernel_log(&mut self) -> Result<(), Error> {
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, KernelLog)
+            .map_err(|e| Error::Load(format!("kernel log: {e}")))?;
+        // SAFETY: the logger owns its ring's fd and keeps it open until it is dropped, which
+        // happens only with the AsyncFd.
+        let mut logger = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| Error::Io(format!("polling the kernel log: {e}")))?;
+        tokio::spawn(async move {
+            while let Ok(mut guard) = logger.readable_mut().await {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+        });
+        Ok(())
+    }
+
     /// The CHANGES ring, taken out of the object (once).
     pub fn take_changes(&mut self) -> Result<RingBuf<MapData>, Error> {
         let map = self
@@ -539,6 +568,22 @@ impl Tracer {
         totals.read_errors = read(stat::READ_ERRORS)?;
         Ok(totals)
     }
+}
+
+/// Where the kernel side's log records go: stderr, one line each, never stdout (which may be
+/// JSON Lines for a machine).
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        eprintln!("droptrace: kernel {}: {}", record.level(), record.args());
+    }
+
+    fn flush(&self) {}
 }
 
 /// The kernel's BTF as aya parses it, once per process: aya's tp_btf loader resolves the

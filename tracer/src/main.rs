@@ -23,6 +23,7 @@ fn main() -> ExitCode {
                 ring_bytes: args.ring_bytes,
                 hook: args.drop_hook,
                 trace_rules: args.trace_rules,
+                kernel_log: args.kernel_log,
                 ready: None,
                 stop: None,
                 quiet: false,

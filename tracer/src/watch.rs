@@ -46,6 +46,8 @@ pub struct WatchRequest {
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
     pub trace_rules: bool,
+    /// Print the kernel side's anomaly reports (aya-log) on stderr.
+    pub kernel_log: bool,
     /// Container engine socket to discover published ports from (default /var/run/docker.sock
     /// when no --port is given).
     pub docker_host: Option<PathBuf>,
@@ -829,8 +831,12 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         ring_bytes: req.ring_bytes,
         hook: req.hook,
         caps: caps.clone(),
+        kernel_log: req.kernel_log,
     };
     let mut tracer = Tracer::load(&opts)?;
+    if req.kernel_log {
+        tracer.forward_kernel_log()?;
+    }
     tracer.attach_hook_probes(&netns);
     tracer.attach_change_probes();
     let changes_ring = tracer.take_changes()?;

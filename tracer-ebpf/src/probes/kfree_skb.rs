@@ -42,7 +42,10 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
     match (skb, location, reason) {
         (Ok(skb), Ok(location), Ok(reason)) => on_drop(skb, location, reason),
         // A record the program cannot read is a drop it cannot report: counted, not hidden.
-        _ => bump(stat::READ_ERRORS),
+        _ => {
+            bump(stat::READ_ERRORS);
+            aya_log_ebpf::warn!(&(), "unreadable skb:kfree_skb record: its format changed?");
+        }
     }
     0
 }
