@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::state::{RuleRef, Snapshot};
+use crate::state::{RuleRef, Snapshot, Sysctls};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -298,7 +298,34 @@ fn pick_rule(
     })
 }
 
-fn sysctl_fix(prefix: &str, key: &str, value: &str) -> (String, String) {
+/// The forwarding sysctls that govern traffic of a family arriving on `ifname`: the
+/// family's global switch and the interface's own.
+pub fn forwarding_keys(ipv6: bool, ifname: &str) -> (String, String) {
+    if ipv6 {
+        (
+            "net.ipv6.conf.all.forwarding".to_string(),
+            format!("net.ipv6.conf.{ifname}.forwarding"),
+        )
+    } else {
+        (
+            "net.ipv4.ip_forward".to_string(),
+            format!("net.ipv4.conf.{ifname}.forwarding"),
+        )
+    }
+}
+
+/// The forwarding sysctl that is off for such traffic, the global switch first. One rule for
+/// verdicts and for `check`.
+pub fn forwarding_off(sysctls: &Sysctls, ipv6: bool, ifname: &str) -> Option<String> {
+    let (global, iface) = forwarding_keys(ipv6, ifname);
+    [global, iface]
+        .into_iter()
+        .find(|k| sysctls.flag(k) == Some(false))
+}
+
+/// The command that sets `key` now, and how to make it stay: the same words in verdicts and
+/// in `check`'s findings.
+pub fn sysctl_fix(prefix: &str, key: &str, value: &str) -> (String, String) {
     (
         format!("{prefix}sysctl -w {key}={value}"),
         format!(
@@ -408,24 +435,8 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
             || d.function.as_deref() == Some("ip_error"))
         && d.reason != "IP_RPFILTER"
     {
-        let (global, iface_key) = if d.ipv6 {
-            (
-                "net.ipv6.conf.all.forwarding".to_string(),
-                format!("net.ipv6.conf.{}.forwarding", d.ifname),
-            )
-        } else {
-            (
-                "net.ipv4.ip_forward".to_string(),
-                format!("net.ipv4.conf.{}.forwarding", d.ifname),
-            )
-        };
-        let key = if now.sysctls.flag(&global) == Some(false) {
-            Some(global.clone())
-        } else if now.sysctls.flag(&iface_key) == Some(false) {
-            Some(iface_key.clone())
-        } else {
-            None
-        };
+        let (global, iface_key) = forwarding_keys(d.ipv6, &d.ifname);
+        let key = forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
         let shown = key.clone().unwrap_or(global.clone());
         match &key {
             Some(k) => evidence.push(format!("{k} = 0 in this namespace")),
@@ -629,7 +640,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Sysctls, iptables, nft};
+    use crate::state::{iptables, nft};
 
     const DOCKER_RULES: &str = include_str!("state/testdata/iptables-legacy-save-docker.txt");
 

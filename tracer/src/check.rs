@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::{discover::PublishedPort, state::Snapshot};
+use crate::{attribute, discover::PublishedPort, state::Snapshot};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -18,6 +18,8 @@ pub struct Finding {
     pub container: Option<String>,
     pub what: String,
     pub fix: String,
+    /// How to make the fix stay, when droptrace knows (the same words as a verdict's).
+    pub fix_persistent: Option<String>,
 }
 
 /// What `check` knows besides the ruleset.
@@ -39,35 +41,48 @@ fn finding(cause: &'static str, p: Option<&PublishedPort>, what: String, fix: St
         container: p.and_then(|p| p.container.clone()),
         what,
         fix,
+        fix_persistent: None,
     }
+}
+
+/// Forwarding sysctls that are off for the families the published ports are DNATed in
+/// (a container's address says which; unknown means IPv4, Docker's default), by the same rule
+/// and with the same fix as a `forwarding_disabled` verdict.
+fn forwarding_findings(snap: &Snapshot, published: &[PublishedPort], prefix: &str) -> Vec<Finding> {
+    let families: BTreeSet<bool> = published
+        .iter()
+        .map(|p| p.container_ip.is_some_and(|ip| ip.is_ipv6()))
+        .collect();
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    for ipv6 in families {
+        for iface in snap.interfaces.iter().filter(|i| *i != "lo") {
+            let Some(key) = attribute::forwarding_off(&snap.sysctls, ipv6, iface) else {
+                continue;
+            };
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            let global = attribute::forwarding_keys(ipv6, iface).0 == key;
+            let what = if global {
+                format!(
+                    "{key} = 0: traffic DNATed to containers cannot be forwarded; remote clients time out (the host itself still reaches the ports)"
+                )
+            } else {
+                format!("{key} = 0: traffic arriving on {iface} for a container is not forwarded")
+            };
+            let (fix, persist) = attribute::sysctl_fix(prefix, &key, "1");
+            let mut f = finding("forwarding_disabled", None, what, fix);
+            f.fix_persistent = Some(persist);
+            out.push(f);
+        }
+    }
+    out
 }
 
 /// The checks, as a pure function of the state.
 pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let prefix = &facts.exec_prefix;
-    if snap.sysctls.flag("net.ipv4.ip_forward") == Some(false) && !published.is_empty() {
-        out.push(finding(
-            "forwarding_disabled",
-            None,
-            "net.ipv4.ip_forward = 0: traffic DNATed to containers cannot be forwarded; remote clients time out (the host itself still reaches the ports)".into(),
-            format!("{prefix}sysctl -w net.ipv4.ip_forward=1, and persist it in /etc/sysctl.d/"),
-        ));
-    } else if !published.is_empty() {
-        for iface in &snap.interfaces {
-            let key = format!("net.ipv4.conf.{iface}.forwarding");
-            if iface != "lo" && snap.sysctls.flag(&key) == Some(false) {
-                out.push(finding(
-                    "forwarding_disabled",
-                    None,
-                    format!(
-                        "{key} = 0: traffic arriving on {iface} for a container is not forwarded"
-                    ),
-                    format!("{prefix}sysctl -w {key}=1, and persist it in /etc/sysctl.d/"),
-                ));
-            }
-        }
-    }
+    let mut out = forwarding_findings(snap, published, &facts.exec_prefix);
     let firewalld_owns = facts.firewalld && !snap.nat_chain_exists("DOCKER");
     for p in published {
         let port = p.host_port;
@@ -284,5 +299,37 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].cause, "firewall_drop");
         assert!(f[0].what.contains("DOCKER-USER rule 1"));
+    }
+
+    #[test]
+    fn forwarding_findings_use_the_verdicts_rule_and_words_in_both_families() {
+        let mut s = snap(DOCKER, "1");
+        s.sysctls.set("net.ipv6.conf.all.forwarding", "0");
+        // IPv4 containers only (Docker's default): IPv6 forwarding off is normal there.
+        assert!(check(&s, &published(), &Facts::default()).is_empty());
+        let mut v6 = published();
+        v6[0].container_ip = Some("fd00::2".parse().unwrap());
+        let facts = Facts {
+            exec_prefix: "ip netns exec host ".into(),
+            ..Facts::default()
+        };
+        let f = check(&s, &v6, &facts);
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].cause, "forwarding_disabled");
+        let (fix, persist) =
+            attribute::sysctl_fix("ip netns exec host ", "net.ipv6.conf.all.forwarding", "1");
+        assert_eq!(
+            (f[0].fix.clone(), f[0].fix_persistent.clone()),
+            (fix, Some(persist))
+        );
+    }
+
+    #[test]
+    fn one_interfaces_forwarding_off_is_named_once() {
+        let mut s = snap(DOCKER, "1");
+        s.sysctls.set("net.ipv4.conf.eth0.forwarding", "0");
+        let f = check(&s, &published(), &Facts::default());
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].fix, "sysctl -w net.ipv4.conf.eth0.forwarding=1");
     }
 }

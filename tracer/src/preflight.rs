@@ -211,6 +211,9 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
                 f.cause, f.what, "", f.fix
             )
             .map_err(io)?;
+            if let Some(persist) = &f.fix_persistent {
+                writeln!(out, "{:<20} persist: {persist}", "").map_err(io)?;
+            }
         }
         if findings.is_empty() {
             writeln!(

@@ -346,11 +346,12 @@ impl<W: Write> Observer<W> {
         }
     }
 
-    /// Waits up to `wait` for the monitor's next generation, serving the event loop meanwhile;
-    /// gives up at once when the run is ending.
+    /// Waits up to `wait` for the monitor's next generation, serving the event loop meanwhile.
+    /// Also when the run is ending: the last verdicts still deserve their culprit, and the wait
+    /// is short.
     async fn wait_for_monitor(&mut self, tracer: &Tracer, wait: Duration) {
         let deadline = Instant::now() + wait;
-        while Instant::now() < deadline && !*self.stopping.borrow() {
+        while Instant::now() < deadline {
             let got = self
                 .monitor
                 .as_ref()
@@ -959,7 +960,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     // the loop and every wait inside it watch.
     let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
     let demo_stop = req.stop.clone();
-    tokio::spawn(async move {
+    let stopper = tokio::spawn(async move {
         tokio::select! {
             _ = sigint.recv() => {}
             _ = sigterm.recv() => {}
@@ -1006,6 +1007,8 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             }
         }
     }
+    // The demo runs watch again in the same process: no listener of this run stays behind.
+    stopper.abort();
     // Events already in the ring when we stopped still belong to this run.
     obs.drain_changes(changes_ring.get_mut(), &tracer)
         .await
