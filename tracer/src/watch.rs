@@ -564,6 +564,60 @@ impl<W: Write> Observer<W> {
         }
     }
 
+    /// Closes the run: the closing verdicts with the kernel's exact counts, the summary, the
+    /// bundle's report and the last metrics.
+    async fn finish(
+        &mut self,
+        tracer: &Tracer,
+        started: Instant,
+        start_notes: Vec<String>,
+    ) -> Result<RunOutcome, Error> {
+        let io_err = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
+        let totals = tracer.totals()?;
+        let time = event::rfc3339(chrono::Utc::now());
+        let hook = tracer.hook.name();
+        let summary = summarize(
+            &totals,
+            &self.namer,
+            self.delivered,
+            started.elapsed(),
+            hook,
+            time,
+        );
+        let exact: BTreeMap<(String, u16), u64> =
+            summary.counters.iter().fold(BTreeMap::new(), |mut m, c| {
+                *m.entry((c.reason.clone(), c.port)).or_insert(0) += c.packets;
+                m
+            });
+        let verdicts = self.book.finish(&exact);
+        for verdict in &verdicts {
+            self.printer.verdict(verdict).map_err(io_err)?;
+            if let Some(b) = &mut self.bundle {
+                b.record(verdict).map_err(io_err)?;
+            }
+        }
+        self.printer.summary(&summary).map_err(io_err)?;
+        if let Some(b) = &mut self.bundle {
+            b.record(&summary).map_err(io_err)?;
+            b.write_report();
+        }
+        if let Some(p) = &mut self.pcap {
+            p.flush().map_err(io_err)?;
+        }
+        self.refresh_metrics(tracer, true);
+        if self.progress.is_some() {
+            eprintln!();
+        }
+        drop(self.rule_tracer.take());
+        drop(self.monitor.take());
+        Ok(RunOutcome {
+            summary,
+            verdicts,
+            changes: std::mem::take(&mut self.changes),
+            notes: start_notes,
+        })
+    }
+
     /// Runs blocking work (tools in the namespace) on a blocking thread while the event loop
     /// keeps serving Ctrl-C, the rings and /metrics. Once the run is asked to end, the work
     /// gets STOP_GRACE more to finish (its evidence is worth a moment), then is abandoned:
@@ -755,12 +809,145 @@ fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
     out
 }
 
+/// The ports to watch (asked for, or every published one) and the address/port pairs the
+/// kernel filter must also match (the translated side of each, so packets after DNAT count).
+fn watched_ports(
+    req: &WatchRequest,
+    published: &[PublishedPort],
+    before: &Snapshot,
+) -> Result<(Vec<u16>, Vec<AddrPort>), Error> {
+    let mut ports = req.ports.clone();
+    if req.ports.is_empty() {
+        ports.extend(published.iter().map(|p| p.host_port));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() && req.addrs.is_empty() {
+        return Err(Error::NoPorts);
+    }
+    let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
+    addr_ports.extend(translated_tuples(before, &ports));
+    for p in published.iter().filter(|p| ports.contains(&p.host_port)) {
+        if let (Some(ip), Some(port)) = (p.container_ip, p.container_port) {
+            addr_ports.push(addr_port(&SocketAddr::new(ip, port)));
+        }
+    }
+    Ok((ports, addr_ports))
+}
+
+/// `--trace-rules`' tracer, or the removal of a table a killed run left; with its notes.
+fn rule_tracer(req: &WatchRequest, netns: &Netns) -> (Option<RuleTracer>, Vec<String>) {
+    if !req.trace_rules {
+        let removed = tracerules::remove_leftover(netns).then(|| {
+            format!(
+                "removed nftables table inet {TRACE_TABLE} left by an earlier droptrace run that was killed"
+            )
+        });
+        return (None, removed.into_iter().collect());
+    }
+    match RuleTracer::start(netns, &req.ports) {
+        Ok(rt) => (
+            Some(rt),
+            vec![format!(
+                "--trace-rules: added nftables table inet {TRACE_TABLE} (nftrace on the watched ports); it is removed on exit"
+            )],
+        ),
+        Err(why) => (
+            None,
+            vec![format!(
+                "--trace-rules unavailable: {why}; rule counters name the rule instead"
+            )],
+        ),
+    }
+}
+
+/// Whatever ends the run (Ctrl-C, SIGTERM, --duration, the demo) sends `true` on `stop`,
+/// which the loop and every wait inside it watch.
+fn spawn_stopper(
+    (mut sigint, mut sigterm): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    req: &WatchRequest,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
+    let demo_stop = req.stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = async {
+                match demo_stop {
+                    Some(stop) => stop.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let _ = stop.send(true);
+    })
+}
+
+/// The loop: drains the change ring and the event ring on their wakeups and on a short
+/// tick, until `stop` turns true; then what the rings still hold, which belongs to this run.
+async fn observe<W: Write>(
+    obs: &mut Observer<W>,
+    tracer: &Tracer,
+    (ring, changes_ring): (
+        &mut AsyncFd<RingBuf<MapData>>,
+        &mut AsyncFd<RingBuf<MapData>>,
+    ),
+    mut stop_seen: tokio::sync::watch::Receiver<bool>,
+    started: Instant,
+) -> Result<(), Error> {
+    let io_err = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
+    loop {
+        tokio::select! {
+            _ = stop_seen.wait_for(|stop| *stop) => break,
+            guard = changes_ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
+                obs.drain_changes(guard.get_inner_mut(), tracer).await.map_err(io_err)?;
+                guard.clear_ready();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.monitor.is_some() => {
+                obs.drain_changes(changes_ring.get_mut(), tracer).await.map_err(io_err)?;
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
+                obs.drain_changes(changes_ring.get_mut(), tracer).await.map_err(io_err)?;
+                drain(guard.get_inner_mut(), obs, tracer).await.map_err(io_err)?;
+                guard.clear_ready();
+            }
+            // The kernel side skips the wakeup while unread events are pending (one wakeup per
+            // burst, not per drop); this tick bounds the latency of an event that raced a drain.
+            _ = tokio::time::sleep(DRAIN_TICK) => {
+                drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
+                obs.refresh_metrics(tracer, false);
+                obs.show_progress(started);
+            }
+        }
+    }
+    // Events already in the ring when we stopped still belong to this run.
+    obs.drain_changes(changes_ring.get_mut(), tracer)
+        .await
+        .map_err(io_err)?;
+    drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
+    Ok(())
+}
+
+/// `droptrace watch`: discover (engine, namespace, ports) → inspect and load → announce →
+/// observe → finish. Longer than a screen because it is the one place that holds every
+/// resource of a run (rings, probes, monitor, sinks) in the order they must be made and
+/// dropped; each stage's work is in the functions it calls.
 pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Error> {
     kernel::check_privileges()?;
     // Before anything is loaded or changed: a Ctrl-C from here on ends the run cleanly
     // (summary printed, --trace-rules' table removed) instead of killing the process.
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    let sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+    let sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
     let exporter = match req.metrics {
         Some(addr) => {
             let listener = metrics::bind(addr).await?;
@@ -801,22 +988,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     if let Some(wanted) = &req.container {
         published = discover::select_container(published, wanted)?;
     }
-    let mut ports = req.ports.clone();
-    if req.ports.is_empty() {
-        ports.extend(published.iter().map(|p| p.host_port));
-    }
-    ports.sort_unstable();
-    ports.dedup();
-    if ports.is_empty() && req.addrs.is_empty() {
-        return Err(Error::NoPorts);
-    }
-    let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
-    addr_ports.extend(translated_tuples(&before, &ports));
-    for p in published.iter().filter(|p| ports.contains(&p.host_port)) {
-        if let (Some(ip), Some(port)) = (p.container_ip, p.container_port) {
-            addr_ports.push(addr_port(&SocketAddr::new(ip, port)));
-        }
-    }
+    let (ports, addr_ports) = watched_ports(&req, &published, &before)?;
 
     let opts = LoadOptions {
         offsets,
@@ -846,30 +1018,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         unsafe { AsyncFd::register_with_interest(changes_ring, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
 
-    let mut trace_notes = Vec::new();
-    let rule_tracer = if req.trace_rules {
-        match RuleTracer::start(&netns, &req.ports) {
-            Ok(rt) => {
-                trace_notes.push(format!(
-                    "--trace-rules: added nftables table inet {TRACE_TABLE} (nftrace on the watched ports); it is removed on exit"
-                ));
-                Some(rt)
-            }
-            Err(why) => {
-                trace_notes.push(format!(
-                    "--trace-rules unavailable: {why}; rule counters name the rule instead"
-                ));
-                None
-            }
-        }
-    } else {
-        if tracerules::remove_leftover(&netns) {
-            trace_notes.push(format!(
-                "removed nftables table inet {TRACE_TABLE} left by an earlier droptrace run that was killed"
-            ));
-        }
-        None
-    };
+    let (rule_tracer, trace_notes) = rule_tracer(&req, &netns);
     let ring = tracer.take_ring()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
     // which only happens when the AsyncFd itself drops.
@@ -958,106 +1107,20 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let started = Instant::now();
     // Whatever ends the run (Ctrl-C, SIGTERM, --duration, the demo) flips `stopping`, which
     // the loop and every wait inside it watch.
-    let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
-    let demo_stop = req.stop.clone();
-    let stopper = tokio::spawn(async move {
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-            _ = async {
-                match demo_stop {
-                    Some(stop) => stop.notified().await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            } => {}
-        }
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_seen = stopping;
-
-    loop {
-        tokio::select! {
-            _ = stop_seen.wait_for(|stop| *stop) => break,
-            guard = changes_ring.readable_mut() => {
-                let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
-                obs.drain_changes(guard.get_inner_mut(), &tracer).await.map_err(io_err)?;
-                guard.clear_ready();
-            }
-            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.monitor.is_some() => {
-                obs.drain_changes(changes_ring.get_mut(), &tracer).await.map_err(io_err)?;
-            }
-            guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
-                obs.drain_changes(changes_ring.get_mut(), &tracer).await.map_err(io_err)?;
-                drain(guard.get_inner_mut(), &mut obs, &tracer).await.map_err(io_err)?;
-                guard.clear_ready();
-            }
-            // The kernel side skips the wakeup while unread events are pending (one wakeup per
-            // burst, not per drop); this tick bounds the latency of an event that raced a drain.
-            _ = tokio::time::sleep(DRAIN_TICK) => {
-                drain(ring.get_mut(), &mut obs, &tracer).await.map_err(io_err)?;
-                obs.refresh_metrics(&tracer, false);
-                obs.show_progress(started);
-            }
-        }
-    }
+    let stopper = spawn_stopper((sigint, sigterm), &req, stop_tx);
+    observe(
+        &mut obs,
+        &tracer,
+        (&mut ring, &mut changes_ring),
+        stopping,
+        started,
+    )
+    .await?;
     // The demo runs watch again in the same process: no listener of this run stays behind.
     stopper.abort();
-    // Events already in the ring when we stopped still belong to this run.
-    obs.drain_changes(changes_ring.get_mut(), &tracer)
-        .await
-        .map_err(io_err)?;
-    drain(ring.get_mut(), &mut obs, &tracer)
-        .await
-        .map_err(io_err)?;
-    let totals = tracer.totals()?;
-    let summary = summarize(
-        &totals,
-        &obs.namer,
-        obs.delivered,
-        started.elapsed(),
-        tracer.hook.name(),
-        now(),
-    );
-    let exact: BTreeMap<(String, u16), u64> =
-        summary.counters.iter().fold(BTreeMap::new(), |mut m, c| {
-            *m.entry((c.reason.clone(), c.port)).or_insert(0) += c.packets;
-            m
-        });
-    let verdicts = obs.book.finish(&exact);
-    for verdict in &verdicts {
-        obs.printer.verdict(verdict).map_err(io_err)?;
-        if let Some(b) = &mut obs.bundle {
-            b.record(verdict).map_err(io_err)?;
-        }
-    }
-    obs.printer.summary(&summary).map_err(io_err)?;
-    if let Some(b) = &mut obs.bundle {
-        b.record(&summary).map_err(io_err)?;
-        b.write_report();
-    }
-    if let Some(p) = &mut obs.pcap {
-        p.flush().map_err(io_err)?;
-    }
-    obs.refresh_metrics(&tracer, true);
-    if obs.progress.is_some() {
-        eprintln!();
-    }
-    drop(obs.rule_tracer.take());
-    drop(obs.monitor.take());
+    let outcome = obs.finish(&tracer, started, start_notes).await;
     drop(tracer);
-    Ok(RunOutcome {
-        summary,
-        verdicts,
-        changes: std::mem::take(&mut obs.changes),
-        notes: start_notes,
-    })
+    outcome
 }
 
 fn summarize(
