@@ -10,8 +10,8 @@ use std::{
 
 use common::{Watch, require_root, run_droptrace};
 use tracer::{
+    discover::netns::Netns,
     lab::{self, Lab, LabSpec, Outcome},
-    netns::Netns,
 };
 
 /// BPF program ids held by a process, from its fds' fdinfo (prog fds and link fds).

@@ -1,5 +1,5 @@
 //! Builds the kernel side (tracer-ebpf) for the BPF target and leaves the object in OUT_DIR,
-//! where `loader.rs` embeds it with `include_bytes_aligned!`.
+//! where `load/ebpf.rs` embeds it with `include_bytes_aligned!`.
 //!
 //! The eBPF crate needs `-Z build-std=core`. The toolchain is a pinned *stable* one (see
 //! rust-toolchain.toml), so unstable flags are unlocked for the nested cargo with

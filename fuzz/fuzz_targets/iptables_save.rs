@@ -1,7 +1,7 @@
 //! `iptables-save -c` text → ruleset, and every query droptrace asks of it.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::state::{Snapshot, iptables};
+use tracer::observe::state::{Snapshot, iptables};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
 //! Text the kernel hands droptrace: /proc/kallsyms and tracepoint `format` files.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::kernel::{kallsyms::Symbols, tracefs};
+use tracer::load::kernel::{kallsyms::Symbols, tracefs};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

@@ -1,7 +1,7 @@
 //! `nft monitor` and `nft monitor trace` output lines.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::changes::MonitorParser;
+use tracer::observe::changes::MonitorParser;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
     for line in text.lines() {
         let _ = monitor.line(line);
     }
-    tracer::tracerules::parse_lines(&text);
+    tracer::observe::tracerules::parse_lines(&text);
 });

@@ -1,7 +1,7 @@
 //! `nft -j list ruleset` JSON → ruleset, and the queries over it (maps, reachability).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tracer::state::{Snapshot, nft};
+use tracer::observe::state::{Snapshot, nft};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(rs) = nft::parse(&String::from_utf8_lossy(data)) else {

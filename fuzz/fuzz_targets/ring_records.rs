@@ -3,8 +3,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tracer::{
-    event::{self, Clock},
-    kernel::btf::DropReasons,
+    observe::event::{self, Clock},
+    load::kernel::btf::DropReasons,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -15,9 +15,9 @@ fuzz_target!(|data: &[u8]| {
         let _ = event::tcp_flags(ev.tcp_flags);
         let _ = event::icmp_name("ipv4", ev.icmp_type, ev.icmp_code);
         let _ = event::rfc3339(Clock::now().wall(ev.ktime_ns));
-        let _ = tracer::nfprobe::trail_hook(ev.nf_trail);
+        let _ = tracer::load::nfprobe::trail_hook(ev.nf_trail);
     }
     if let Some(ch) = event::decode_change(data) {
-        let _ = tracer::changes::argv_line(&ch.process.args);
+        let _ = tracer::observe::changes::argv_line(&ch.process.args);
     }
 });

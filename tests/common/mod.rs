@@ -36,7 +36,7 @@ pub fn require_root() {
 /// some evidence exists only on newer kernels, and the kernel matrix runs these tests on
 /// Debian 12's 6.1 as well as on newer ones.
 pub mod kernel {
-    use tracer::kernel::btf::KernelBtf;
+    use tracer::load::kernel::btf::KernelBtf;
 
     fn btf() -> KernelBtf {
         KernelBtf::from_sys().expect("the tests need the kernel's BTF")

@@ -1,4 +1,4 @@
-//! Maps and load-time globals. Names are the contract with `tracer/src/loader.rs`.
+//! Maps and load-time globals. Names are the contract with `tracer/src/load/ebpf.rs`.
 use aya_ebpf::{
     Global,
     macros::map,
@@ -38,7 +38,7 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_en
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
 /// skb address → netfilter hook probes it passed (written by the loader's hand-assembled
-/// BPF_PROG_TYPE_NETFILTER probes, see tracer/src/nfprobe.rs; read and cleared on drop).
+/// BPF_PROG_TYPE_NETFILTER probes, see tracer/src/load/nfprobe.rs; read and cleared on drop).
 #[map]
 pub static NF_TRAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
 

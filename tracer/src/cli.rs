@@ -3,7 +3,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-pub use crate::loader::HookChoice;
+pub use crate::load::ebpf::HookChoice;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::Netns;
+use crate::discover::netns::Netns;
 
 /// Prefix of every namespace a lab creates; `cleanup_stale` removes leftovers by it.
 pub const NS_PREFIX: &str = "dtlab-";

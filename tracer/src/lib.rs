@@ -1,47 +1,34 @@
 //! droptrace: why are packets to my published port being dropped, and who caused it?
 //!
-//! A drop travels through these stages (the modules of each stage are grouped below):
-//! 1. **discover** — which ports to watch and where: `discover` (the container engine's API,
-//!    or the namespace's DNAT rules) and `netns` (the namespace, its tools, its interfaces).
-//! 2. **load** — `kernel` inspects the running kernel once (BTF, prototypes, mounts);
-//!    `loader` loads the eBPF object, picks each program for this kernel's prototypes and
-//!    attaches the optional hooks it can; `nfprobe` links the netfilter hook probes aya
-//!    cannot load.
-//! 3. **observe** — `event` turns ring records into named drops and signals; `changes` names
-//!    who changed a sysctl or a ruleset; `state` reads sysctls and rulesets (the evidence);
-//!    `tracerules` is `--trace-rules`.
-//! 4. **attribute** — `attribute` is the pure engine (facts + state → cause, place, fix);
-//!    `verdict` groups drops into one verdict per (port, cause).
-//! 5. **report** — `output` (human and JSON Lines), `evidence` (pcapng, the bundle, `report`),
-//!    `metrics` (Prometheus).
+//! A drop travels through five stages, one directory each:
+//! 1. [`discover`] — which ports to watch and where: the container engine's API or the
+//!    namespace's DNAT rules, and the namespace itself (`discover::netns`).
+//! 2. [`load`] — `load::kernel` inspects the running kernel once (BTF, tracepoint prototypes,
+//!    mounts) and each optional hook declares what it needs; `load::ebpf` loads the kernel
+//!    side, picks each program for this kernel and attaches what it can; `load::nfprobe` links
+//!    the netfilter hook probes aya cannot load.
+//! 3. [`observe`] — `observe::event` decodes ring records into typed facts (a drop, a kernel
+//!    answer); `observe::correlate` pairs a drop with the answer sent just before it;
+//!    `observe::changes` names who changed a sysctl or a ruleset; `observe::state` reads the
+//!    sysctls and rulesets; `observe::tracerules` is `--trace-rules`.
+//! 4. [`attribute`] — pure: facts + state → a typed diagnosis (`attribute::rules`, shared with
+//!    `check`), grouped into one verdict per (port, cause) (`attribute::verdict`), with the
+//!    change that caused it (`attribute::culprit`).
+//! 5. [`report`] — every output is a [`report::Sink`]: human and JSON Lines (`report::output`),
+//!    pcapng and the evidence bundle (`report::evidence`), Prometheus (`report::metrics`), the
+//!    terminal's progress line; `report::words` holds every sentence and fix.
 //!
-//! The commands wire the stages: `watch` (the loop), `preflight` and `check` (`ports` and
-//! `check`, without eBPF), `demo` (the incident replayed in `lab`'s namespaces).
+//! The commands in [`cmd`] wire the stages: `watch` (the loop), `ports` and `check`
+//! (`cmd::preflight`, without eBPF), `report` and `demo` (the incident replayed in [`lab`]'s
+//! namespaces).
 
-// discover
-pub mod discover;
-pub mod netns;
-// load
-pub mod kernel;
-pub mod loader;
-pub mod nfprobe;
-// observe
-pub mod changes;
-pub mod event;
-pub mod state;
-pub mod tracerules;
-// attribute
 pub mod attribute;
-pub mod verdict;
-// report
-pub mod evidence;
-pub mod metrics;
-pub mod output;
-// commands and their wiring
-pub mod check;
+pub mod discover;
+pub mod load;
+pub mod observe;
+pub mod report;
+
 pub mod cli;
-pub mod demo;
+pub mod cmd;
 pub mod error;
 pub mod lab;
-pub mod preflight;
-pub mod watch;

@@ -3,10 +3,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracer::{
     cli::{Cli, Command},
-    demo,
+    cmd::demo,
+    cmd::preflight,
+    cmd::watch::{self, WatchRequest},
     error::Error,
-    preflight,
-    watch::{self, WatchRequest},
 };
 
 fn main() -> ExitCode {
@@ -36,8 +36,8 @@ fn main() -> ExitCode {
             };
             block_on(watch::run(req, std::io::stdout().lock())).and_then(|r| r.map(|_| ()))
         }
-        Command::Report(args) => tracer::evidence::read_records(&args.dir).map(|records| {
-            print!("{}", tracer::evidence::render_report(&records));
+        Command::Report(args) => tracer::report::evidence::read_records(&args.dir).map(|records| {
+            print!("{}", tracer::report::evidence::render_report(&records));
         }),
         Command::Ports(args) => block_on(preflight::ports(
             preflight_request(args),

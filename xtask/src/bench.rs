@@ -26,8 +26,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 use tracer::{
+    discover::netns::Netns,
     lab::{self, Lab, LabSpec},
-    netns::Netns,
 };
 
 const PAIRS: usize = 5;
@@ -367,7 +367,7 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
 
         let v = json!({
             "machine": {
-                "kernel": tracer::kernel::release(),
+                "kernel": tracer::load::kernel::release(),
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             },
             "p1_overhead": {

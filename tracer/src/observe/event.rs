@@ -6,8 +6,8 @@ use serde::Serialize;
 use tracer_common::{AF_INET, AF_INET6, DropEvent, ct, kind};
 
 use crate::{
-    kernel::{btf::DropReasons, kallsyms::LiveSymbols},
-    netns::IfNames,
+    discover::netns::IfNames,
+    load::kernel::{btf::DropReasons, kallsyms::LiveSymbols},
 };
 
 /// Decodes one ring-buffer record. None when its size is not a DropEvent's (a mismatched
@@ -281,7 +281,7 @@ impl Namer {
             answered: None,
             cause: None,
             container: None,
-            nf_hook: crate::nfprobe::trail_hook(ev.nf_trail),
+            nf_hook: crate::load::nfprobe::trail_hook(ev.nf_trail),
             nf_trail: ev.nf_trail,
             ktime_ns: ev.ktime_ns,
         }

@@ -14,7 +14,7 @@
 //! thread inside the watched namespace. Closing the fds detaches them; nothing is pinned.
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::netns::Netns;
+use crate::discover::netns::Netns;
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;

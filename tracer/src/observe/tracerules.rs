@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::Netns;
+use crate::discover::netns::Netns;
 
 pub const TRACE_TABLE: &str = "droptrace_trace";
 
@@ -174,17 +174,18 @@ impl RuleTracer {
                 String::from_utf8_lossy(&out.stderr).trim()
             ));
         }
-        let mut child = match crate::changes::spawn_monitor(ns, &["nft", "monitor", "trace"]) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = nft(&ns_arg, &["delete", "table", "inet", TRACE_TABLE]);
-                return Err(format!("cannot start nft monitor trace: {e}"));
-            }
-        };
+        let mut child =
+            match crate::observe::changes::spawn_monitor(ns, &["nft", "monitor", "trace"]) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = nft(&ns_arg, &["delete", "table", "inet", TRACE_TABLE]);
+                    return Err(format!("cannot start nft monitor trace: {e}"));
+                }
+            };
         // Only once the monitor listens do traced packets reach us.
-        if !crate::changes::wait_subscribed(
+        if !crate::observe::changes::wait_subscribed(
             child.id(),
-            crate::changes::NFNLGRP_NFTRACE,
+            crate::observe::changes::NFNLGRP_NFTRACE,
             Duration::from_secs(3),
         ) {
             let _ = child.kill();

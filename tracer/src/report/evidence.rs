@@ -25,7 +25,7 @@ use pcap_file::{
 use serde_json::Value;
 use tracer_common::{DropEvent, HDR_LEN};
 
-use crate::{error::Error, event::DropRecord, netns::Netns};
+use crate::{discover::netns::Netns, error::Error, observe::event::DropRecord};
 
 /// Creates (or truncates) a file readable by its owner only.
 pub fn private_file(path: &Path) -> Result<File, Error> {
@@ -280,7 +280,7 @@ pub fn write_snapshot(bundle_dir: &Path, label: &str, ns: &Netns, ports: &[u16],
     }
     let kernel = format!(
         "kernel: {}\nnetns: {} (inode {})\nnotes (what this kernel lacks, what droptrace did):\n{}\n",
-        crate::kernel::release(),
+        crate::load::kernel::release(),
         ns.name,
         ns.inode,
         notes.iter().map(|n| format!("- {n}\n")).collect::<String>()

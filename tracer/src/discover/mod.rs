@@ -1,6 +1,8 @@
 //! Which ports are published, and to which container: from the container engine's API over
 //! its unix socket (Docker, or Podman's compatible socket), else from the DNAT rules found in
 //! the namespace's ruleset, else from `--port`.
+pub mod netns;
+
 use std::{
     net::IpAddr,
     os::{fd::AsRawFd, unix::net::UnixStream},
@@ -10,7 +12,7 @@ use std::{
 use bollard::{API_DEFAULT_VERSION, Docker, models::ContainerSummary};
 use serde::Serialize;
 
-use crate::{error::Error, state::Snapshot};
+use crate::{error::Error, observe::state::Snapshot};
 
 pub const DEFAULT_DOCKER_HOST: &str = "/var/run/docker.sock";
 /// Podman's Docker-compatible socket (rootful).
@@ -187,8 +189,8 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
 pub fn watched_netns(
     spec: Option<&str>,
     engine: Option<&Engine>,
-) -> Result<crate::netns::Netns, Error> {
-    use crate::netns::Netns;
+) -> Result<crate::discover::netns::Netns, Error> {
+    use crate::discover::netns::Netns;
     match (spec, engine.and_then(|e| e.netns_path.as_ref())) {
         (Some(spec), _) => Netns::resolve(spec),
         (None, Some(path)) => Netns::resolve(&path.display().to_string()),
@@ -302,9 +304,9 @@ mod tests {
     #[test]
     fn dnat_rules_are_the_fallback() {
         let snap = Snapshot {
-            iptables: vec![crate::state::iptables::parse(
+            iptables: vec![crate::observe::state::iptables::parse(
                 "iptables-nft",
-                include_str!("state/testdata/iptables-nft-save-docker-user-drop.txt"),
+                include_str!("../observe/state/testdata/iptables-nft-save-docker-user-drop.txt"),
             )],
             ..Snapshot::default()
         };

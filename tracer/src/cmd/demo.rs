@@ -18,10 +18,10 @@ use tokio::{
 };
 
 use crate::{
+    cmd::watch::{self, WatchRequest},
     error::Error,
     lab::{self, Lab, LabSpec, Outcome},
-    loader::HookChoice,
-    watch::{self, WatchRequest},
+    load::ebpf::HookChoice,
 };
 
 /// Namespaces of demo labs start with this.
@@ -228,10 +228,10 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
     if !stale.is_empty() {
         return Err(Error::DemoLeftovers(stale.join(", ")));
     }
-    crate::kernel::check_privileges()?;
+    crate::load::kernel::check_privileges()?;
     // The kernel's own refusals (no BTF, no drop reasons) come before any namespace is made:
     // a kernel droptrace cannot watch gets its one sentence at once, with nothing to clean up.
-    crate::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
+    crate::load::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Notify::new());

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::{attribute, discover::PublishedPort, state::Snapshot};
+use crate::{attribute, discover::PublishedPort, observe::state::Snapshot};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
@@ -230,9 +230,9 @@ pub fn firewalld_present(snap: &Snapshot, netns_inode: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Sysctls, iptables};
+    use crate::observe::state::{Sysctls, iptables};
 
-    const DOCKER: &str = include_str!("state/testdata/iptables-legacy-save-docker.txt");
+    const DOCKER: &str = include_str!("../observe/state/testdata/iptables-legacy-save-docker.txt");
 
     fn published() -> Vec<PublishedPort> {
         vec![PublishedPort {

@@ -4,11 +4,13 @@
 //! A pure function: no I/O, no clock. Every input is in `DropFacts` and the snapshots, so
 //! each cause and each contradictory combination is unit-tested below; the integration tests
 //! then prove the same verdicts against real faults.
+pub mod verdict;
+
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::state::{RuleRef, Snapshot, Sysctls};
+use crate::observe::state::{RuleRef, Snapshot, Sysctls};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -640,9 +642,10 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{iptables, nft};
+    use crate::observe::state::{iptables, nft};
 
-    const DOCKER_RULES: &str = include_str!("state/testdata/iptables-legacy-save-docker.txt");
+    const DOCKER_RULES: &str =
+        include_str!("../observe/state/testdata/iptables-legacy-save-docker.txt");
 
     fn snapshot(rules: &str) -> Snapshot {
         let mut sysctls = Sysctls::default();
@@ -922,7 +925,10 @@ mod tests {
     #[test]
     fn nftables_native_drop_in_its_own_table_is_named() {
         let mut now = docker();
-        now.nft = nft::parse(include_str!("state/testdata/nft-list-ruleset-blocker.json")).unwrap();
+        now.nft = nft::parse(include_str!(
+            "../observe/state/testdata/nft-list-ruleset-blocker.json"
+        ))
+        .unwrap();
         // Docker's own rules are iptables-legacy here; the only forward blocker by port is nft.
         let a = attribute(
             &syn("NETFILTER_DROP", "nft_do_chain", "172.17.0.2", Some(true)),

@@ -6,8 +6,8 @@ use serde::Serialize;
 
 use crate::{
     attribute::{Attribution, Cause},
-    changes::ChangeRecord,
-    event::DropRecord,
+    observe::changes::ChangeRecord,
+    observe::event::DropRecord,
 };
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -5,11 +5,11 @@ use std::{io::Write, path::PathBuf};
 use serde::Serialize;
 
 use crate::{
-    check::{self, Facts, Finding},
+    cmd::check::{self, Facts, Finding},
+    discover::netns::Netns,
     discover::{self, Engine, PublishedPort},
     error::Error,
-    netns::Netns,
-    state::{self, Snapshot},
+    observe::state::{self, Snapshot},
 };
 
 #[derive(Clone, Debug, Default)]

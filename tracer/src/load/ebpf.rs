@@ -14,10 +14,10 @@ use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, s
 use std::os::fd::{AsFd, AsRawFd};
 
 use crate::{
+    discover::netns::Netns,
     error::Error,
-    kernel::{inspect::Capabilities, tracefs},
-    netns::Netns,
-    nfprobe::HookProbes,
+    load::kernel::{inspect::Capabilities, tracefs},
+    load::nfprobe::HookProbes,
 };
 
 /// The object built by build.rs from tracer-ebpf.
@@ -715,7 +715,7 @@ mod tests {
 
     #[test]
     fn every_hook_on_this_kernel_has_a_program_for_its_prototype() {
-        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        let btf = crate::load::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
         for hook in TP_HOOKS {
             // icmp_send is a tracepoint since 6.14 only; what a kernel has must be loadable.
             let Some(args) = btf.tracepoint_args(hook.tracepoint) else {
@@ -742,14 +742,14 @@ mod tests {
         assert_eq!(refusal("one line"), "one line");
     }
 
-    fn caps_of(btf: &crate::kernel::btf::KernelBtf) -> Capabilities {
+    fn caps_of(btf: &crate::load::kernel::btf::KernelBtf) -> Capabilities {
         let names: Vec<&'static str> = TP_HOOKS.iter().map(|h| h.tracepoint).collect();
         Capabilities::probe(btf, &names)
     }
 
     #[test]
     fn on_this_kernel_every_optional_hook_has_what_it_needs() {
-        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        let btf = crate::load::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
         let caps = caps_of(&btf);
         for hook in OPTIONAL_HOOKS {
             assert_eq!(hook.missing(&caps), None, "{}", hook.name);
@@ -760,7 +760,7 @@ mod tests {
     fn a_kernel_without_a_capability_gets_each_hooks_own_sentence() {
         // Debian 12's 6.1 as the kernel matrix measured it: no netfilter links, the older
         // tcp_send_reset prototype; and a host with no cgroup v2 mounted.
-        let btf = crate::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
+        let btf = crate::load::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
         let mut caps = caps_of(&btf);
         caps.netfilter_links = false;
         caps.cgroup2_root = None;

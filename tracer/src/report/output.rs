@@ -8,9 +8,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    changes::ChangeRecord,
-    event::{DropRecord, SignalRecord},
-    verdict::VerdictRecord,
+    attribute::verdict::VerdictRecord,
+    observe::changes::ChangeRecord,
+    observe::event::{DropRecord, SignalRecord},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@
 use super::{Snapshot, Sysctls, iptables, nft};
 use crate::{
     attribute::{Cause, Context, DropFacts, Hook, attribute},
-    check::{self, Facts},
+    cmd::check::{self, Facts},
     discover::{self, PublishedPort},
 };
 

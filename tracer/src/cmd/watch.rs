@@ -18,20 +18,20 @@ use tokio::{
 use tracer_common::{AF_INET, AF_INET6, AddrPort, ChangeEvent, WatchConfig};
 
 use crate::{
+    attribute::verdict::{Book, Signature, VerdictRecord},
     attribute::{Answer, Attribution, Cause, Context, DropFacts, Hook, attribute},
-    changes::{self, ChangeRecord, Generation, NftMonitor, Resolver},
+    discover::netns::{IfNames, Netns},
     discover::{self, Engine, PublishedPort},
     error::Error,
-    event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
-    evidence::{self, Bundle, PcapSink},
-    kernel::{self, btf::KernelBtf, inspect::Capabilities, kallsyms::LiveSymbols},
-    loader::{self, HookChoice, LoadOptions, Totals, Tracer},
-    metrics::{self, Exporter, MetricsSnapshot},
-    netns::{IfNames, Netns},
-    output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
-    state::{self, Snapshot, iptables},
-    tracerules::{self, RuleTracer, TRACE_TABLE},
-    verdict::{Book, Signature, VerdictRecord},
+    load::ebpf::{self, HookChoice, LoadOptions, Totals, Tracer},
+    load::kernel::{self, btf::KernelBtf, inspect::Capabilities, kallsyms::LiveSymbols},
+    observe::changes::{self, ChangeRecord, Generation, NftMonitor, Resolver},
+    observe::event::{self, Clock, DropRecord, Namer, Observed, SignalRecord},
+    observe::state::{self, Snapshot, iptables},
+    observe::tracerules::{self, RuleTracer, TRACE_TABLE},
+    report::evidence::{self, Bundle, PcapSink},
+    report::metrics::{self, Exporter, MetricsSnapshot},
+    report::output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
 };
 
 /// What `watch` was asked to do (already validated by the CLI).
@@ -965,7 +965,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let btf = KernelBtf::from_sys()?;
     let offsets = btf.kernel_offsets()?;
     let reasons = btf.drop_reasons()?;
-    let tracepoints: Vec<&'static str> = loader::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
+    let tracepoints: Vec<&'static str> = ebpf::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
     let caps = Capabilities::probe(&btf, &tracepoints);
     drop(btf);
 

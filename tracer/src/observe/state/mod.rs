@@ -13,7 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::netns::Netns;
+use crate::discover::netns::Netns;
 
 /// Sysctls that decide whether a published port can be forwarded, keyed by dotted name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

@@ -15,7 +15,7 @@ use std::{
 use serde::Serialize;
 use tracer_common::{ChangeEvent, Process, change};
 
-use crate::netns::Netns;
+use crate::discover::netns::Netns;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct AncestorInfo {

@@ -1,0 +1,4 @@
+//! Stage 2: what the running kernel offers, and the kernel side loaded and attached to it.
+pub mod ebpf;
+pub mod kernel;
+pub mod nfprobe;

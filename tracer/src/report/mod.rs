@@ -1,0 +1,4 @@
+//! Stage 5: every output of a run.
+pub mod evidence;
+pub mod metrics;
+pub mod output;
