@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = reasons.name(ev.reason);
         let _ = event::proto_name(ev.proto);
         let _ = event::tcp_flags(ev.tcp_flags);
-        let _ = event::icmp_name("ipv4", ev.icmp_type, ev.icmp_code);
+        let _ = tracer::observe::facts::icmp_name(false, ev.icmp_type, ev.icmp_code);
         let _ = event::rfc3339(Clock::now().wall(ev.ktime_ns));
         let _ = tracer::load::nfprobe::trail_hook(ev.nf_trail);
     }

@@ -1,16 +1,19 @@
-//! The attribution engine: one dropped packet + the namespace's state → why it died (root
-//! cause), where (proximate drop: reason, hook, rule) and what fixes it.
+//! Stage 4, the attribution engine: one dropped packet + the namespace's state → why it died
+//! (a typed [`Why`]), where (the hook) and which rule. Pure: no I/O, no clock, no words.
+//! `report::words` turns a diagnosis into the sentence, evidence and fix a user reads.
 //!
-//! A pure function: no I/O, no clock. Every input is in `DropFacts` and the snapshots, so
-//! each cause and each contradictory combination is unit-tested below; the integration tests
-//! then prove the same verdicts against real faults.
+//! Every input is in `DropFacts` and the snapshots, so each cause and each contradictory
+//! combination is unit-tested below on typed sub-causes; the integration tests then prove the
+//! same verdicts against real faults.
+pub mod culprit;
+pub mod rules;
 pub mod verdict;
-
-use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::observe::state::{RuleRef, Snapshot, Sysctls};
+pub use crate::observe::facts::{Answer, DropFacts, Hook};
+use crate::observe::state::Snapshot;
+use rules::{Blamed, Missing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -40,86 +43,80 @@ impl Cause {
     }
 }
 
-/// Where in the stack the packet died.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum Hook {
-    #[serde(rename = "PRE_ROUTING")]
-    PreRouting,
-    #[serde(rename = "LOCAL_IN")]
-    LocalIn,
-    #[serde(rename = "FORWARD")]
-    Forward,
-    #[serde(rename = "LOCAL_OUT")]
-    LocalOut,
-    #[serde(rename = "POST_ROUTING")]
-    PostRouting,
-    #[serde(rename = "routing")]
-    Routing,
-    #[serde(rename = "socket")]
-    Socket,
+/// A cause with the data that makes it specific.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Why {
+    /// `sysctl` is the forwarding switch that was off; `still_off` false when it reads 1
+    /// again by the time the state was read.
+    ForwardingDisabled { sysctl: String, still_off: bool },
+    /// The published port's DNAT is missing (`missing` says how), and the packet then died
+    /// where `died` says.
+    MissingChain { missing: Missing, died: Died },
+    /// A rule or policy on `hook` dropped or rejected it; `forwarding_also_off` when IPv4
+    /// forwarding is off as well (the next cause, once this one is fixed).
+    Firewall {
+        hook: Hook,
+        blamed: Option<Blamed>,
+        reject: bool,
+        forwarding_also_off: bool,
+    },
+    /// Any other reason the kernel gave; with the reverse-path filter's sysctls for
+    /// IP_RPFILTER.
+    KernelDrop { rp_filter: Option<RpFilter> },
 }
 
-impl Hook {
-    /// From the names the netfilter probes use.
-    pub fn from_name(name: &str) -> Option<Hook> {
-        Some(match name {
-            "PRE_ROUTING" => Hook::PreRouting,
-            "LOCAL_IN" => Hook::LocalIn,
-            "FORWARD" => Hook::Forward,
-            "LOCAL_OUT" => Hook::LocalOut,
-            "POST_ROUTING" => Hook::PostRouting,
-            _ => return None,
-        })
+impl Why {
+    pub fn cause(&self) -> Cause {
+        match self {
+            Why::ForwardingDisabled { .. } => Cause::ForwardingDisabled,
+            Why::MissingChain { .. } => Cause::MissingChain,
+            Why::Firewall { reject: true, .. } => Cause::FirewallReject,
+            Why::Firewall { .. } => Cause::FirewallDrop,
+            Why::KernelDrop { .. } => Cause::KernelDrop,
+        }
     }
 
-    pub fn name(self) -> &'static str {
+    /// The rule blamed, when netfilter dropped it.
+    pub fn blamed(&self) -> Option<&Blamed> {
         match self {
-            Hook::PreRouting => "PRE_ROUTING",
-            Hook::LocalIn => "LOCAL_IN",
-            Hook::Forward => "FORWARD",
-            Hook::LocalOut => "LOCAL_OUT",
-            Hook::PostRouting => "POST_ROUTING",
-            Hook::Routing => "routing",
-            Hook::Socket => "socket",
+            Why::Firewall { blamed, .. }
+            | Why::MissingChain {
+                died: Died::AtHook { blamed, .. },
+                ..
+            } => blamed.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The sysctl the cause is about, to find who changed it.
+    pub fn sysctl(&self) -> Option<&str> {
+        match self {
+            Why::ForwardingDisabled { sysctl, .. } => Some(sysctl),
+            Why::KernelDrop {
+                rp_filter: Some(rp),
+            } => Some(&rp.watched),
+            _ => None,
         }
     }
 }
 
-/// What the kernel answered the packet with, just before dropping it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Answer {
-    /// `3/10`, with its name (`host-prohibited`).
-    Icmp {
-        code: String,
-        name: &'static str,
-    },
-    Rst,
+/// Where an untranslated packet died.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Died {
+    /// Netfilter dropped it on `hook` (by `blamed`, when found).
+    AtHook { hook: Hook, blamed: Option<Blamed> },
+    /// It reached the host's own address where nothing listens (NO_SOCKET, RST sent).
+    NoListener,
 }
 
-/// One dropped packet, as observed.
+/// The reverse-path filter's settings for the ingress interface (the kernel uses the higher).
 #[derive(Clone, Debug, PartialEq)]
-pub struct DropFacts {
-    pub reason: String,
-    /// `ip_error`, `tcp_v4_rcv`, `nf_hook_slow`, …
-    pub function: Option<String>,
-    pub location: String,
-    pub ipv6: bool,
-    pub proto: String,
-    pub src: IpAddr,
-    pub sport: u16,
-    pub dst: IpAddr,
-    pub dport: u16,
-    /// Ingress interface name in the watched namespace.
-    pub ifname: String,
-    /// Conntrack: DNATed (Some(true)), tracked but not DNATed (Some(false)), not tracked yet.
-    pub dnat: Option<bool>,
-    pub orig_dst: Option<IpAddr>,
-    pub orig_dport: Option<u16>,
-    pub answered: Option<Answer>,
-    /// The hook the netfilter probes saw it enter and never leave (None without probes).
-    pub nf_hook: Option<Hook>,
-    /// `--trace-rules`: the rule (or policy) nftrace followed this packet to.
-    pub traced: Option<(String, bool)>,
+pub struct RpFilter {
+    pub all: Option<String>,
+    pub iface_key: String,
+    pub iface: Option<String>,
+    /// The setting that makes the filter strict here: whose change is the culprit.
+    pub watched: String,
 }
 
 /// What else the engine is told.
@@ -136,7 +133,16 @@ pub struct Context<'a> {
     pub published_elsewhere: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// The engine's answer for one drop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Diagnosis {
+    pub why: Why,
+    /// Where it died, when known.
+    pub hook: Option<Hook>,
+}
+
+/// A diagnosis in words (`report::words::explain`): what verdicts carry.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Attribution {
     pub cause: Cause,
     pub hook: Option<Hook>,
@@ -153,9 +159,9 @@ pub struct Attribution {
     pub fix_persistent: Option<String>,
     /// The sysctl the verdict is about (forwarding, rp_filter), to find who changed it.
     pub sysctl: Option<String>,
+    pub why: Why,
 }
 
-const FORWARD_REASONS: &[&str] = &["IP_INADDRERRORS"];
 const ROUTING_REASONS: &[&str] = &[
     "IP_INADDRERRORS",
     "IP_INNOROUTES",
@@ -204,445 +210,120 @@ pub fn infer_hook(d: &DropFacts, now: &Snapshot) -> Option<Hook> {
     None
 }
 
-fn endpoint(addr: &IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-        IpAddr::V4(a) => format!("{a}:{port}"),
-    }
+/// Diagnoses one drop. `now` is the namespace's state at (or just after) the drop. The
+/// causes are tried from root to proximate: forwarding, then the DNAT, then the firewall,
+/// then the kernel's own reason.
+pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
+    let hook = infer_hook(d, now);
+    let why = forwarding(d, now)
+        .or_else(|| missing_chain(d, now, ctx, hook))
+        .or_else(|| firewall(d, now, ctx, hook))
+        .unwrap_or_else(|| kernel_drop(d, now));
+    let hook = match &why {
+        Why::ForwardingDisabled { .. } => Some(Hook::Routing),
+        Why::Firewall { hook, .. } => Some(*hook),
+        _ => hook,
+    };
+    Diagnosis { why, hook }
 }
 
-fn answered_text(a: &Option<Answer>) -> Option<String> {
-    match a {
-        Some(Answer::Icmp { code, name }) => Some(format!("{code} {name}")),
-        Some(Answer::Rst) => Some("tcp-reset".into()),
-        None => None,
-    }
-}
-
-/// The rule that dropped it: one whose packet counter rose since the start snapshot; else the
-/// one rule on that hook naming the port; else a REJECT if an ICMP error was sent; else the
-/// chain policy; else any candidate. Returns the rule and how it was chosen.
-fn pick_rule(
-    hook: Hook,
-    port: u16,
-    now: &Snapshot,
-    before: Option<&Snapshot>,
-    d: &DropFacts,
-) -> Option<(RuleRef, String)> {
-    let answered = &d.answered;
-    if let Some((text, policy)) = &d.traced {
-        let reject = text.to_lowercase().contains("reject");
-        return Some((
-            RuleRef {
-                text: format!("nftables {text}"),
-                verdict: if reject { "REJECT" } else { "DROP" }.into(),
-                reject_with: None,
-                packets: None,
-                names_port: true,
-                policy: *policy,
-            },
-            "nftrace followed this packet to it (--trace-rules)".into(),
-        ));
-    }
-    let candidates = now.blockers(hook.name(), port);
-    if candidates.is_empty() {
+/// A packet for a non-local (DNATed) destination refused by the routing step with
+/// IP_INADDRERRORS at ip_error (measured on 6.18 for both sysctls).
+fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
+    let routed_away = !now.is_local(&d.dst);
+    let refused = d.reason == "IP_INADDRERRORS" || d.function.as_deref() == Some("ip_error");
+    if !routed_away || !refused || d.reason == "IP_RPFILTER" {
         return None;
     }
-    if let Some(before) = before {
-        let old = before.blockers(hook.name(), port);
-        let mut moved: Vec<(&RuleRef, u64, u64)> = candidates
-            .iter()
-            .filter(|c| !c.policy)
-            .filter_map(|c| {
-                let now_n = c.packets?;
-                let then_n = old
-                    .iter()
-                    .find(|o| o.text == c.text)
-                    .and_then(|o| o.packets)
-                    .unwrap_or(0);
-                (now_n > then_n).then_some((c, then_n, now_n))
-            })
-            .collect();
-        moved.sort_by_key(|(c, _, _)| !c.names_port);
-        if let Some((rule, a, b)) = moved.first() {
-            return Some((
-                (*rule).clone(),
-                format!("its packet counter rose from {a} to {b} while the drops happened"),
-            ));
-        }
-    }
-    let wants_reject = answered.is_some();
-    let naming: Vec<&RuleRef> = candidates
-        .iter()
-        .filter(|c| c.names_port && !c.policy)
-        .filter(|c| !wants_reject || c.verdict == "REJECT")
-        .collect();
-    if let Some(rule) = naming.first() {
-        return Some((
-            (*rule).clone(),
-            format!("it is the drop/reject rule on this hook that matches port {port}"),
-        ));
-    }
-    if wants_reject && let Some(rule) = candidates.iter().find(|c| c.verdict == "REJECT") {
-        return Some((rule.clone(), "it is the REJECT rule on this hook".into()));
-    }
-    if let Some(policy) = candidates.iter().find(|c| c.policy) {
-        return Some((
-            policy.clone(),
-            "no drop rule's counter moved: the chain's policy dropped it".into(),
-        ));
-    }
-    candidates.first().map(|c| {
-        (
-            c.clone(),
-            "it is a drop rule on this hook (not confirmed by counters)".into(),
-        )
+    let off = rules::forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
+    Some(Why::ForwardingDisabled {
+        still_off: off.is_some(),
+        sysctl: off.unwrap_or_else(|| rules::forwarding_keys(d.ipv6, &d.ifname).0),
     })
 }
 
-/// The forwarding sysctls that govern traffic of a family arriving on `ifname`: the
-/// family's global switch and the interface's own.
-pub fn forwarding_keys(ipv6: bool, ifname: &str) -> (String, String) {
-    if ipv6 {
-        (
-            "net.ipv6.conf.all.forwarding".to_string(),
-            format!("net.ipv6.conf.{ifname}.forwarding"),
-        )
-    } else {
-        (
-            "net.ipv4.ip_forward".to_string(),
-            format!("net.ipv4.conf.{ifname}.forwarding"),
-        )
-    }
-}
-
-/// The forwarding sysctl that is off for such traffic, the global switch first. One rule for
-/// verdicts and for `check`.
-pub fn forwarding_off(sysctls: &Sysctls, ipv6: bool, ifname: &str) -> Option<String> {
-    let (global, iface) = forwarding_keys(ipv6, ifname);
-    [global, iface]
-        .into_iter()
-        .find(|k| sysctls.flag(k) == Some(false))
-}
-
-/// The command that sets `key` now, and how to make it stay: the same words in verdicts and
-/// in `check`'s findings.
-pub fn sysctl_fix(prefix: &str, key: &str, value: &str) -> (String, String) {
-    (
-        format!("{prefix}sysctl -w {key}={value}"),
-        format!(
-            "echo '{key} = {value}' > /etc/sysctl.d/99-droptrace.conf, and find what resets it (a `sysctl -p`, a network service restart, a configuration tool)"
-        ),
-    )
-}
-
-/// Explanations of the kernel's own drop reasons: (meaning, what to check or do).
-fn explain(reason: &str) -> (&'static str, &'static str) {
-    match reason {
-        "NO_SOCKET" => (
-            "nothing listens on the destination port (the kernel answered with a RST)",
-            "start the service, or check that it listens on this address and port (ss -ltnp)",
-        ),
-        "IP_RPFILTER" => (
-            "reverse-path filter: the source is not routed back through the interface the packet came in on",
-            "add a route back to the source through that interface, or relax rp_filter to loose mode (sysctl -w net.ipv4.conf.all.rp_filter=2 and the interface's)",
-        ),
-        "IP_INNOROUTES" | "IP_OUTNOROUTES" => (
-            "no route to the destination",
-            "add the missing route (ip route) or fix the address",
-        ),
-        "IP_INADDRERRORS" => (
-            "the destination is not a valid forwarding target",
-            "check forwarding sysctls and routes (ip route get DST iif IFACE from SRC)",
-        ),
-        "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" | "NEIGH_CREATEFAIL" => (
-            "the next hop's link-layer address could not be resolved (ARP/ND)",
-            "check that the next hop (the container) is up and on the bridge (ip neigh)",
-        ),
-        "TCP_LISTEN_OVERFLOW" | "SOCKET_BACKLOG" => (
-            "the listening socket's accept queue is full: the service accepts too slowly",
-            "raise the service's listen backlog / net.core.somaxconn, or add capacity",
-        ),
-        "SOCKET_RCVBUFF" | "PROTO_MEM" => (
-            "socket or protocol memory is exhausted",
-            "check net.ipv4.tcp_mem / udp_mem and the receiving application",
-        ),
-        "CPU_BACKLOG" => (
-            "the per-CPU input backlog is full (a packet storm)",
-            "raise net.core.netdev_max_backlog; find the source of the storm",
-        ),
-        "OTHERHOST" => (
-            "the packet was addressed to another host's MAC",
-            "check the bridge/veth setup and promiscuous interfaces",
-        ),
-        "TCP_INVALID_SEQUENCE" | "TCP_OLD_SEQUENCE" | "TCP_INVALID_ACK_SEQUENCE" => (
-            "TCP segment outside the connection's window (often a stale or asymmetric conntrack path)",
-            "check for asymmetric routing and conntrack state (conntrack -L)",
-        ),
-        _ => (
-            "the kernel dropped it with this reason",
-            "look the reason up in include/net/dropreason-core.h of your kernel",
-        ),
-    }
-}
-
-/// Attributes one drop. `now` is the namespace's state at (or just after) the drop.
-pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
-    let hook = infer_hook(d, now);
-    let prefix = ctx.exec_prefix.as_str();
-    let icmp = answered_text(&d.answered);
-    let here = endpoint(&d.dst, d.dport);
-    let origin = match (d.orig_dst, d.orig_dport) {
-        (Some(a), Some(p)) if d.dnat == Some(true) => endpoint(&a, p),
-        _ => here.clone(),
-    };
-    let mut evidence = vec![format!(
-        "{} {} {} -> {} dropped with {} at {}{}",
-        d.proto,
-        if d.ipv6 { "ipv6" } else { "ipv4" },
-        endpoint(&d.src, d.sport),
-        here,
-        d.reason,
-        d.location,
-        hook.map(|h| format!(" (hook {})", h.name()))
-            .unwrap_or_default()
-    )];
-    if let Some(h) = d.nf_hook {
-        evidence.push(format!(
-            "netfilter hook probes saw it enter {} and never leave it",
-            h.name()
-        ));
-    }
-    match d.dnat {
-        Some(true) => evidence.push(format!("conntrack: DNAT had rewritten {origin} to {here}")),
-        Some(false) => evidence.push(format!("conntrack: {here} was not translated by any DNAT")),
-        None => {}
-    }
-    match &d.answered {
-        Some(Answer::Icmp { code, name }) => evidence.push(format!(
-            "the kernel answered with ICMP {code} ({name}) just before the drop"
-        )),
-        Some(Answer::Rst) => evidence.push("the kernel answered with a TCP RST".into()),
-        None if d.reason == "NETFILTER_DROP" || hook == Some(Hook::Routing) => {
-            evidence.push("no ICMP error or RST was sent: clients time out".into())
-        }
-        None => {}
-    }
-
-    // 1. Forwarding disabled: a packet for a non-local (DNATed) destination refused by the
-    // routing step with IP_INADDRERRORS at ip_error (measured on 6.18 for both sysctls).
-    let routed_away = !now.is_local(&d.dst);
-    if routed_away
-        && (FORWARD_REASONS.contains(&d.reason.as_str())
-            || d.function.as_deref() == Some("ip_error"))
-        && d.reason != "IP_RPFILTER"
-    {
-        let (global, iface_key) = forwarding_keys(d.ipv6, &d.ifname);
-        let key = forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
-        let shown = key.clone().unwrap_or(global.clone());
-        match &key {
-            Some(k) => evidence.push(format!("{k} = 0 in this namespace")),
-            None => evidence.push(format!(
-                "{global} and {iface_key} read 1 now: forwarding was off when the packet arrived and has been turned back on since"
-            )),
-        }
-        let (fix, persist) = sysctl_fix(prefix, &shown, "1");
-        let sentence = format!(
-            "forwarding is disabled ({shown} = 0): packets to {origin} are DNATed to {here} but the kernel will not forward them (dropped at routing, {})",
-            d.location
-        );
-        return Attribution {
-            cause: Cause::ForwardingDisabled,
-            hook: Some(Hook::Routing),
-            rule: None,
-            icmp,
-            sentence,
-            evidence,
-            fix,
-            fix_persistent: Some(persist),
-            sysctl: Some(shown),
-        };
-    }
-
-    // 2. Missing chain: the packet reached this host untranslated although the port is
-    // published (a DNAT exists but did not apply, or Docker's filter rules still accept the
-    // container port while the nat side is gone).
+/// The packet reached this host untranslated although the port is published (a DNAT exists
+/// but did not apply, or Docker's filter rules still accept the container port while the nat
+/// side is gone).
+fn missing_chain(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hook>) -> Option<Why> {
     let untranslated = d.dnat != Some(true) && now.is_local(&d.dst);
     let dnats = now.dnats_for(ctx.port);
-    let hints = now.published_hints(ctx.port);
-    let published = ctx.published_elsewhere || !dnats.is_empty() || !hints.is_empty();
+    let published =
+        ctx.published_elsewhere || !dnats.is_empty() || !now.published_hints(ctx.port).is_empty();
     let relevant = matches!(d.reason.as_str(), "NETFILTER_DROP" | "NO_SOCKET");
-    if untranslated && published && relevant && hook != Some(Hook::PreRouting) {
-        let what = if dnats.is_empty() {
-            if !hints.is_empty() && !now.nat_chain_exists("DOCKER") {
-                format!(
-                    "the nat chain DOCKER is gone, so nothing translates port {} (Docker's filter rule {} still expects container {})",
-                    ctx.port, hints[0].location, hints[0].container
-                )
-            } else if let Some(h) = hints.first() {
-                format!(
-                    "the nat chain DOCKER exists but holds no DNAT for port {} (Docker's filter rule {} still expects container {})",
-                    ctx.port, h.location, h.container
-                )
-            } else {
-                format!("no DNAT rule for port {} exists in any nat table", ctx.port)
-            }
-        } else if dnats.iter().all(|n| !n.reachable) {
-            format!(
-                "the DNAT rule {} exists but nat PREROUTING no longer jumps to its chain {}",
-                dnats[0].location, dnats[0].chain
-            )
-        } else {
-            format!(
-                "the DNAT rule {} exists but did not apply: a conntrack entry created before it may pin the old path (conntrack -D -p {} --dport {})",
-                dnats[0].location, d.proto, ctx.port
-            )
-        };
-        evidence.push(what.clone());
-        let (rule, proximate_text) = if d.reason == "NETFILTER_DROP" {
-            let h = hook.unwrap_or(Hook::LocalIn);
-            match pick_rule(h, ctx.port, now, ctx.before, d) {
-                Some((r, why)) => {
-                    evidence.push(format!("dropped by {} ({why})", r.text));
-                    let verb = if r.verdict == "REJECT" || d.answered.is_some() {
-                        "rejected"
-                    } else {
-                        "dropped"
-                    };
-                    let text = format!(
-                        "reached {} untranslated and was {verb} by {}",
-                        h.name(),
-                        r.text
-                    );
-                    (Some(r.text), text)
-                }
-                None => (
-                    None,
-                    format!("reached {} untranslated and netfilter dropped it", h.name()),
-                ),
-            }
-        } else {
-            (
-                None,
-                format!("reached {here} untranslated where nothing listens (NO_SOCKET, RST sent)"),
-            )
-        };
-        return Attribution {
-            cause: Cause::MissingChain,
+    if !(untranslated && published && relevant) || hook == Some(Hook::PreRouting) {
+        return None;
+    }
+    let missing = rules::untranslated(now, ctx.port)
+        .or_else(|| dnats.into_iter().next().map(Missing::DidNotApply))?;
+    let died = if d.reason == "NETFILTER_DROP" {
+        let hook = hook.unwrap_or(Hook::LocalIn);
+        Died::AtHook {
             hook,
-            rule,
-            icmp,
-            sentence: format!("the published port's DNAT is missing: {what}; the packet {proximate_text}"),
-            evidence,
-            fix: "restart the container engine so it rewrites its chains (systemctl restart docker), then check: iptables -t nat -S DOCKER".into(),
-            sysctl: None,
-            fix_persistent: Some(
-                "make the firewall manager keep Docker's chains (firewalld: run dockerd with its firewalld integration, or reload firewalld before starting docker; never `iptables -F` on a Docker host)".into(),
-            ),
-        };
-    }
-
-    // 3. Netfilter: a rule or policy.
-    if d.reason == "NETFILTER_DROP" {
-        let h = hook.unwrap_or(Hook::Forward);
-        let picked = pick_rule(h, ctx.port, now, ctx.before, d);
-        let reject = d.answered.is_some()
-            || picked
-                .as_ref()
-                .map(|(r, _)| r.verdict == "REJECT")
-                .unwrap_or(false);
-        let cause = if reject {
-            Cause::FirewallReject
-        } else {
-            Cause::FirewallDrop
-        };
-        let verb = if reject { "rejected" } else { "dropped" };
-        let (rule, sentence) = match &picked {
-            Some((r, why)) => {
-                evidence.push(format!("{} ({why})", r.text));
-                (
-                    Some(r.text.clone()),
-                    format!("the firewall {verb} it in {}: {}", h.name(), r.text),
-                )
-            }
-            None => {
-                evidence.push("no drop/reject rule or DROP policy found for this hook in iptables or nftables: run with --trace-rules to name it".into());
-                (
-                    None,
-                    format!(
-                        "the firewall {verb} it in {} (rule not identified)",
-                        h.name()
-                    ),
-                )
-            }
-        };
-        if h != Hook::Forward && now.sysctls.flag("net.ipv4.ip_forward") == Some(false) && !d.ipv6 {
-            evidence.push("net.ipv4.ip_forward is 0 as well: once this rule is fixed, forwarding_disabled will show".into());
+            blamed: rules::blame(hook, ctx.port, now, ctx.before, d),
         }
-        let fix = match &picked {
-            Some((r, _)) if r.policy => format!(
-                "accept the port before the policy applies, e.g. {prefix}iptables -I DOCKER-USER -p {} --dport {} -j RETURN (or restart the container engine so it rewrites its ACCEPT rules)",
-                d.proto, d.dport
-            ),
-            Some((r, _)) => format!("remove or narrow the rule: {}", r.text),
-            None => "find the rule with --trace-rules, then remove or narrow it".into(),
-        };
-        return Attribution {
-            cause,
-            hook: Some(h),
-            rule,
-            icmp,
-            sentence,
-            evidence,
-            fix,
-            sysctl: None,
-            fix_persistent: Some("change it where the firewall is managed (firewalld zone / nftables.conf / the tool that writes it), or it comes back on reload".into()),
-        };
-    }
+    } else {
+        Died::NoListener
+    };
+    Some(Why::MissingChain { missing, died })
+}
 
-    // 4. Anything else the kernel reports, by its reason.
-    let (meaning, todo) = explain(&d.reason);
-    let mut fix = todo.to_string();
-    let mut sysctl = None;
-    if d.reason == "IP_RPFILTER" {
-        let iface_key = format!("net.ipv4.conf.{}.rp_filter", d.ifname);
-        let all = now
-            .sysctls
-            .get("net.ipv4.conf.all.rp_filter")
-            .unwrap_or("?");
-        let iface = now.sysctls.get(&iface_key).unwrap_or("?");
-        evidence.push(format!("net.ipv4.conf.all.rp_filter = {all}, {iface_key} = {iface} (the kernel uses the higher)"));
-        fix = format!(
-            "route {} back through {} or {prefix}sysctl -w net.ipv4.conf.all.rp_filter=2 {iface_key}=2",
-            d.src, d.ifname
-        );
-        sysctl = Some(if now.sysctls.get(&iface_key) == Some("0") {
-            "net.ipv4.conf.all.rp_filter".to_string()
-        } else {
-            iface_key
-        });
+/// Netfilter dropped it: a rule or a policy.
+fn firewall(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hook>) -> Option<Why> {
+    if d.reason != "NETFILTER_DROP" {
+        return None;
     }
-    evidence.push(format!("{}: {meaning}", d.reason));
-    Attribution {
-        cause: Cause::KernelDrop,
+    let hook = hook.unwrap_or(Hook::Forward);
+    let blamed = rules::blame(hook, ctx.port, now, ctx.before, d);
+    let reject = d.answered.is_some() || blamed.as_ref().is_some_and(Blamed::rejects);
+    let forwarding_also_off =
+        hook != Hook::Forward && !d.ipv6 && now.sysctls.flag("net.ipv4.ip_forward") == Some(false);
+    Some(Why::Firewall {
         hook,
-        rule: None,
-        icmp,
-        sentence: format!(
-            "the kernel dropped it: {} — {meaning} ({})",
-            d.reason, d.location
-        ),
-        evidence,
-        fix,
-        fix_persistent: None,
-        sysctl,
-    }
+        blamed,
+        reject,
+        forwarding_also_off,
+    })
+}
+
+/// Anything else the kernel reports, by its reason.
+fn kernel_drop(d: &DropFacts, now: &Snapshot) -> Why {
+    let rp_filter = (d.reason == "IP_RPFILTER").then(|| {
+        let iface_key = format!("net.ipv4.conf.{}.rp_filter", d.ifname);
+        let iface = now.sysctls.get(&iface_key).map(str::to_string);
+        RpFilter {
+            all: now
+                .sysctls
+                .get("net.ipv4.conf.all.rp_filter")
+                .map(str::to_string),
+            watched: if iface.as_deref() == Some("0") {
+                "net.ipv4.conf.all.rp_filter".to_string()
+            } else {
+                iface_key.clone()
+            },
+            iface_key,
+            iface,
+        }
+    });
+    Why::KernelDrop { rp_filter }
+}
+
+/// Diagnoses one drop and puts it in words.
+pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
+    crate::report::words::explain(d, diagnose(d, now, ctx), ctx)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::state::{iptables, nft};
+    use crate::observe::state::{Sysctls, iptables, nft};
+    use rules::How;
+
+    /// The rule blamed and how it was found.
+    fn blamed(a: &Attribution) -> (&str, &How) {
+        let b = a.why.blamed().expect("a rule is blamed");
+        (b.rule.text.as_str(), &b.how)
+    }
 
     const DOCKER_RULES: &str =
         include_str!("../observe/state/testdata/iptables-legacy-save-docker.txt");
@@ -726,6 +407,13 @@ mod tests {
             &now,
             &ctx(),
         );
+        assert_eq!(
+            a.why,
+            Why::ForwardingDisabled {
+                sysctl: "net.ipv4.ip_forward".into(),
+                still_off: true
+            }
+        );
         assert_eq!(a.cause, Cause::ForwardingDisabled);
         assert_eq!(a.hook, Some(Hook::Routing));
         assert_eq!(a.fix, "ip netns exec host sysctl -w net.ipv4.ip_forward=1");
@@ -743,7 +431,13 @@ mod tests {
             &now,
             &ctx(),
         );
-        assert_eq!(a.cause, Cause::ForwardingDisabled);
+        assert_eq!(
+            a.why,
+            Why::ForwardingDisabled {
+                sysctl: "net.ipv4.conf.eth-ext.forwarding".into(),
+                still_off: true
+            }
+        );
         assert!(
             a.fix
                 .ends_with("sysctl -w net.ipv4.conf.eth-ext.forwarding=1"),
@@ -759,7 +453,13 @@ mod tests {
             &docker(),
             &ctx(),
         );
-        assert_eq!(a.cause, Cause::ForwardingDisabled);
+        assert_eq!(
+            a.why,
+            Why::ForwardingDisabled {
+                sysctl: "net.ipv4.ip_forward".into(),
+                still_off: false
+            }
+        );
         assert!(
             a.evidence.iter().any(|e| e.contains("turned back on")),
             "{:#?}",
@@ -787,7 +487,17 @@ mod tests {
         let mut d = syn("NO_SOCKET", "tcp_v4_rcv", "198.51.100.1", Some(false));
         d.answered = Some(Answer::Rst);
         let a = attribute(&d, &now, &ctx());
-        assert_eq!(a.cause, Cause::MissingChain);
+        assert!(
+            matches!(
+                &a.why,
+                Why::MissingChain {
+                    missing: Missing::NatChainGone(h),
+                    died: Died::NoListener
+                } if h.container.to_string() == "172.17.0.2"
+            ),
+            "{:?}",
+            a.why
+        );
         assert_eq!(a.hook, Some(Hook::Socket));
         assert!(
             a.sentence.contains("nat chain DOCKER is gone"),
@@ -812,15 +522,25 @@ mod tests {
             "198.51.100.1",
             Some(false),
         );
-        d.answered = Some(Answer::Icmp {
-            code: "3/10".into(),
-            name: "host-prohibited",
-        });
+        d.answered = Some(Answer::icmp(false, 3, 10));
         let a = attribute(&d, &now, &ctx());
-        assert_eq!(a.cause, Cause::MissingChain);
-        assert_eq!(a.hook, Some(Hook::LocalIn));
-        let rule = a.rule.expect("rule");
+        assert!(
+            matches!(
+                &a.why,
+                Why::MissingChain {
+                    missing: Missing::NoDnatInChain(_),
+                    died: Died::AtHook {
+                        hook: Hook::LocalIn,
+                        ..
+                    }
+                }
+            ),
+            "{:?}",
+            a.why
+        );
+        let (rule, how) = blamed(&a);
         assert!(rule.contains("filter INPUT rule 1"), "{rule}");
+        assert_eq!(how, &How::TheReject);
         assert!(
             a.sentence.contains("holds no DNAT for port 5000"),
             "{}",
@@ -837,8 +557,39 @@ mod tests {
             &now,
             &ctx(),
         );
-        assert_eq!(a.cause, Cause::MissingChain);
+        assert!(
+            matches!(
+                &a.why,
+                Why::MissingChain {
+                    missing: Missing::Unreached(n),
+                    died: Died::NoListener
+                } if n.chain == "DOCKER"
+            ),
+            "{:?}",
+            a.why
+        );
         assert!(a.sentence.contains("no longer jumps"), "{}", a.sentence);
+    }
+
+    #[test]
+    fn a_reachable_dnat_that_did_not_apply_points_at_conntrack() {
+        let a = attribute(
+            &syn("NO_SOCKET", "tcp_v4_rcv", "198.51.100.1", Some(false)),
+            &docker(),
+            &ctx(),
+        );
+        assert!(
+            matches!(
+                &a.why,
+                Why::MissingChain {
+                    missing: Missing::DidNotApply(_),
+                    ..
+                }
+            ),
+            "{:?}",
+            a.why
+        );
+        assert!(a.sentence.contains("conntrack -D -p tcp --dport 5000"));
     }
 
     #[test]
@@ -851,10 +602,7 @@ mod tests {
             )),
         );
         let mut d = syn("NETFILTER_DROP", "nf_hook_slow", "172.17.0.2", Some(true));
-        d.answered = Some(Answer::Icmp {
-            code: "3/10".into(),
-            name: "host-prohibited",
-        });
+        d.answered = Some(Answer::icmp(false, 3, 10));
         let before = docker();
         let c = Context {
             before: Some(&before),
@@ -863,6 +611,7 @@ mod tests {
         let a = attribute(&d, &now, &c);
         assert_eq!(a.cause, Cause::FirewallReject);
         assert_eq!(a.hook, Some(Hook::Forward));
+        assert_eq!(blamed(&a).1, &How::CounterRose { from: 0, to: 2 });
         assert!(
             a.rule
                 .unwrap()
@@ -904,7 +653,9 @@ mod tests {
             &c,
         );
         assert_eq!(a.cause, Cause::FirewallDrop);
-        assert!(a.rule.unwrap().contains("DOCKER-USER rule 2"));
+        let (rule, how) = blamed(&a);
+        assert!(rule.contains("DOCKER-USER rule 2"), "{rule}");
+        assert_eq!(how, &How::CounterRose { from: 0, to: 4 });
     }
 
     #[test]
@@ -918,6 +669,7 @@ mod tests {
             &ctx(),
         );
         assert_eq!(a.cause, Cause::FirewallDrop);
+        assert_eq!(blamed(&a).1, &How::Policy);
         assert!(a.rule.unwrap().contains("FORWARD policy DROP"));
         assert!(a.fix.contains("DOCKER-USER"));
     }
@@ -936,11 +688,9 @@ mod tests {
             &ctx(),
         );
         assert_eq!(a.cause, Cause::FirewallDrop);
-        assert!(
-            a.rule
-                .unwrap()
-                .contains("table inet blocker chain forward_block handle 2")
-        );
+        let (rule, how) = blamed(&a);
+        assert!(rule.contains("table inet blocker chain forward_block handle 2"));
+        assert_eq!(how, &How::NamesPort);
     }
 
     #[test]
@@ -974,6 +724,7 @@ mod tests {
             false,
         ));
         let a = attribute(&d, &docker(), &ctx());
+        assert_eq!(blamed(&a).1, &How::Traced);
         assert_eq!(a.cause, Cause::FirewallDrop);
         assert_eq!(
             a.rule.as_deref(),
@@ -1019,7 +770,19 @@ mod tests {
             &now,
             &ctx(),
         );
-        assert_eq!(a.cause, Cause::FirewallDrop);
+        assert!(
+            matches!(
+                a.why,
+                Why::Firewall {
+                    hook: Hook::PreRouting,
+                    reject: false,
+                    forwarding_also_off: true,
+                    ..
+                }
+            ),
+            "{:?}",
+            a.why
+        );
         assert!(
             a.evidence
                 .iter()
@@ -1035,7 +798,7 @@ mod tests {
         let mut d = syn("NO_SOCKET", "tcp_v4_rcv", "198.51.100.1", Some(false));
         d.dport = 5001;
         let a = attribute(&d, &now, &c);
-        assert_eq!(a.cause, Cause::KernelDrop);
+        assert_eq!(a.why, Why::KernelDrop { rp_filter: None });
         assert!(a.sentence.contains("nothing listens"));
     }
 
@@ -1046,7 +809,15 @@ mod tests {
         let mut d = syn("IP_RPFILTER", "ip_rcv_finish", "198.51.100.1", None);
         d.src = "203.0.113.9".parse().unwrap();
         let a = attribute(&d, &now, &ctx());
-        assert_eq!(a.cause, Cause::KernelDrop);
+        let Why::KernelDrop {
+            rp_filter: Some(rp),
+        } = &a.why
+        else {
+            panic!("{:?}", a.why)
+        };
+        assert_eq!(rp.all.as_deref(), Some("1"));
+        assert_eq!(rp.watched, "net.ipv4.conf.eth-ext.rp_filter");
+        assert_eq!(a.sysctl.as_deref(), Some(rp.watched.as_str()));
         assert_eq!(a.hook, Some(Hook::Routing));
         assert!(a.fix.contains("rp_filter=2"), "{}", a.fix);
         assert!(
@@ -1083,7 +854,13 @@ mod tests {
         d.ipv6 = true;
         d.src = "2001:db8:1::2".parse().unwrap();
         let a = attribute(&d, &now, &ctx());
-        assert_eq!(a.cause, Cause::ForwardingDisabled);
+        assert_eq!(
+            a.why,
+            Why::ForwardingDisabled {
+                sysctl: "net.ipv6.conf.all.forwarding".into(),
+                still_off: true
+            }
+        );
         assert!(a.fix.contains("net.ipv6.conf.all.forwarding=1"));
     }
 }

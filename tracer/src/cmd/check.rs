@@ -6,9 +6,20 @@ use std::collections::BTreeSet;
 
 use serde::Serialize;
 
-use crate::{attribute, discover::PublishedPort, observe::state::Snapshot};
+use crate::{
+    attribute::{
+        Cause,
+        rules::{self, Missing},
+    },
+    discover::PublishedPort,
+    observe::{
+        facts::Hook,
+        state::{RuleRef, Snapshot},
+    },
+    report::words,
+};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Finding {
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -20,6 +31,20 @@ pub struct Finding {
     pub fix: String,
     /// How to make the fix stay, when droptrace knows (the same words as a verdict's).
     pub fix_persistent: Option<String>,
+    /// The finding, typed.
+    #[serde(skip)]
+    pub detail: Detail,
+}
+
+/// What a finding found, with its data.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Detail {
+    /// This forwarding sysctl is 0.
+    ForwardingOff { sysctl: String },
+    /// The port's DNAT is missing, as a verdict would say.
+    Untranslated(Missing),
+    /// This rule (or policy) on `hook` stops the port's traffic.
+    Blocked { hook: Hook, rule: RuleRef },
 }
 
 /// What `check` knows besides the ruleset.
@@ -33,15 +58,16 @@ pub struct Facts {
     pub exec_prefix: String,
 }
 
-fn finding(cause: &'static str, p: Option<&PublishedPort>, what: String, fix: String) -> Finding {
+fn finding(cause: Cause, p: Option<&PublishedPort>, what: String, detail: Detail) -> Finding {
     Finding {
         kind: "finding",
-        cause,
+        cause: cause.name(),
         port: p.map(|p| p.host_port),
         container: p.and_then(|p| p.container.clone()),
         what,
-        fix,
+        fix: String::new(),
         fix_persistent: None,
+        detail,
     }
 }
 
@@ -57,13 +83,13 @@ fn forwarding_findings(snap: &Snapshot, published: &[PublishedPort], prefix: &st
     let mut seen = BTreeSet::new();
     for ipv6 in families {
         for iface in snap.interfaces.iter().filter(|i| *i != "lo") {
-            let Some(key) = attribute::forwarding_off(&snap.sysctls, ipv6, iface) else {
+            let Some(key) = rules::forwarding_off(&snap.sysctls, ipv6, iface) else {
                 continue;
             };
             if !seen.insert(key.clone()) {
                 continue;
             }
-            let global = attribute::forwarding_keys(ipv6, iface).0 == key;
+            let global = rules::forwarding_keys(ipv6, iface).0 == key;
             let what = if global {
                 format!(
                     "{key} = 0: traffic DNATed to containers cannot be forwarded; remote clients time out (the host itself still reaches the ports)"
@@ -71,93 +97,75 @@ fn forwarding_findings(snap: &Snapshot, published: &[PublishedPort], prefix: &st
             } else {
                 format!("{key} = 0: traffic arriving on {iface} for a container is not forwarded")
             };
-            let (fix, persist) = attribute::sysctl_fix(prefix, &key, "1");
-            let mut f = finding("forwarding_disabled", None, what, fix);
-            f.fix_persistent = Some(persist);
-            out.push(f);
+            let (fix, persist) = words::sysctl_fix(prefix, &key, "1");
+            let detail = Detail::ForwardingOff {
+                sysctl: key.clone(),
+            };
+            out.push(Finding {
+                fix,
+                fix_persistent: Some(persist),
+                ..finding(Cause::ForwardingDisabled, None, what, detail)
+            });
         }
     }
     out
 }
 
+/// A published port that is not translated, by the verdict's rule and in its words.
+fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
+    let port = p.host_port;
+    let missing = rules::untranslated(snap, port)?;
+    let mut what = format!(
+        "port {port}/{} is published but not translated: {}",
+        p.proto,
+        words::missing(&missing, port, &p.proto)
+    );
+    if facts.firewalld && !snap.nat_chain_exists("DOCKER") {
+        what.push_str("; firewalld owns the ruleset, and a firewalld start or reload after dockerd wipes Docker's nat chains");
+    }
+    if facts.proxy_ports.contains(&port) {
+        what.push_str(&format!(
+            "; docker-proxy still answers on port {port}, so clients connect through it (losing their source address) until something in INPUT blocks the port"
+        ));
+    }
+    let (fix, keep) = words::missing_chain_fix();
+    Some(Finding {
+        fix,
+        fix_persistent: Some(keep),
+        ..finding(
+            Cause::MissingChain,
+            Some(p),
+            what,
+            Detail::Untranslated(missing),
+        )
+    })
+}
+
 /// The checks, as a pure function of the state.
 pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec<Finding> {
     let mut out = forwarding_findings(snap, published, &facts.exec_prefix);
-    let firewalld_owns = facts.firewalld && !snap.nat_chain_exists("DOCKER");
     for p in published {
         let port = p.host_port;
-        let dnats = snap.dnats_for(port);
-        let proxy = facts.proxy_ports.contains(&port);
-        let proxy_note = if proxy {
-            format!(
-                "; docker-proxy still answers on port {port}, so clients connect through it (losing their source address) until something in INPUT blocks the port"
-            )
-        } else {
-            String::new()
-        };
-        if dnats.is_empty() {
-            let why = if firewalld_owns {
-                "firewalld owns the ruleset and Docker's nat chains are gone (a firewalld start or reload after dockerd wipes them)".to_string()
-            } else if !snap.nat_chain_exists("DOCKER") {
-                "the nat chain DOCKER is gone".to_string()
+        out.extend(untranslated_finding(snap, p, facts));
+        let translated = !snap.dnats_for(port).is_empty();
+        let (hook, blockers) = rules::path_blockers(snap, port, translated);
+        for rule in blockers {
+            let cause = if rule.verdict == "REJECT" {
+                Cause::FirewallReject
             } else {
-                format!("the nat chain DOCKER holds no DNAT for port {port}")
+                Cause::FirewallDrop
             };
-            out.push(finding(
-                "missing_chain",
-                Some(p),
-                format!("port {port}/{} is published but not translated: {why}{proxy_note}", p.proto),
-                "restart the container engine so it rewrites its chains (systemctl restart docker); with firewalld, start docker after it".into(),
-            ));
-        } else if dnats.iter().all(|d| !d.reachable) {
-            out.push(finding(
-                "missing_chain",
-                Some(p),
-                format!(
-                    "the DNAT for port {port} ({}) is not reached: nat PREROUTING no longer jumps to {}{proxy_note}",
-                    dnats[0].location, dnats[0].chain
-                ),
-                "restart the container engine so it rewrites its chains (systemctl restart docker)".into(),
-            ));
-        }
-        // Rules that name the port and drop or reject it on the path it takes.
-        let hook = if dnats.is_empty() {
-            "LOCAL_IN"
-        } else {
-            "FORWARD"
-        };
-        let mut blockers: Vec<_> = snap
-            .blockers(hook, port)
-            .into_iter()
-            .filter(|b| b.names_port && !b.policy)
-            .collect();
-        if hook == "LOCAL_IN" && dnats.is_empty() {
-            // Untranslated traffic meets INPUT: an unconditional reject (firewalld's zone
-            // default) stops it too.
-            blockers.extend(
-                snap.blockers(hook, port)
-                    .into_iter()
-                    .filter(|b| !b.names_port && !b.policy && b.verdict == "REJECT"),
+            let what = format!(
+                "traffic to port {port} in {} meets {}",
+                hook.name(),
+                rule.text
             );
-        }
-        if hook == "FORWARD" && snap.published_hints(port).is_empty() {
-            blockers.extend(snap.blockers(hook, port).into_iter().filter(|b| b.policy));
-        }
-        for b in blockers {
-            let cause = if b.verdict == "REJECT" {
-                "firewall_reject"
-            } else {
-                "firewall_drop"
-            };
-            out.push(finding(
-                cause,
-                Some(p),
-                format!("traffic to port {port} in {hook} meets {}", b.text),
-                format!(
-                    "remove or narrow it where the firewall is managed: {}",
-                    b.text
-                ),
-            ));
+            let (fix, keep) = words::firewall_fix(&rule, &facts.exec_prefix, &p.proto, port);
+            out.push(Finding {
+                fix,
+                fix_persistent: Some(keep),
+                ..finding(cause, Some(p), what, Detail::Blocked { hook, rule })
+            });
         }
     }
     out
@@ -281,6 +289,21 @@ mod tests {
         let f = check(&snap(filter_only, "1"), &published(), &facts);
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].cause, "missing_chain");
+        assert!(
+            matches!(&f[0].detail, Detail::Untranslated(Missing::NatChainGone(h)) if h.port == 5000),
+            "{:?}",
+            f[0].detail
+        );
+        // The verdict's words: a drop on this host would be explained the same way.
+        assert!(
+            f[0].what.contains("the nat chain DOCKER is gone"),
+            "{}",
+            f[0].what
+        );
+        assert_eq!((f[0].fix.clone(), f[0].fix_persistent.clone()), {
+            let (fix, keep) = words::missing_chain_fix();
+            (fix, Some(keep))
+        });
         assert_eq!(f[0].container.as_deref(), Some("web"));
         assert!(
             f[0].what.contains("docker-proxy still answers"),
@@ -298,7 +321,16 @@ mod tests {
         let f = check(&snap(&rules, "1"), &published(), &Facts::default());
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].cause, "firewall_drop");
+        let Detail::Blocked { hook, rule } = &f[0].detail else {
+            panic!("{:?}", f[0].detail)
+        };
+        assert_eq!(*hook, Hook::Forward);
+        assert!(rule.text.contains("DOCKER-USER rule 1") && !rule.policy);
         assert!(f[0].what.contains("DOCKER-USER rule 1"));
+        assert_eq!(
+            f[0].fix,
+            format!("remove or narrow the rule: {}", rule.text)
+        );
     }
 
     #[test]
@@ -316,8 +348,14 @@ mod tests {
         let f = check(&s, &v6, &facts);
         assert_eq!(f.len(), 1, "{f:#?}");
         assert_eq!(f[0].cause, "forwarding_disabled");
+        assert_eq!(
+            f[0].detail,
+            Detail::ForwardingOff {
+                sysctl: "net.ipv6.conf.all.forwarding".into()
+            }
+        );
         let (fix, persist) =
-            attribute::sysctl_fix("ip netns exec host ", "net.ipv6.conf.all.forwarding", "1");
+            words::sysctl_fix("ip netns exec host ", "net.ipv6.conf.all.forwarding", "1");
         assert_eq!(
             (f[0].fix.clone(), f[0].fix_persistent.clone()),
             (fix, Some(persist))

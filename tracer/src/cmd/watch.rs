@@ -19,7 +19,10 @@ use tracer_common::{AF_INET, AF_INET6, AddrPort, ChangeEvent, WatchConfig};
 
 use crate::{
     attribute::verdict::{Book, Signature, VerdictRecord},
-    attribute::{Answer, Attribution, Cause, Context, DropFacts, Hook, attribute},
+    attribute::{
+        Answer, Attribution, Context, DropFacts, attribute,
+        culprit::{culprit_for, needs_culprit},
+    },
     discover::netns::{IfNames, Netns},
     discover::{self, Engine, PublishedPort},
     error::Error,
@@ -32,6 +35,7 @@ use crate::{
     report::evidence::{self, Bundle, PcapSink},
     report::metrics::{self, Exporter, MetricsSnapshot},
     report::output::{CounterRecord, Format, Printer, StartRecord, SummaryRecord},
+    report::words,
 };
 
 /// What `watch` was asked to do (already validated by the CLI).
@@ -178,15 +182,15 @@ impl<W: Write> Observer<W> {
                 self.recent_signals.push_back(sig);
                 Ok(())
             }
-            Observed::Drop(mut rec) => {
+            Observed::Drop(mut rec, mut facts) => {
                 self.drops_seen += 1;
-                rec.answered = self.answer_for(&rec);
+                facts.answered = self.recent_answer(&facts, rec.ktime_ns);
+                rec.answered = facts.answered.as_ref().map(words::answered);
                 let port = self.watched_port(&rec);
                 let sig = Signature::of(port, &rec);
                 let attribution = match self.book.known(&sig) {
                     Some(a) => a.clone(),
                     None => {
-                        let mut facts = facts_of(&rec, &self.recent_answer(&rec));
                         if rec.reason == "NETFILTER_DROP"
                             && let Some(rt) = &self.rule_tracer
                         {
@@ -228,7 +232,7 @@ impl<W: Write> Observer<W> {
                     b.pcap.write(ev, &rec, wall_ns)?;
                 }
                 if let Some(mut verdict) = self.book.add(port, &rec, &attribution) {
-                    if needs_culprit(&attribution) && self.culprit(&attribution).is_none() {
+                    if needs_culprit(&attribution.why) && self.culprit(&attribution).is_none() {
                         // nf_tables changes arrive through the monitor process a moment
                         // later than the kernel's events: give it a short chance.
                         self.wait_for_monitor(tracer, Duration::from_millis(300))
@@ -448,16 +452,16 @@ impl<W: Write> Observer<W> {
 
     /// The change that explains a verdict, if one was seen.
     fn culprit(&self, a: &Attribution) -> Option<ChangeRecord> {
-        culprit_for(a, &self.changes).cloned()
+        culprit_for(&a.why, &self.changes).cloned()
     }
 
     fn culprit_or_note(&self, a: &Attribution) -> (Option<ChangeRecord>, Option<String>) {
-        if !needs_culprit(a) {
+        if !needs_culprit(&a.why) {
             return (None, None);
         }
         match self.culprit(a) {
             Some(c) => (Some(c), None),
-            None => (None, Some(before_start_note(a))),
+            None => (None, Some(words::before_start_note(a.cause))),
         }
     }
 
@@ -471,35 +475,14 @@ impl<W: Write> Observer<W> {
             .unwrap_or(rec.dport)
     }
 
-    fn recent_answer(&self, rec: &DropRecord) -> Option<Answer> {
-        let sig = self.recent_signals.iter().rev().find(|s| {
-            s.src == rec.src
-                && s.sport == rec.sport
-                && s.dst == rec.dst
-                && s.dport == rec.dport
-                && rec.ktime_ns.saturating_sub(s.ktime_ns) < ANSWER_WINDOW_NS
-        })?;
-        Some(match &sig.icmp {
-            Some(code) => {
-                let (t, c) = code.split_once('/').unwrap_or(("0", "0"));
-                Answer::Icmp {
-                    code: code.clone(),
-                    name: event::icmp_name(
-                        sig.family,
-                        t.parse().unwrap_or(0),
-                        c.parse().unwrap_or(0),
-                    ),
-                }
-            }
-            None => Answer::Rst,
-        })
-    }
-
-    fn answer_for(&self, rec: &DropRecord) -> Option<String> {
-        match self.recent_answer(rec)? {
-            Answer::Icmp { code, name } => Some(format!("icmp {code} {name}")),
-            Answer::Rst => Some("rst".into()),
-        }
+    /// The ICMP error or RST the kernel sent for this flow just before the drop.
+    fn recent_answer(&self, d: &DropFacts, ktime_ns: u64) -> Option<Answer> {
+        let flow = (d.src, d.sport, d.dst, d.dport);
+        self.recent_signals
+            .iter()
+            .rev()
+            .find(|s| s.flow == flow && ktime_ns.saturating_sub(s.ktime_ns) < ANSWER_WINDOW_NS)
+            .map(|s| s.answer)
     }
 
     /// One status line on a terminal's stderr, rewritten in place about once a second; never
@@ -679,100 +662,6 @@ async fn drain<W: Write>(
         b.flush()?;
     }
     obs.printer.flush()
-}
-
-/// Causes that a change made by someone explains.
-fn needs_culprit(a: &Attribution) -> bool {
-    match a.cause {
-        Cause::ForwardingDisabled
-        | Cause::MissingChain
-        | Cause::FirewallDrop
-        | Cause::FirewallReject => true,
-        Cause::KernelDrop => a.sysctl.is_some(),
-    }
-}
-
-/// The most recent change that explains the verdict.
-pub fn culprit_for<'a>(a: &Attribution, changes: &'a [ChangeRecord]) -> Option<&'a ChangeRecord> {
-    let rev = changes.iter().rev();
-    match a.cause {
-        Cause::ForwardingDisabled | Cause::KernelDrop => {
-            let key = a.sysctl.as_deref()?;
-            let turned_off =
-                |c: &&ChangeRecord| c.source == "sysctl" && c.new.as_deref() == Some("0");
-            let same_family = key.split('.').take(2).collect::<Vec<_>>().join(".");
-            let all_key = format!("{same_family}.conf.all.forwarding");
-            let mut rev = rev;
-            if a.cause == Cause::KernelDrop {
-                return rev.find(|c| c.key.as_deref() == Some(key));
-            }
-            rev.find(|c| {
-                turned_off(c)
-                    && (c.key.as_deref() == Some(key) || c.key.as_deref() == Some(all_key.as_str()))
-            })
-        }
-        Cause::MissingChain => rev.filter(|c| c.source != "sysctl").find(|c| {
-            let nat_removed = c.changes.iter().any(|x| {
-                (x.starts_with("delete ") || x.starts_with("flush ") || x.starts_with("removed "))
-                    && (x.contains(" nat ") || x.ends_with(" nat"))
-            });
-            nat_removed || c.what.contains("flush ruleset")
-        }),
-        Cause::FirewallDrop | Cause::FirewallReject => {
-            rev.filter(|c| c.source != "sysctl").find(|c| {
-                c.changes.iter().any(|x| {
-                    x.starts_with("add rule")
-                        || x.starts_with("add chain")
-                        || x.starts_with("delete rule")
-                        || x.starts_with("flush ")
-                        || x.starts_with("removed rule")
-                }) || c.source == "iptables-legacy"
-            })
-        }
-    }
-}
-
-/// What to say when no change was seen: it happened before droptrace started.
-fn before_start_note(a: &Attribution) -> String {
-    let look = match a.cause {
-        Cause::ForwardingDisabled | Cause::KernelDrop => {
-            "check /etc/sysctl.conf and /etc/sysctl.d/ for the setting, and journalctl for network restarts or `sysctl -p` runs around the time clients started failing"
-        }
-        Cause::MissingChain => {
-            "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
-        }
-        Cause::FirewallDrop | Cause::FirewallReject => {
-            "check the firewall's configuration (firewalld zones, /etc/nftables.conf, iptables-save files) and journalctl for who loaded it"
-        }
-    };
-    format!(
-        "the change happened before droptrace started, so its author was not recorded: {look}; keep droptrace running to catch the next one"
-    )
-}
-
-fn facts_of(rec: &DropRecord, answered: &Option<Answer>) -> DropFacts {
-    let ip = |s: &str| {
-        s.parse()
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-    };
-    DropFacts {
-        reason: rec.reason.clone(),
-        function: rec.function.clone(),
-        location: rec.location.clone(),
-        ipv6: rec.family == "ipv6",
-        proto: rec.proto.clone(),
-        src: ip(&rec.src),
-        sport: rec.sport,
-        dst: ip(&rec.dst),
-        dport: rec.dport,
-        ifname: rec.ifname.clone(),
-        dnat: rec.dnat,
-        orig_dst: rec.orig_dst.as_deref().map(ip),
-        orig_dport: rec.orig_dport,
-        answered: answered.clone(),
-        nf_hook: rec.nf_hook.and_then(Hook::from_name),
-        traced: None,
-    }
 }
 
 /// How to run a command in the watched namespace, for the fixes droptrace prints.

@@ -14,7 +14,7 @@
 //! thread inside the watched namespace. Closing the fds detaches them; nothing is pinned.
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::discover::netns::Netns;
+use crate::{discover::netns::Netns, observe::facts::Hook};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_LINK_CREATE: libc::c_long = 28;
@@ -51,15 +51,15 @@ const PROBES: &[(u32, i32, u16, bool)] = &[
 ];
 
 /// The netfilter hook a trail says the packet died in: entered, never left.
-pub fn trail_hook(trail: u16) -> Option<&'static str> {
+pub fn trail_hook(trail: u16) -> Option<Hook> {
     [
-        (bit::PRE_IN, bit::PRE_OUT, "PRE_ROUTING"),
-        (bit::LOCAL_IN_IN, bit::LOCAL_IN_OUT, "LOCAL_IN"),
-        (bit::FORWARD_IN, bit::FORWARD_OUT, "FORWARD"),
+        (bit::PRE_IN, bit::PRE_OUT, Hook::PreRouting),
+        (bit::LOCAL_IN_IN, bit::LOCAL_IN_OUT, Hook::LocalIn),
+        (bit::FORWARD_IN, bit::FORWARD_OUT, Hook::Forward),
     ]
     .into_iter()
     .find(|(entered, left, _)| trail & entered != 0 && trail & left == 0)
-    .map(|(_, _, name)| name)
+    .map(|(_, _, hook)| hook)
 }
 
 /// One eBPF instruction (struct bpf_insn).
@@ -262,9 +262,15 @@ mod tests {
     #[test]
     fn trails_name_the_hook_entered_and_not_left() {
         use bit::*;
-        assert_eq!(trail_hook(PRE_IN), Some("PRE_ROUTING"));
-        assert_eq!(trail_hook(PRE_IN | PRE_OUT | FORWARD_IN), Some("FORWARD"));
-        assert_eq!(trail_hook(PRE_IN | PRE_OUT | LOCAL_IN_IN), Some("LOCAL_IN"));
+        assert_eq!(trail_hook(PRE_IN), Some(Hook::PreRouting));
+        assert_eq!(
+            trail_hook(PRE_IN | PRE_OUT | FORWARD_IN),
+            Some(Hook::Forward)
+        );
+        assert_eq!(
+            trail_hook(PRE_IN | PRE_OUT | LOCAL_IN_IN),
+            Some(Hook::LocalIn)
+        );
         assert_eq!(trail_hook(PRE_IN | PRE_OUT), None, "between hooks: routing");
         assert_eq!(
             trail_hook(PRE_IN | PRE_OUT | LOCAL_IN_IN | LOCAL_IN_OUT),

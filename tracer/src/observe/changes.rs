@@ -57,7 +57,7 @@ impl ProcessInfo {
 }
 
 /// `{"type":"change",…}`: a change seen while droptrace ran.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ChangeRecord {
     #[serde(rename = "type")]
     pub kind: &'static str,

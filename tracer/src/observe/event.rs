@@ -7,7 +7,11 @@ use tracer_common::{AF_INET, AF_INET6, DropEvent, ct, kind};
 
 use crate::{
     discover::netns::IfNames,
-    load::kernel::{btf::DropReasons, kallsyms::LiveSymbols},
+    load::{
+        kernel::{btf::DropReasons, kallsyms::LiveSymbols},
+        nfprobe,
+    },
+    observe::facts::{Answer, DropFacts},
 };
 
 /// Decodes one ring-buffer record. None when its size is not a DropEvent's (a mismatched
@@ -183,6 +187,11 @@ pub struct SignalRecord {
     pub rst_reason: Option<u32>,
     #[serde(skip)]
     pub ktime_ns: u64,
+    /// The answer, typed, and the flow it answered (source, port, destination, port).
+    #[serde(skip)]
+    pub answer: Answer,
+    #[serde(skip)]
+    pub flow: (IpAddr, u16, IpAddr, u16),
 }
 
 /// One decoded ring event.
@@ -192,25 +201,9 @@ pub struct SignalRecord {
     reason = "one event at a time flows through; never stored in bulk"
 )]
 pub enum Observed {
-    Drop(DropRecord),
+    /// The drop as printed, and as the engine reads it.
+    Drop(DropRecord, DropFacts),
     Signal(SignalRecord),
-}
-
-/// ICMP error names users recognise from firewall configs.
-pub fn icmp_name(family: &str, icmp_type: u8, code: u8) -> &'static str {
-    match (family, icmp_type, code) {
-        ("ipv4", 3, 0) => "net-unreachable",
-        ("ipv4", 3, 1) => "host-unreachable",
-        ("ipv4", 3, 3) => "port-unreachable",
-        ("ipv4", 3, 9) => "net-prohibited",
-        ("ipv4", 3, 10) => "host-prohibited",
-        ("ipv4", 3, 13) => "admin-prohibited",
-        ("ipv6", 1, 1) => "adm-prohibited",
-        ("ipv6", 1, 4) => "port-unreachable",
-        ("ipv6", 1, 3) => "addr-unreachable",
-        ("ipv6", 1, 0) => "no-route",
-        _ => "icmp-error",
-    }
 }
 
 /// What turns raw events into records: the kernel's names and the namespace's interfaces.
@@ -225,13 +218,18 @@ impl Namer {
     pub fn observe(&mut self, ev: &DropEvent) -> Observed {
         match ev.kind {
             kind::ICMP_SENT | kind::RST_SENT => Observed::Signal(self.signal(ev)),
-            _ => Observed::Drop(self.record(ev)),
+            _ => {
+                let rec = self.record(ev);
+                let facts = facts_of(ev, &rec);
+                Observed::Drop(rec, facts)
+            }
         }
     }
 
     fn signal(&mut self, ev: &DropEvent) -> SignalRecord {
         let family = family_name(ev.family);
         let icmp = ev.kind == kind::ICMP_SENT;
+        let (src, dst) = (addr(ev.family, &ev.saddr), addr(ev.family, &ev.daddr));
         SignalRecord {
             kind: "signal",
             signal: if icmp { "icmp_sent" } else { "rst_sent" },
@@ -240,14 +238,20 @@ impl Namer {
             ifname: self.ifnames.name(ev.ifindex),
             family,
             proto: proto_name(ev.proto),
-            src: addr(ev.family, &ev.saddr).to_string(),
+            src: src.to_string(),
             sport: ev.sport,
-            dst: addr(ev.family, &ev.daddr).to_string(),
+            dst: dst.to_string(),
             dport: ev.dport,
             icmp: icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
             rst_reason: (!icmp && ev.reason != tracer_common::RST_REASON_UNKNOWN)
                 .then_some(ev.reason),
             ktime_ns: ev.ktime_ns,
+            answer: if icmp {
+                Answer::icmp(ev.family == AF_INET6, ev.icmp_type, ev.icmp_code)
+            } else {
+                Answer::Rst
+            },
+            flow: (src, ev.sport, dst, ev.dport),
         }
     }
 
@@ -281,10 +285,34 @@ impl Namer {
             answered: None,
             cause: None,
             container: None,
-            nf_hook: crate::load::nfprobe::trail_hook(ev.nf_trail),
+            nf_hook: nfprobe::trail_hook(ev.nf_trail).map(|h| h.name()),
             nf_trail: ev.nf_trail,
             ktime_ns: ev.ktime_ns,
         }
+    }
+}
+
+/// The engine's view of the drop `rec` was rendered from: addresses and the hook typed, the
+/// answer and the traced rule still unknown (correlation fills them in).
+fn facts_of(ev: &DropEvent, rec: &DropRecord) -> DropFacts {
+    let dnat = rec.dnat == Some(true);
+    DropFacts {
+        reason: rec.reason.clone(),
+        function: rec.function.clone(),
+        location: rec.location.clone(),
+        ipv6: ev.family == AF_INET6,
+        proto: rec.proto.clone(),
+        src: addr(ev.family, &ev.saddr),
+        sport: ev.sport,
+        dst: addr(ev.family, &ev.daddr),
+        dport: ev.dport,
+        ifname: rec.ifname.clone(),
+        dnat: rec.dnat,
+        orig_dst: dnat.then(|| addr(ev.family, &ev.orig_daddr)),
+        orig_dport: rec.orig_dport,
+        answered: None,
+        nf_hook: nfprobe::trail_hook(ev.nf_trail),
+        traced: None,
     }
 }
 

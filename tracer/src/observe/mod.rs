@@ -2,5 +2,6 @@
 //! who changed what, and the namespace's state at the time.
 pub mod changes;
 pub mod event;
+pub mod facts;
 pub mod state;
 pub mod tracerules;

@@ -2,3 +2,4 @@
 pub mod evidence;
 pub mod metrics;
 pub mod output;
+pub mod words;

@@ -13,7 +13,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::discover::netns::Netns;
+use crate::{discover::netns::Netns, observe::facts::Hook};
 
 /// Sysctls that decide whether a published port can be forwarded, keyed by dotted name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -215,14 +215,14 @@ impl Snapshot {
     /// Drop/reject rules and DROP policies on the path of `hook` that may apply to `port`:
     /// (iptables: the built-in chain of that name in every table and what it jumps to;
     /// nft: the base chains on that hook in native tables and what they jump to).
-    pub fn blockers(&self, hook: &str, port: u16) -> Vec<RuleRef> {
+    pub fn blockers(&self, hook: Hook, port: u16) -> Vec<RuleRef> {
         let (ipt_chain, nft_hook) = match hook {
-            "PRE_ROUTING" => ("PREROUTING", "prerouting"),
-            "LOCAL_IN" => ("INPUT", "input"),
-            "FORWARD" => ("FORWARD", "forward"),
-            "LOCAL_OUT" => ("OUTPUT", "output"),
-            "POST_ROUTING" => ("POSTROUTING", "postrouting"),
-            _ => return Vec::new(),
+            Hook::PreRouting => ("PREROUTING", "prerouting"),
+            Hook::LocalIn => ("INPUT", "input"),
+            Hook::Forward => ("FORWARD", "forward"),
+            Hook::LocalOut => ("OUTPUT", "output"),
+            Hook::PostRouting => ("POSTROUTING", "postrouting"),
+            Hook::Routing | Hook::Socket => return Vec::new(),
         };
         let mut out = Vec::new();
         for rs in &self.iptables {
@@ -467,7 +467,7 @@ mod tests {
     #[test]
     fn forward_blockers_include_rules_nft_tables_and_the_policy() {
         let snap = docker_snapshot();
-        let blockers = snap.blockers("FORWARD", 5000);
+        let blockers = snap.blockers(Hook::Forward, 5000);
         let texts: Vec<&str> = blockers.iter().map(|b| b.text.as_str()).collect();
         assert!(
             texts
@@ -488,7 +488,7 @@ mod tests {
             .find(|b| b.text.contains("DOCKER-ISOLATION-STAGE-2"))
             .unwrap();
         assert!(!iso.names_port);
-        let input = snap.blockers("LOCAL_IN", 5000);
+        let input = snap.blockers(Hook::LocalIn, 5000);
         assert!(
             input
                 .iter()

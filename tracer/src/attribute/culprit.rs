@@ -1,0 +1,172 @@
+//! Which change seen during the run explains a verdict: the sysctl write that turned
+//! forwarding off, the ruleset change that removed the nat chain, the rule that was added.
+use super::Why;
+use crate::observe::changes::ChangeRecord;
+
+/// Whether a change made by someone explains this cause (a kernel drop only when it is
+/// about a sysctl, like the reverse-path filter).
+pub fn needs_culprit(why: &Why) -> bool {
+    match why {
+        Why::KernelDrop { rp_filter } => rp_filter.is_some(),
+        _ => true,
+    }
+}
+
+/// The most recent change that explains the verdict.
+pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a ChangeRecord> {
+    let mut rev = changes.iter().rev();
+    let ruleset = |c: &&ChangeRecord| c.source != "sysctl";
+    match why {
+        Why::ForwardingDisabled { sysctl: key, .. } => {
+            // The family's `conf.all.forwarding` turns every interface's off with it.
+            let family = key.split('.').take(2).collect::<Vec<_>>().join(".");
+            let all_key = format!("{family}.conf.all.forwarding");
+            rev.find(|c| {
+                c.source == "sysctl"
+                    && c.new.as_deref() == Some("0")
+                    && (c.key.as_deref() == Some(key) || c.key.as_deref() == Some(&all_key))
+            })
+        }
+        Why::KernelDrop { .. } => {
+            let key = why.sysctl()?;
+            rev.find(|c| c.key.as_deref() == Some(key))
+        }
+        Why::MissingChain { .. } => rev.filter(ruleset).find(|c| {
+            let nat_removed = c.changes.iter().any(|x| {
+                (x.starts_with("delete ") || x.starts_with("flush ") || x.starts_with("removed "))
+                    && (x.contains(" nat ") || x.ends_with(" nat"))
+            });
+            nat_removed || c.what.contains("flush ruleset")
+        }),
+        Why::Firewall { .. } => rev.filter(ruleset).find(|c| {
+            c.source == "iptables-legacy"
+                || c.changes.iter().any(|x| {
+                    [
+                        "add rule",
+                        "add chain",
+                        "delete rule",
+                        "flush ",
+                        "removed rule",
+                    ]
+                    .iter()
+                    .any(|p| x.starts_with(p))
+                })
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attribute::{Died, RpFilter, rules::Missing};
+
+    fn sysctl(key: &str, old: &str, new: &str, pid: u32) -> ChangeRecord {
+        let mut c = ChangeRecord {
+            source: "sysctl",
+            what: format!("{key} {old} -> {new}"),
+            key: Some(key.into()),
+            old: Some(old.into()),
+            new: Some(new.into()),
+            ..ChangeRecord::default()
+        };
+        c.process.pid = pid;
+        c
+    }
+
+    fn nft(changes: &[&str], pid: u32) -> ChangeRecord {
+        let mut c = ChangeRecord {
+            source: "nftables",
+            what: changes.join("; "),
+            changes: changes.iter().map(|s| s.to_string()).collect(),
+            ..ChangeRecord::default()
+        };
+        c.process.pid = pid;
+        c
+    }
+
+    fn forwarding(key: &str) -> Why {
+        Why::ForwardingDisabled {
+            sysctl: key.into(),
+            still_off: true,
+        }
+    }
+
+    fn pid(c: Option<&ChangeRecord>) -> Option<u32> {
+        c.map(|c| c.process.pid)
+    }
+
+    #[test]
+    fn forwarding_is_blamed_on_the_last_write_that_turned_it_off() {
+        let changes = [
+            sysctl("net.ipv4.ip_forward", "1", "0", 10),
+            sysctl("net.ipv4.ip_forward", "0", "1", 11),
+            sysctl("net.ipv4.ip_forward", "1", "0", 12),
+            sysctl("net.ipv4.ip_forward", "0", "1", 13),
+            nft(&["add rule ip filter FORWARD drop"], 14),
+        ];
+        let why = forwarding("net.ipv4.ip_forward");
+        assert_eq!(pid(culprit_for(&why, &changes)), Some(12));
+        let v6 = forwarding("net.ipv6.conf.all.forwarding");
+        assert_eq!(pid(culprit_for(&v6, &changes)), None, "another family");
+    }
+
+    #[test]
+    fn an_interface_is_also_turned_off_through_its_familys_all_switch() {
+        let changes = [sysctl("net.ipv4.conf.all.forwarding", "1", "0", 20)];
+        let why = forwarding("net.ipv4.conf.eth-ext.forwarding");
+        assert_eq!(pid(culprit_for(&why, &changes)), Some(20));
+    }
+
+    #[test]
+    fn a_missing_chain_is_blamed_on_the_nat_removal_not_a_filter_change() {
+        let changes = [
+            nft(&["delete chain ip nat DOCKER"], 30),
+            nft(&["add rule ip filter INPUT drop"], 31),
+            sysctl("net.ipv4.ip_forward", "1", "0", 32),
+        ];
+        let why = Why::MissingChain {
+            missing: Missing::NoDnat,
+            died: Died::NoListener,
+        };
+        assert_eq!(pid(culprit_for(&why, &changes)), Some(30));
+    }
+
+    #[test]
+    fn a_firewall_drop_is_blamed_on_a_rule_change_or_a_legacy_replace() {
+        let why = Why::Firewall {
+            hook: crate::observe::facts::Hook::Forward,
+            blamed: None,
+            reject: false,
+            forwarding_also_off: false,
+        };
+        let changes = [
+            nft(&["add rule inet blocker fwd drop"], 40),
+            sysctl("net.ipv4.ip_forward", "1", "0", 41),
+        ];
+        assert_eq!(pid(culprit_for(&why, &changes)), Some(40));
+        let mut legacy = nft(&[], 42);
+        legacy.source = "iptables-legacy";
+        assert_eq!(pid(culprit_for(&why, &[legacy])), Some(42));
+        assert_eq!(
+            pid(culprit_for(&why, &[nft(&["add table ip x"], 43)])),
+            None
+        );
+    }
+
+    #[test]
+    fn only_kernel_drops_about_a_sysctl_look_for_a_culprit() {
+        assert!(!needs_culprit(&Why::KernelDrop { rp_filter: None }));
+        let rp = Why::KernelDrop {
+            rp_filter: Some(RpFilter {
+                all: Some("1".into()),
+                iface_key: "net.ipv4.conf.eth-ext.rp_filter".into(),
+                iface: Some("1".into()),
+                watched: "net.ipv4.conf.eth-ext.rp_filter".into(),
+            }),
+        };
+        assert!(needs_culprit(&rp));
+        let changes = [sysctl("net.ipv4.conf.eth-ext.rp_filter", "2", "1", 50)];
+        assert_eq!(pid(culprit_for(&rp, &changes)), Some(50));
+        assert!(needs_culprit(&forwarding("net.ipv4.ip_forward")));
+    }
+}

@@ -1,0 +1,105 @@
+//! The typed facts of one drop, as the kernel reported them: what the attribution engine
+//! reads. The `DropRecord` printed for the user is rendered from the same event; nothing here
+//! is parsed back from text.
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// Where in the stack the packet died.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Hook {
+    #[serde(rename = "PRE_ROUTING")]
+    PreRouting,
+    #[serde(rename = "LOCAL_IN")]
+    LocalIn,
+    #[serde(rename = "FORWARD")]
+    Forward,
+    #[serde(rename = "LOCAL_OUT")]
+    LocalOut,
+    #[serde(rename = "POST_ROUTING")]
+    PostRouting,
+    #[serde(rename = "routing")]
+    Routing,
+    #[serde(rename = "socket")]
+    Socket,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::PreRouting => "PRE_ROUTING",
+            Hook::LocalIn => "LOCAL_IN",
+            Hook::Forward => "FORWARD",
+            Hook::LocalOut => "LOCAL_OUT",
+            Hook::PostRouting => "POST_ROUTING",
+            Hook::Routing => "routing",
+            Hook::Socket => "socket",
+        }
+    }
+}
+
+/// What the kernel answered the packet with, just before dropping it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// An ICMP error: type, code and the name firewall configurations use (`host-prohibited`).
+    Icmp {
+        icmp_type: u8,
+        code: u8,
+        name: &'static str,
+    },
+    Rst,
+}
+
+impl Answer {
+    /// An ICMP error of `family` (`ipv4`/`ipv6`), named.
+    pub fn icmp(ipv6: bool, icmp_type: u8, code: u8) -> Answer {
+        Answer::Icmp {
+            icmp_type,
+            code,
+            name: icmp_name(ipv6, icmp_type, code),
+        }
+    }
+}
+
+/// ICMP error names users recognise from firewall configs.
+pub fn icmp_name(ipv6: bool, icmp_type: u8, code: u8) -> &'static str {
+    match (ipv6, icmp_type, code) {
+        (false, 3, 0) => "net-unreachable",
+        (false, 3, 1) => "host-unreachable",
+        (false, 3, 3) => "port-unreachable",
+        (false, 3, 9) => "net-prohibited",
+        (false, 3, 10) => "host-prohibited",
+        (false, 3, 13) => "admin-prohibited",
+        (true, 1, 1) => "adm-prohibited",
+        (true, 1, 4) => "port-unreachable",
+        (true, 1, 3) => "addr-unreachable",
+        (true, 1, 0) => "no-route",
+        _ => "icmp-error",
+    }
+}
+
+/// One dropped packet, as observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DropFacts {
+    pub reason: String,
+    /// `ip_error`, `tcp_v4_rcv`, `nf_hook_slow`, …
+    pub function: Option<String>,
+    pub location: String,
+    pub ipv6: bool,
+    pub proto: String,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    /// Ingress interface name in the watched namespace.
+    pub ifname: String,
+    /// Conntrack: DNATed (Some(true)), tracked but not DNATed (Some(false)), not tracked yet.
+    pub dnat: Option<bool>,
+    pub orig_dst: Option<IpAddr>,
+    pub orig_dport: Option<u16>,
+    pub answered: Option<Answer>,
+    /// The hook the netfilter probes saw it enter and never leave (None without probes).
+    pub nf_hook: Option<Hook>,
+    /// `--trace-rules`: the rule (or policy) nftrace followed this packet to.
+    pub traced: Option<(String, bool)>,
+}

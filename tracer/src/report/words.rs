@@ -1,0 +1,403 @@
+//! Every sentence, piece of evidence and fix droptrace prints about a cause, in one place:
+//! verdicts (`explain`), `check`'s findings and the culprit's notes say the same thing the
+//! same way.
+use std::net::IpAddr;
+
+use crate::{
+    attribute::{
+        Attribution, Cause, Context, Diagnosis, Died, RpFilter, Why,
+        rules::{self, Blamed, How, Missing},
+    },
+    observe::{
+        facts::{Answer, DropFacts, Hook},
+        state::RuleRef,
+    },
+};
+
+pub fn endpoint(addr: &IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+        IpAddr::V4(a) => format!("{a}:{port}"),
+    }
+}
+
+/// `3/10 host-prohibited` or `tcp-reset`: the `icmp` field of a verdict.
+pub fn answer(a: &Answer) -> String {
+    match a {
+        Answer::Icmp {
+            icmp_type,
+            code,
+            name,
+        } => format!("{icmp_type}/{code} {name}"),
+        Answer::Rst => "tcp-reset".into(),
+    }
+}
+
+/// `icmp 3/10 host-prohibited` or `rst`: the `answered` field of a drop.
+pub fn answered(a: &Answer) -> String {
+    match a {
+        Answer::Rst => "rst".into(),
+        icmp => format!("icmp {}", answer(icmp)),
+    }
+}
+
+/// The command that sets `key` now, and how to make it stay.
+pub fn sysctl_fix(prefix: &str, key: &str, value: &str) -> (String, String) {
+    (
+        format!("{prefix}sysctl -w {key}={value}"),
+        format!(
+            "echo '{key} = {value}' > /etc/sysctl.d/99-droptrace.conf, and find what resets it (a `sysctl -p`, a network service restart, a configuration tool)"
+        ),
+    )
+}
+
+const MISSING_CHAIN_FIX: &str = "restart the container engine so it rewrites its chains (systemctl restart docker), then check: iptables -t nat -S DOCKER";
+const MISSING_CHAIN_KEEP: &str = "make the firewall manager keep Docker's chains (firewalld: run dockerd with its firewalld integration, or reload firewalld before starting docker; never `iptables -F` on a Docker host)";
+const FIREWALL_KEEP: &str = "change it where the firewall is managed (firewalld zone / nftables.conf / the tool that writes it), or it comes back on reload";
+
+/// How to restore a published port's DNAT now, and how to keep it.
+pub fn missing_chain_fix() -> (String, String) {
+    (MISSING_CHAIN_FIX.into(), MISSING_CHAIN_KEEP.into())
+}
+
+/// How to stop `rule` from dropping the port's traffic now (a policy: accept the port before
+/// it), and how to keep it fixed.
+pub fn firewall_fix(rule: &RuleRef, prefix: &str, proto: &str, port: u16) -> (String, String) {
+    let now = if rule.policy {
+        format!(
+            "accept the port before the policy applies, e.g. {prefix}iptables -I DOCKER-USER -p {proto} --dport {port} -j RETURN (or restart the container engine so it rewrites its ACCEPT rules)"
+        )
+    } else {
+        format!("remove or narrow the rule: {}", rule.text)
+    };
+    (now, FIREWALL_KEEP.into())
+}
+
+/// Why a published port is not translated, in one clause.
+pub fn missing(m: &Missing, port: u16, proto: &str) -> String {
+    match m {
+        Missing::NatChainGone(h) => format!(
+            "the nat chain DOCKER is gone, so nothing translates port {port} (Docker's filter rule {} still expects container {})",
+            h.location, h.container
+        ),
+        Missing::NoDnatInChain(h) => format!(
+            "the nat chain DOCKER exists but holds no DNAT for port {port} (Docker's filter rule {} still expects container {})",
+            h.location, h.container
+        ),
+        Missing::NoDnat => format!("no DNAT rule for port {port} exists in any nat table"),
+        Missing::Unreached(n) => format!(
+            "the DNAT rule {} exists but nat PREROUTING no longer jumps to its chain {}",
+            n.location, n.chain
+        ),
+        Missing::DidNotApply(n) => format!(
+            "the DNAT rule {} exists but did not apply: a conntrack entry created before it may pin the old path (conntrack -D -p {proto} --dport {port})",
+            n.location
+        ),
+    }
+}
+
+/// How a blamed rule was found, as evidence.
+fn how(h: &How, port: u16) -> String {
+    match h {
+        How::Traced => "nftrace followed this packet to it (--trace-rules)".into(),
+        How::CounterRose { from, to } => {
+            format!("its packet counter rose from {from} to {to} while the drops happened")
+        }
+        How::NamesPort => {
+            format!("it is the drop/reject rule on this hook that matches port {port}")
+        }
+        How::TheReject => "it is the REJECT rule on this hook".into(),
+        How::Policy => "no drop rule's counter moved: the chain's policy dropped it".into(),
+        How::Unconfirmed => "it is a drop rule on this hook (not confirmed by counters)".into(),
+    }
+}
+
+/// Explanations of the kernel's own drop reasons: (meaning, what to check or do).
+fn reason(reason: &str) -> (&'static str, &'static str) {
+    match reason {
+        "NO_SOCKET" => (
+            "nothing listens on the destination port (the kernel answered with a RST)",
+            "start the service, or check that it listens on this address and port (ss -ltnp)",
+        ),
+        "IP_RPFILTER" => (
+            "reverse-path filter: the source is not routed back through the interface the packet came in on",
+            "add a route back to the source through that interface, or relax rp_filter to loose mode (sysctl -w net.ipv4.conf.all.rp_filter=2 and the interface's)",
+        ),
+        "IP_INNOROUTES" | "IP_OUTNOROUTES" => (
+            "no route to the destination",
+            "add the missing route (ip route) or fix the address",
+        ),
+        "IP_INADDRERRORS" => (
+            "the destination is not a valid forwarding target",
+            "check forwarding sysctls and routes (ip route get DST iif IFACE from SRC)",
+        ),
+        "NEIGH_FAILED" | "NEIGH_QUEUEFULL" | "NEIGH_DEAD" | "NEIGH_CREATEFAIL" => (
+            "the next hop's link-layer address could not be resolved (ARP/ND)",
+            "check that the next hop (the container) is up and on the bridge (ip neigh)",
+        ),
+        "TCP_LISTEN_OVERFLOW" | "SOCKET_BACKLOG" => (
+            "the listening socket's accept queue is full: the service accepts too slowly",
+            "raise the service's listen backlog / net.core.somaxconn, or add capacity",
+        ),
+        "SOCKET_RCVBUFF" | "PROTO_MEM" => (
+            "socket or protocol memory is exhausted",
+            "check net.ipv4.tcp_mem / udp_mem and the receiving application",
+        ),
+        "CPU_BACKLOG" => (
+            "the per-CPU input backlog is full (a packet storm)",
+            "raise net.core.netdev_max_backlog; find the source of the storm",
+        ),
+        "OTHERHOST" => (
+            "the packet was addressed to another host's MAC",
+            "check the bridge/veth setup and promiscuous interfaces",
+        ),
+        "TCP_INVALID_SEQUENCE" | "TCP_OLD_SEQUENCE" | "TCP_INVALID_ACK_SEQUENCE" => (
+            "TCP segment outside the connection's window (often a stale or asymmetric conntrack path)",
+            "check for asymmetric routing and conntrack state (conntrack -L)",
+        ),
+        _ => (
+            "the kernel dropped it with this reason",
+            "look the reason up in include/net/dropreason-core.h of your kernel",
+        ),
+    }
+}
+
+/// Where the client sent it (before DNAT) and where it was going when it died.
+fn origin_and_here(d: &DropFacts) -> (String, String) {
+    let here = endpoint(&d.dst, d.dport);
+    let origin = match (d.orig_dst, d.orig_dport) {
+        (Some(a), Some(p)) if d.dnat == Some(true) => endpoint(&a, p),
+        _ => here.clone(),
+    };
+    (origin, here)
+}
+
+/// What was observed of the packet itself, before any cause: the drop, the probes,
+/// conntrack, the answer.
+fn observed(d: &DropFacts, hook: Option<Hook>) -> Vec<String> {
+    let (origin, here) = origin_and_here(d);
+    let mut evidence = vec![format!(
+        "{} {} {} -> {} dropped with {} at {}{}",
+        d.proto,
+        if d.ipv6 { "ipv6" } else { "ipv4" },
+        endpoint(&d.src, d.sport),
+        here,
+        d.reason,
+        d.location,
+        hook.map(|h| format!(" (hook {})", h.name()))
+            .unwrap_or_default()
+    )];
+    if let Some(h) = d.nf_hook {
+        evidence.push(format!(
+            "netfilter hook probes saw it enter {} and never leave it",
+            h.name()
+        ));
+    }
+    match d.dnat {
+        Some(true) => evidence.push(format!("conntrack: DNAT had rewritten {origin} to {here}")),
+        Some(false) => evidence.push(format!("conntrack: {here} was not translated by any DNAT")),
+        None => {}
+    }
+    match &d.answered {
+        Some(Answer::Icmp {
+            icmp_type,
+            code,
+            name,
+        }) => evidence.push(format!(
+            "the kernel answered with ICMP {icmp_type}/{code} ({name}) just before the drop"
+        )),
+        Some(Answer::Rst) => evidence.push("the kernel answered with a TCP RST".into()),
+        None if d.reason == "NETFILTER_DROP" || hook == Some(Hook::Routing) => {
+            evidence.push("no ICMP error or RST was sent: clients time out".into())
+        }
+        None => {}
+    }
+    evidence
+}
+
+/// The words of a cause: (sentence, more evidence, fix, how to keep it fixed).
+type Words = (String, Vec<String>, String, Option<String>);
+
+/// A diagnosis in words: the verdict's sentence, evidence and fixes.
+pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
+    let mut evidence = observed(d, diag.hook);
+    let (sentence, more, fix, fix_persistent) = match &diag.why {
+        Why::ForwardingDisabled { sysctl, still_off } => forwarding(d, ctx, sysctl, *still_off),
+        Why::MissingChain { missing, died } => missing_chain(d, ctx, missing, died),
+        Why::Firewall {
+            hook,
+            blamed,
+            reject,
+            forwarding_also_off,
+        } => firewall(
+            d,
+            ctx,
+            *hook,
+            blamed.as_ref(),
+            *reject,
+            *forwarding_also_off,
+        ),
+        Why::KernelDrop { rp_filter } => kernel_drop(d, ctx, rp_filter.as_ref()),
+    };
+    evidence.extend(more);
+    Attribution {
+        cause: diag.why.cause(),
+        hook: diag.hook,
+        rule: diag.why.blamed().map(|b| b.rule.text.clone()),
+        icmp: d.answered.as_ref().map(answer),
+        sentence,
+        evidence,
+        fix,
+        fix_persistent,
+        sysctl: diag.why.sysctl().map(str::to_string),
+        why: diag.why,
+    }
+}
+
+fn forwarding(d: &DropFacts, ctx: &Context, key: &str, still_off: bool) -> Words {
+    let (global, iface_key) = rules::forwarding_keys(d.ipv6, &d.ifname);
+    let evidence = if still_off {
+        format!("{key} = 0 in this namespace")
+    } else {
+        format!(
+            "{global} and {iface_key} read 1 now: forwarding was off when the packet arrived and has been turned back on since"
+        )
+    };
+    let (origin, here) = origin_and_here(d);
+    let (fix, persist) = sysctl_fix(&ctx.exec_prefix, key, "1");
+    let sentence = format!(
+        "forwarding is disabled ({key} = 0): packets to {origin} are DNATed to {here} but the kernel will not forward them (dropped at routing, {})",
+        d.location
+    );
+    (sentence, vec![evidence], fix, Some(persist))
+}
+
+fn verb(reject: bool) -> &'static str {
+    if reject { "rejected" } else { "dropped" }
+}
+
+fn missing_chain(d: &DropFacts, ctx: &Context, m: &Missing, died: &Died) -> Words {
+    let what = missing(m, ctx.port, &d.proto);
+    let mut evidence = vec![what.clone()];
+    let proximate = match died {
+        Died::AtHook {
+            hook,
+            blamed: Some(b),
+        } => {
+            evidence.push(format!(
+                "dropped by {} ({})",
+                b.rule.text,
+                how(&b.how, ctx.port)
+            ));
+            let reject = b.rejects() || d.answered.is_some();
+            format!(
+                "reached {} untranslated and was {} by {}",
+                hook.name(),
+                verb(reject),
+                b.rule.text
+            )
+        }
+        Died::AtHook { hook, blamed: None } => {
+            format!(
+                "reached {} untranslated and netfilter dropped it",
+                hook.name()
+            )
+        }
+        Died::NoListener => format!(
+            "reached {} untranslated where nothing listens (NO_SOCKET, RST sent)",
+            endpoint(&d.dst, d.dport)
+        ),
+    };
+    let (fix, keep) = missing_chain_fix();
+    (
+        format!("the published port's DNAT is missing: {what}; the packet {proximate}"),
+        evidence,
+        fix,
+        Some(keep),
+    )
+}
+
+fn firewall(
+    d: &DropFacts,
+    ctx: &Context,
+    hook: Hook,
+    blamed: Option<&Blamed>,
+    reject: bool,
+    forwarding_also_off: bool,
+) -> Words {
+    let mut evidence = Vec::new();
+    let sentence = match blamed {
+        Some(b) => {
+            evidence.push(format!("{} ({})", b.rule.text, how(&b.how, ctx.port)));
+            format!(
+                "the firewall {} it in {}: {}",
+                verb(reject),
+                hook.name(),
+                b.rule.text
+            )
+        }
+        None => {
+            evidence.push("no drop/reject rule or DROP policy found for this hook in iptables or nftables: run with --trace-rules to name it".into());
+            format!(
+                "the firewall {} it in {} (rule not identified)",
+                verb(reject),
+                hook.name()
+            )
+        }
+    };
+    if forwarding_also_off {
+        evidence.push("net.ipv4.ip_forward is 0 as well: once this rule is fixed, forwarding_disabled will show".into());
+    }
+    let (fix, keep) = match blamed {
+        Some(b) => firewall_fix(&b.rule, &ctx.exec_prefix, &d.proto, d.dport),
+        None => (
+            "find the rule with --trace-rules, then remove or narrow it".into(),
+            FIREWALL_KEEP.into(),
+        ),
+    };
+    (sentence, evidence, fix, Some(keep))
+}
+
+fn kernel_drop(d: &DropFacts, ctx: &Context, rp: Option<&RpFilter>) -> Words {
+    let (meaning, todo) = reason(&d.reason);
+    let mut evidence = Vec::new();
+    let mut fix = todo.to_string();
+    if let Some(rp) = rp {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+        evidence.push(format!(
+            "net.ipv4.conf.all.rp_filter = {}, {} = {} (the kernel uses the higher)",
+            show(&rp.all),
+            rp.iface_key,
+            show(&rp.iface)
+        ));
+        fix = format!(
+            "route {} back through {} or {}sysctl -w net.ipv4.conf.all.rp_filter=2 {}=2",
+            d.src, d.ifname, ctx.exec_prefix, rp.iface_key
+        );
+    }
+    evidence.push(format!("{}: {meaning}", d.reason));
+    let sentence = format!(
+        "the kernel dropped it: {} — {meaning} ({})",
+        d.reason, d.location
+    );
+    (sentence, evidence, fix, None)
+}
+
+/// What to say when no change explaining a verdict was seen: it happened before droptrace
+/// started.
+pub fn before_start_note(cause: Cause) -> String {
+    let look = match cause {
+        Cause::ForwardingDisabled | Cause::KernelDrop => {
+            "check /etc/sysctl.conf and /etc/sysctl.d/ for the setting, and journalctl for network restarts or `sysctl -p` runs around the time clients started failing"
+        }
+        Cause::MissingChain => {
+            "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::FirewallDrop | Cause::FirewallReject => {
+            "check the firewall's configuration (firewalld zones, /etc/nftables.conf, iptables-save files) and journalctl for who loaded it"
+        }
+    };
+    format!(
+        "the change happened before droptrace started, so its author was not recorded: {look}; keep droptrace running to catch the next one"
+    )
+}
