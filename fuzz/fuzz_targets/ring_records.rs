@@ -3,8 +3,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tracer::{
-    observe::event::{self, Clock},
     load::kernel::btf::DropReasons,
+    observe::event::{self, Clock},
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -11,6 +11,8 @@
 //! P3 time to first verdict: drops already flowing, exec → first verdict line; bpftrace's
 //!    launch → first output.
 //! P4 footprint: droptrace's peak RSS and CPU seconds per million drop events.
+//! P5 aya-log: the drop program's kernel time per drop with `--kernel-log` off (the default)
+//!    and on, from the kernel's per-program statistics.
 use std::{
     io::{BufRead, BufReader, Read},
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -257,6 +259,189 @@ fn bpftrace_run(
     ))
 }
 
+/// P1: throughput with droptrace watching the port, and watching another, as ratios to the
+/// runs just before each.
+fn p1_overhead(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
+    eprintln!("P1 overhead: {PAIRS} A/B pairs of {IPERF_SECS}s iperf3 runs…");
+    let host = lab.host.as_str();
+    let (mut watching, mut other, mut base_all) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..PAIRS {
+        let base = iperf_bps(lab)?;
+        let dt = start_droptrace(bin, &["--port", "5000", "--netns", host])?;
+        let with = iperf_bps(lab)?;
+        dt.stop()?;
+        let base2 = iperf_bps(lab)?;
+        let dt = start_droptrace(bin, &["--port", "5001", "--netns", host])?;
+        let with_other = iperf_bps(lab)?;
+        dt.stop()?;
+        watching.push(with / base);
+        other.push(with_other / base2);
+        base_all.push(base);
+    }
+    Ok(json!({
+        "baseline_bps_median": median(base_all),
+        "ratio_watching_port_median": median(watching.clone()),
+        "ratio_watching_other_port_median": median(other.clone()),
+        "ratios_watching_port": watching,
+        "ratios_watching_other_port": other,
+        "target": 0.98,
+    }))
+}
+
+/// P2 and P4: a UDP flood to a closed port under droptrace (exact counter against the
+/// kernel's own, events delivered and lost, footprint), then under the bpftrace one-liner.
+fn p2_storm(bin: &Path, lab: &Lab) -> Result<(serde_json::Value, serde_json::Value)> {
+    eprintln!(
+        "P2 drop storm: {}s UDP flood to a closed port…",
+        FLOOD.as_secs()
+    );
+    let before = udp_noports(lab)?;
+    let dt = start_droptrace(bin, &["--port", "5001", "--netns", &lab.host])?;
+    let dt_started = Instant::now();
+    let sent = flood(lab, FLOOD)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let storm_secs = dt_started.elapsed().as_secs_f64();
+    let (summary, rss_kib, cpu) = dt.stop()?;
+    let truth = udp_noports(lab)? - before;
+    let (drops, events, lost) = (
+        summary["drops"].as_u64().unwrap_or(0),
+        summary["events"].as_u64().unwrap_or(0),
+        summary["lost"].as_u64().unwrap_or(0),
+    );
+    let (bt_lines, bt_lost, _, bt_sent) = bpftrace_run(|| flood(lab, FLOOD), FLOOD)?;
+    let storm = json!({
+        "sent": sent,
+        "kernel_ground_truth": truth,
+        "droptrace_exact_counter": drops,
+        "counter_equals_ground_truth": drops == truth,
+        "events_delivered": events,
+        "events_lost": lost,
+        "delivered_or_counted_ratio": if drops > 0 { (events + lost) as f64 / drops as f64 } else { 0.0 },
+        "droptrace_event_rate_per_s": events as f64 / storm_secs,
+        "bpftrace_flood_sent": bt_sent,
+        "bpftrace_lines_printed": bt_lines,
+        "bpftrace_lost_reported": bt_lost,
+        "bpftrace_event_rate_per_s": bt_lines as f64 / storm_secs,
+        "rate_ratio_droptrace_over_bpftrace": if bt_lines > 0 { events as f64 / bt_lines as f64 } else { f64::INFINITY },
+    });
+    let footprint = json!({
+        "peak_rss_mib": rss_kib as f64 / 1024.0,
+        "cpu_seconds": cpu,
+        "events": events,
+        "cpu_seconds_per_million_events": if events > 0 { cpu / (events as f64 / 1e6) } else { 0.0 },
+        "targets": {"peak_rss_mib": 30, "cpu_seconds_per_million_events": 0.3},
+    });
+    Ok((storm, footprint))
+}
+
+/// A light background flood to a closed port, until the flag is set.
+fn background_flood(lab: &Lab, stop: Arc<AtomicBool>) -> Result<std::thread::JoinHandle<()>> {
+    let ns = Netns::resolve(&lab.ext)?;
+    Ok(std::thread::spawn(move || {
+        let _ = ns.run_in(move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
+            while !stop.load(Ordering::SeqCst) {
+                let _ = sock.send_to(b"x", to);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        });
+    }))
+}
+
+/// P3: drops already flowing, exec → first verdict line (bounded), three times; bpftrace's
+/// launch → first line.
+fn p3_first_verdict(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
+    eprintln!("P3 time to first verdict…");
+    let stop_flood = Arc::new(AtomicBool::new(false));
+    let bg = background_flood(lab, Arc::clone(&stop_flood))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ttfv = Vec::new();
+    for _ in 0..3 {
+        let mut dt = start_droptrace(bin, &["--port", "5001", "--netns", &lab.host])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let has_verdict = |dt: &Droptrace| {
+            dt.lines
+                .lock()
+                .map(|l| l.iter().any(|x| x.contains("\"type\":\"verdict\"")))
+                .unwrap_or(false)
+        };
+        while Instant::now() < deadline && !has_verdict(&dt) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let pid = dt.child.id() as i32;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        wait_rusage(pid);
+        if let Some(t) = dt.reader.take().and_then(|r| r.join().ok().flatten()) {
+            ttfv.push(t.as_secs_f64());
+        }
+    }
+    let (_, _, bt_first, _) = bpftrace_run(|| Ok(0), Duration::from_millis(800))?;
+    stop_flood.store(true, Ordering::SeqCst);
+    let _ = bg.join();
+    Ok(json!({
+        "droptrace_runs": ttfv,
+        "droptrace_median": median(ttfv.clone()),
+        "bpftrace_launch_to_first_output": bt_first.map(|d| d.as_secs_f64()),
+        "target": 0.5,
+    }))
+}
+
+/// The busiest eBPF program `pid` holds (in a storm: the drop program) as (runs, ns per
+/// run), from its fds' fdinfo (kernel.bpf_stats_enabled must be on).
+fn busiest_program(pid: u32) -> Option<(u64, f64)> {
+    let field = |info: &str, key: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| Some((field(&info, "run_cnt:")?, field(&info, "run_time_ns:")?)))
+        .filter(|(runs, _)| *runs > 0)
+        .max_by_key(|(runs, _)| *runs)
+        .map(|(runs, ns)| (runs, ns as f64 / runs as f64))
+}
+
+/// P5: what aya-log costs the drop program per drop, with `--kernel-log` off (the default:
+/// one check per report site) and on, alternated in the same storm; the kernel's own
+/// per-program statistics are turned on for the phase and restored after.
+fn p5_kernel_log(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
+    eprintln!("P5 aya-log cost: {PAIRS} off/on pairs of a 1 s flood…");
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
+    std::fs::write(STATS, "1").context("turning on kernel.bpf_stats_enabled")?;
+    let per_drop = |extra: &[&str]| -> Result<Option<f64>> {
+        let mut args = vec!["--port", "5001", "--netns", lab.host.as_str()];
+        args.extend(extra);
+        let dt = start_droptrace(bin, &args)?;
+        flood(lab, Duration::from_secs(1))?;
+        let busiest = busiest_program(dt.child.id());
+        dt.stop()?;
+        Ok(busiest.map(|(_, ns)| ns))
+    };
+    let result = (|| -> Result<serde_json::Value> {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..PAIRS {
+            off.extend(per_drop(&[])?);
+            on.extend(per_drop(&["--kernel-log"])?);
+        }
+        let (off_m, on_m) = (median(off.clone()), median(on.clone()));
+        Ok(json!({
+            "ns_per_drop_log_off": off,
+            "ns_per_drop_log_on": on,
+            "ns_per_drop_log_off_median": off_m,
+            "ns_per_drop_log_on_median": on_m,
+            "ratio_off_over_on_median": if on_m > 0.0 { off_m / on_m } else { 0.0 },
+        }))
+    })();
+    let _ = std::fs::write(STATS, was.trim());
+    result
+}
+
 pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
     for tool in ["iperf3", "bpftrace", "nstat"] {
         if Command::new("sh")
@@ -278,136 +463,22 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
         .spawn()
         .context("iperf3 server")?;
     std::thread::sleep(Duration::from_millis(500));
-    let host = lab.host.clone();
     let result = (|| -> Result<serde_json::Value> {
-        // P1
-        eprintln!("P1 overhead: {PAIRS} A/B pairs of {IPERF_SECS}s iperf3 runs…");
-        let mut watching = Vec::new();
-        let mut other = Vec::new();
-        let mut base_all = Vec::new();
-        for _ in 0..PAIRS {
-            let base = iperf_bps(&lab)?;
-            let dt = start_droptrace(bin, &["--port", "5000", "--netns", &host])?;
-            let with = iperf_bps(&lab)?;
-            dt.stop()?;
-            let base2 = iperf_bps(&lab)?;
-            let dt = start_droptrace(bin, &["--port", "5001", "--netns", &host])?;
-            let with_other = iperf_bps(&lab)?;
-            dt.stop()?;
-            watching.push(with / base);
-            other.push(with_other / base2);
-            base_all.push(base);
-        }
-        // P2
-        eprintln!(
-            "P2 drop storm: {}s UDP flood to a closed port…",
-            FLOOD.as_secs()
-        );
-        let before = udp_noports(&lab)?;
-        let dt = start_droptrace(bin, &["--port", "5001", "--netns", &host])?;
-        let dt_started = Instant::now();
-        let sent = flood(&lab, FLOOD)?;
-        std::thread::sleep(Duration::from_millis(500));
-        let storm_secs = dt_started.elapsed().as_secs_f64();
-        let (summary, rss_kib, cpu) = dt.stop()?;
-        let truth = udp_noports(&lab)? - before;
-        let (drops, events, lost) = (
-            summary["drops"].as_u64().unwrap_or(0),
-            summary["events"].as_u64().unwrap_or(0),
-            summary["lost"].as_u64().unwrap_or(0),
-        );
-        let lab_ref = &lab;
-        let (bt_lines, bt_lost, _, bt_sent) = bpftrace_run(|| flood(lab_ref, FLOOD), FLOOD)?;
-        // P3: drops already flowing (a background flood), exec → first verdict.
-        eprintln!("P3 time to first verdict…");
-        let stop_flood = Arc::new(AtomicBool::new(false));
-        let bg = {
-            let stop = stop_flood.clone();
-            let ns = Netns::resolve(&lab.ext)?;
-            std::thread::spawn(move || {
-                let _ = ns.run_in(move || {
-                    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-                    let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
-                    while !stop.load(Ordering::SeqCst) {
-                        let _ = sock.send_to(b"x", to);
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                });
-            })
-        };
-        std::thread::sleep(Duration::from_millis(300));
-        let mut ttfv = Vec::new();
-        for _ in 0..3 {
-            let dt = start_droptrace(bin, &["--port", "5001", "--netns", &host])?;
-            let started = dt.started;
-            // Wait for the first verdict line (bounded), then stop.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline
-                && !dt
-                    .lines
-                    .lock()
-                    .map(|l| l.iter().any(|x| x.contains("\"type\":\"verdict\"")))
-                    .unwrap_or(false)
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            let _ = started;
-            let mut dt = dt;
-            let pid = dt.child.id() as i32;
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(pid, libc::SIGINT) };
-            wait_rusage(pid);
-            if let Some(t) = dt.reader.take().and_then(|r| r.join().ok().flatten()) {
-                ttfv.push(t.as_secs_f64());
-            }
-        }
-        let (_, _, bt_first, _) = bpftrace_run(|| Ok(0), Duration::from_millis(800))?;
-        stop_flood.store(true, Ordering::SeqCst);
-        let _ = bg.join();
-
-        let v = json!({
+        let p1 = p1_overhead(bin, &lab)?;
+        let (p2, p4) = p2_storm(bin, &lab)?;
+        let p3 = p3_first_verdict(bin, &lab)?;
+        let p5 = p5_kernel_log(bin, &lab)?;
+        Ok(json!({
             "machine": {
                 "kernel": tracer::load::kernel::release(),
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             },
-            "p1_overhead": {
-                "baseline_bps_median": median(base_all),
-                "ratio_watching_port_median": median(watching.clone()),
-                "ratio_watching_other_port_median": median(other.clone()),
-                "ratios_watching_port": watching,
-                "ratios_watching_other_port": other,
-                "target": 0.98,
-            },
-            "p2_storm": {
-                "sent": sent,
-                "kernel_ground_truth": truth,
-                "droptrace_exact_counter": drops,
-                "counter_equals_ground_truth": drops == truth,
-                "events_delivered": events,
-                "events_lost": lost,
-                "delivered_or_counted_ratio": if drops > 0 { (events + lost) as f64 / drops as f64 } else { 0.0 },
-                "droptrace_event_rate_per_s": events as f64 / storm_secs,
-                "bpftrace_flood_sent": bt_sent,
-                "bpftrace_lines_printed": bt_lines,
-                "bpftrace_lost_reported": bt_lost,
-                "bpftrace_event_rate_per_s": bt_lines as f64 / storm_secs,
-                "rate_ratio_droptrace_over_bpftrace": if bt_lines > 0 { events as f64 / bt_lines as f64 } else { f64::INFINITY },
-            },
-            "p3_time_to_first_verdict_s": {
-                "droptrace_runs": ttfv,
-                "droptrace_median": median(ttfv.clone()),
-                "bpftrace_launch_to_first_output": bt_first.map(|d| d.as_secs_f64()),
-                "target": 0.5,
-            },
-            "p4_footprint": {
-                "peak_rss_mib": rss_kib as f64 / 1024.0,
-                "cpu_seconds": cpu,
-                "events": events,
-                "cpu_seconds_per_million_events": if events > 0 { cpu / (events as f64 / 1e6) } else { 0.0 },
-                "targets": {"peak_rss_mib": 30, "cpu_seconds_per_million_events": 0.3},
-            },
-        });
-        Ok(v)
+            "p1_overhead": p1,
+            "p2_storm": p2,
+            "p3_time_to_first_verdict_s": p3,
+            "p4_footprint": p4,
+            "p5_kernel_log": p5,
+        }))
     })();
     let _ = server.kill();
     let _ = server.wait();
@@ -427,6 +498,7 @@ fn table(v: &serde_json::Value) -> String {
     let p2 = &v["p2_storm"];
     let p3 = &v["p3_time_to_first_verdict_s"];
     let p4 = &v["p4_footprint"];
+    let p5 = &v["p5_kernel_log"];
     format!(
         "| measure | result | target |\n|---|---|---|\n\
          | P1 throughput ratio, watching the port (median of {PAIRS} A/B pairs) | {} | ≥ 0.98 |\n\
@@ -437,6 +509,7 @@ fn table(v: &serde_json::Value) -> String {
          | P3 exec → first verdict, drops flowing (median of 3) | {} s (bpftrace launch → first line: {} s) | ≤ 0.5 s |\n\
          | P4 peak RSS | {} MiB | ≤ 30 MiB |\n\
          | P4 CPU seconds per million drop events | {} | ≤ 0.3 |\n\
+         | P5 drop program ns/drop, --kernel-log off / on (median of {PAIRS} pairs) | {} ({} ns vs {} ns) | off ≤ on |\n\
          \nmachine: {}\n",
         f(&p1["ratio_watching_port_median"]),
         f(&p1["ratio_watching_other_port_median"]),
@@ -454,6 +527,9 @@ fn table(v: &serde_json::Value) -> String {
         f(&p3["bpftrace_launch_to_first_output"]),
         f(&p4["peak_rss_mib"]),
         f(&p4["cpu_seconds_per_million_events"]),
+        f(&p5["ratio_off_over_on_median"]),
+        f(&p5["ns_per_drop_log_off_median"]),
+        f(&p5["ns_per_drop_log_on_median"]),
         v["machine"],
     )
 }

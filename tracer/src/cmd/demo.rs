@@ -222,124 +222,106 @@ where
     (outcome, acted)
 }
 
-/// Runs the demo; Ok(true) when every step was attributed right.
-pub async fn run(hook: HookChoice) -> Result<bool, Error> {
-    let stale = leftovers();
-    if !stale.is_empty() {
-        return Err(Error::DemoLeftovers(stale.join(", ")));
-    }
-    crate::load::kernel::check_privileges()?;
-    // The kernel's own refusals (no BTF, no drop reasons) come before any namespace is made:
-    // a kernel droptrace cannot watch gets its one sentence at once, with nothing to clean up.
-    crate::load::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
-
+/// Ctrl-C or SIGTERM during the demo: `interrupted` is set and `stop` notified, so the step
+/// running ends and the lab is removed.
+fn interrupt_listener() -> Result<(Arc<AtomicBool>, Arc<Notify>), Error> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(Notify::new());
-    {
-        let (interrupted, stop) = (Arc::clone(&interrupted), Arc::clone(&stop));
-        let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
-        let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = sigint.recv() => {}
-                _ = sigterm.recv() => {}
-            }
-            interrupted.store(true, Ordering::SeqCst);
-            stop.notify_one();
-        });
-    }
-
-    println!(
-        "droptrace demo: building a private lab (client, Docker-like host, container) in network namespaces…"
-    );
-    let lab = Arc::new(
-        Lab::up(LabSpec::new("demo"))
-            .map_err(|e| Error::Io(format!("building the demo lab: {e}")))?,
-    );
-    let scripts = Arc::new(Scripts::new()?);
-    println!(
-        "  client {} ({}), host {} ({}, publishes port 5000 to container {}:5000)",
-        lab.ext,
-        lab::EXT_ADDR,
-        lab.host,
-        lab::HOST_ADDR,
-        lab::CTR_ADDR
-    );
-
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-    for (i, step) in STEPS.iter().enumerate() {
-        if interrupted.load(Ordering::SeqCst) {
-            break;
+    let (flag, notify) = (Arc::clone(&interrupted), Arc::clone(&stop));
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
         }
-        println!("\n== step {}/{}: {}", i + 1, STEPS.len(), step.title);
-        let ready = Arc::new(Notify::new());
-        let step_stop = Arc::new(Notify::new());
-        let req = WatchRequest {
-            ports: vec![lab.spec.port],
-            netns: Some(lab.host.clone()),
-            duration: Some(Duration::from_secs(20)),
-            hook,
-            ready: Some(Arc::clone(&ready)),
-            stop: Some(Arc::clone(&step_stop)),
-            quiet: true,
-            ..WatchRequest::default()
-        };
-        let actor = {
-            let (lab, ready, step_stop, global_stop) = (
-                Arc::clone(&lab),
-                ready,
-                Arc::clone(&step_stop),
-                Arc::clone(&stop),
-            );
-            let fault = step.fault;
-            let scripts = Arc::clone(&scripts);
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = ready.notified() => {}
-                    _ = global_stop.notified() => { step_stop.notify_one(); return (String::new(), String::new()); }
-                }
-                let (done, seen) = tokio::task::spawn_blocking(move || {
-                    let done =
-                        apply(&lab, &scripts, fault).unwrap_or_else(|e| format!("failed: {e}"));
-                    let seen = lab.client_request(Duration::from_secs(2));
-                    (done, seen)
-                })
-                .await
-                .unwrap_or_else(|_| (String::from("failed"), Outcome::Other("panicked".into())));
-                // Let the last drop events reach the ring before the run ends.
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                step_stop.notify_one();
-                (done, seen.to_string())
-            })
-        };
-        let (outcome, (done, seen)) = run_step(watch::run(req, std::io::stdout()), actor).await;
-        let outcome = outcome?;
-        if notes.is_empty() {
-            notes = outcome.notes.clone();
-        }
-        println!("   did:         {done}");
-        println!("   client saw:  {seen}");
-        let mut got: Vec<String> = outcome
-            .verdicts
-            .iter()
-            .map(|v| v.cause.to_string())
-            .collect();
-        got.sort();
-        got.dedup();
-        rows.push(Row {
-            title: step.title,
-            expected: step.expected,
-            got,
-            client: seen,
-        });
-        let _ = std::io::stdout().flush();
-    }
-    drop(scripts);
-    if let Ok(lab) = Arc::try_unwrap(lab) {
-        drop(lab);
-    }
+        flag.store(true, Ordering::SeqCst);
+        notify.notify_one();
+    });
+    Ok((interrupted, stop))
+}
 
+/// The actor of one step: once the watch is ready, applies the fault, sends the client's
+/// request, lets the last drops reach the ring, and ends the watch. Returns what it did and
+/// what the client saw.
+fn actor(
+    lab: &Arc<Lab>,
+    scripts: &Arc<Scripts>,
+    fault: Fault,
+    ready: Arc<Notify>,
+    step_stop: Arc<Notify>,
+    global_stop: Arc<Notify>,
+) -> tokio::task::JoinHandle<(String, String)> {
+    let (lab, scripts) = (Arc::clone(lab), Arc::clone(scripts));
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = ready.notified() => {}
+            _ = global_stop.notified() => { step_stop.notify_one(); return (String::new(), String::new()); }
+        }
+        let (done, seen) = tokio::task::spawn_blocking(move || {
+            let done = apply(&lab, &scripts, fault).unwrap_or_else(|e| format!("failed: {e}"));
+            let seen = lab.client_request(Duration::from_secs(2));
+            (done, seen)
+        })
+        .await
+        .unwrap_or_else(|_| (String::from("failed"), Outcome::Other("panicked".into())));
+        // Let the last drop events reach the ring before the run ends.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        step_stop.notify_one();
+        (done, seen.to_string())
+    })
+}
+
+/// One step: a watch of the lab's host and the step's actor; its row, and the watch's notes.
+async fn step(
+    lab: &Arc<Lab>,
+    scripts: &Arc<Scripts>,
+    step: &Step,
+    hook: HookChoice,
+    global_stop: &Arc<Notify>,
+) -> Result<(Row, Vec<String>), Error> {
+    let ready = Arc::new(Notify::new());
+    let step_stop = Arc::new(Notify::new());
+    let req = WatchRequest {
+        ports: vec![lab.spec.port],
+        netns: Some(lab.host.clone()),
+        duration: Some(Duration::from_secs(20)),
+        hook,
+        ready: Some(Arc::clone(&ready)),
+        stop: Some(Arc::clone(&step_stop)),
+        quiet: true,
+        ..WatchRequest::default()
+    };
+    let actor = actor(
+        lab,
+        scripts,
+        step.fault,
+        ready,
+        step_stop,
+        Arc::clone(global_stop),
+    );
+    let (outcome, (done, seen)) = run_step(watch::run(req, std::io::stdout()), actor).await;
+    let outcome = outcome?;
+    println!("   did:         {done}");
+    println!("   client saw:  {seen}");
+    let mut got: Vec<String> = outcome
+        .verdicts
+        .iter()
+        .map(|v| v.cause.to_string())
+        .collect();
+    got.sort();
+    got.dedup();
+    let row = Row {
+        title: step.title,
+        expected: step.expected,
+        got,
+        client: seen,
+    };
+    Ok((row, outcome.notes))
+}
+
+/// The closing table, and the precision the kernel allowed.
+fn print_table(rows: &[Row], notes: &[String]) {
     println!(
         "\n{:<4} {:<48} {:<22} {:<22} {:<28} RESULT",
         "STEP", "WHAT", "EXPECTED", "VERDICT", "CLIENT SAW"
@@ -364,10 +346,61 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
         println!("\nEvery probe loaded on this kernel: full precision.");
     } else {
         println!("\nPrecision on this kernel:");
-        for n in &notes {
+        for n in notes {
             println!("  - {n}");
         }
     }
+}
+
+/// Runs the demo; Ok(true) when every step was attributed right.
+pub async fn run(hook: HookChoice) -> Result<bool, Error> {
+    let stale = leftovers();
+    if !stale.is_empty() {
+        return Err(Error::DemoLeftovers(stale.join(", ")));
+    }
+    crate::load::kernel::check_privileges()?;
+    // The kernel's own refusals (no BTF, no drop reasons) come before any namespace is made:
+    // a kernel droptrace cannot watch gets its one sentence at once, with nothing to clean up.
+    crate::load::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
+    let (interrupted, stop) = interrupt_listener()?;
+
+    println!(
+        "droptrace demo: building a private lab (client, Docker-like host, container) in network namespaces…"
+    );
+    let lab = Arc::new(
+        Lab::up(LabSpec::new("demo"))
+            .map_err(|e| Error::Io(format!("building the demo lab: {e}")))?,
+    );
+    let scripts = Arc::new(Scripts::new()?);
+    println!(
+        "  client {} ({}), host {} ({}, publishes port 5000 to container {}:5000)",
+        lab.ext,
+        lab::EXT_ADDR,
+        lab.host,
+        lab::HOST_ADDR,
+        lab::CTR_ADDR
+    );
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for (i, s) in STEPS.iter().enumerate() {
+        if interrupted.load(Ordering::SeqCst) {
+            break;
+        }
+        println!("\n== step {}/{}: {}", i + 1, STEPS.len(), s.title);
+        let (row, step_notes) = step(&lab, &scripts, s, hook, &stop).await?;
+        if notes.is_empty() {
+            notes = step_notes;
+        }
+        rows.push(row);
+        let _ = std::io::stdout().flush();
+    }
+    drop(scripts);
+    if let Ok(lab) = Arc::try_unwrap(lab) {
+        drop(lab);
+    }
+
+    print_table(&rows, &notes);
     if interrupted.load(Ordering::SeqCst) {
         println!("\ninterrupted: the lab was removed");
         return Ok(false);

@@ -123,7 +123,6 @@ pub struct Bundle {
     events: BufWriter<File>,
     pub pcap: PcapSink,
     records: Vec<Value>,
-    snapped_verdict: bool,
 }
 
 impl Bundle {
@@ -144,7 +143,6 @@ impl Bundle {
             events,
             pcap,
             records: Vec::new(),
-            snapped_verdict: false,
         })
     }
 
@@ -169,11 +167,6 @@ impl Bundle {
     /// Where the bundle is written.
     pub fn dir(&self) -> &Path {
         &self.dir
-    }
-
-    /// True the first time it is asked: the moment for the first-verdict snapshot.
-    pub fn first_verdict(&mut self) -> bool {
-        !std::mem::replace(&mut self.snapped_verdict, true)
     }
 
     pub fn write_report(&mut self) {

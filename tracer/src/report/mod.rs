@@ -2,4 +2,5 @@
 pub mod evidence;
 pub mod metrics;
 pub mod output;
+pub mod sink;
 pub mod words;

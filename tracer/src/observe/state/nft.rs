@@ -200,99 +200,105 @@ fn parse_rule(r: &Value) -> Option<Rule> {
     };
     let mut words = Vec::new();
     for expr in r["expr"].as_array().map(Vec::as_slice).unwrap_or_default() {
-        let Some((key, body)) = expr.as_object().and_then(|o| o.iter().next()) else {
-            continue;
-        };
-        match key.as_str() {
-            "match" => {
-                let left = &body["left"];
-                let op = body["op"].as_str().unwrap_or("==");
-                let is_dport = left["payload"]["field"] == "dport";
-                if is_dport {
-                    rule.dports = port_ranges(&body["right"]);
-                    rule.dport_negated = op == "!=";
-                }
-                if left["payload"]["field"] == "daddr" && op == "==" {
-                    rule.daddr = body["right"].as_str().map(str::to_string);
-                }
-                let op_text = match op {
-                    "==" | "in" => String::new(),
-                    other => format!("{other} "),
-                };
-                words.push(format!(
-                    "{} {op_text}{}",
-                    render_value(left),
-                    render_value(&body["right"])
-                ));
-            }
-            "counter" => {
-                rule.packets = body["packets"].as_u64();
-                words.push(format!("counter packets {}", rule.packets.unwrap_or(0)));
-            }
-            "drop" | "accept" | "return" | "continue" | "queue" => {
-                rule.verdict = Some(key.clone());
-                words.push(key.clone());
-            }
-            "reject" => {
-                rule.verdict = Some("reject".into());
-                let with = match (body["type"].as_str(), body["expr"].as_str()) {
-                    (Some(t), Some(e)) => Some(format!("{t} {e}")),
-                    (Some(t), None) => Some(t.to_string()),
-                    _ => None,
-                };
-                words.push(match &with {
-                    Some(w) => format!("reject with {w}"),
-                    None => "reject".into(),
-                });
-                rule.reject_with = with;
-            }
-            "jump" | "goto" => {
-                rule.verdict = Some(key.clone());
-                rule.target = body["target"].as_str().map(str::to_string);
-                rule.targets.extend(rule.target.clone());
-                words.push(format!("{key} {}", rule.target.as_deref().unwrap_or("?")));
-            }
-            "vmap" => {
-                match &body["data"] {
-                    Value::String(name) => {
-                        rule.vmap_ref = name.strip_prefix('@').map(str::to_string)
-                    }
-                    inline => rule.targets.extend(verdict_targets(inline)),
-                }
-                words.push(format!(
-                    "{} vmap {}",
-                    render_value(&body["key"]),
-                    render_value(&body["data"])
-                ));
-            }
-            "dnat" | "snat" | "masquerade" | "redirect" => {
-                if key == "dnat"
-                    && let Some(addr) = body["addr"].as_str()
-                {
-                    rule.dnat_to = Some((
-                        addr.to_string(),
-                        body["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
-                    ));
-                }
-                rule.verdict = Some(key.clone());
-                let addr = render_value(&body["addr"]);
-                let port = render_value(&body["port"]);
-                words.push(match (addr.is_empty(), port.is_empty()) {
-                    (false, false) => format!("{key} to {addr}:{port}"),
-                    (false, true) => format!("{key} to {addr}"),
-                    _ => key.clone(),
-                });
-            }
-            "xt" => words.push(format!(
-                "xt {} {}",
-                body["type"].as_str().unwrap_or("?"),
-                body["name"].as_str().unwrap_or("?")
-            )),
-            other => words.push(other.to_string()),
+        if let Some((key, body)) = expr.as_object().and_then(|o| o.iter().next()) {
+            words.push(expression(&mut rule, key, body));
         }
     }
     rule.text = words.join(" ");
     Some(rule)
+}
+
+/// One expression of a rule: what it tells about the rule, and its words in `nft`'s syntax.
+fn expression(rule: &mut Rule, key: &str, body: &Value) -> String {
+    match key {
+        "match" => matched(rule, body),
+        "counter" => {
+            rule.packets = body["packets"].as_u64();
+            format!("counter packets {}", rule.packets.unwrap_or(0))
+        }
+        "drop" | "accept" | "return" | "continue" | "queue" => {
+            rule.verdict = Some(key.to_string());
+            key.to_string()
+        }
+        "reject" => {
+            rule.verdict = Some("reject".into());
+            rule.reject_with = match (body["type"].as_str(), body["expr"].as_str()) {
+                (Some(t), Some(e)) => Some(format!("{t} {e}")),
+                (Some(t), None) => Some(t.to_string()),
+                _ => None,
+            };
+            match &rule.reject_with {
+                Some(w) => format!("reject with {w}"),
+                None => "reject".into(),
+            }
+        }
+        "jump" | "goto" => {
+            rule.verdict = Some(key.to_string());
+            rule.target = body["target"].as_str().map(str::to_string);
+            rule.targets.extend(rule.target.clone());
+            format!("{key} {}", rule.target.as_deref().unwrap_or("?"))
+        }
+        "vmap" => {
+            match &body["data"] {
+                Value::String(name) => rule.vmap_ref = name.strip_prefix('@').map(str::to_string),
+                inline => rule.targets.extend(verdict_targets(inline)),
+            }
+            format!(
+                "{} vmap {}",
+                render_value(&body["key"]),
+                render_value(&body["data"])
+            )
+        }
+        "dnat" | "snat" | "masquerade" | "redirect" => nat(rule, key, body),
+        "xt" => format!(
+            "xt {} {}",
+            body["type"].as_str().unwrap_or("?"),
+            body["name"].as_str().unwrap_or("?")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// A `match` expression: the destination port or address it tests, in words.
+fn matched(rule: &mut Rule, body: &Value) -> String {
+    let left = &body["left"];
+    let op = body["op"].as_str().unwrap_or("==");
+    if left["payload"]["field"] == "dport" {
+        rule.dports = port_ranges(&body["right"]);
+        rule.dport_negated = op == "!=";
+    }
+    if left["payload"]["field"] == "daddr" && op == "==" {
+        rule.daddr = body["right"].as_str().map(str::to_string);
+    }
+    let op_text = match op {
+        "==" | "in" => String::new(),
+        other => format!("{other} "),
+    };
+    format!(
+        "{} {op_text}{}",
+        render_value(left),
+        render_value(&body["right"])
+    )
+}
+
+/// A NAT statement: where a DNAT sends the packet, in words.
+fn nat(rule: &mut Rule, key: &str, body: &Value) -> String {
+    if key == "dnat"
+        && let Some(addr) = body["addr"].as_str()
+    {
+        rule.dnat_to = Some((
+            addr.to_string(),
+            body["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
+        ));
+    }
+    rule.verdict = Some(key.to_string());
+    let addr = render_value(&body["addr"]);
+    let port = render_value(&body["port"]);
+    match (addr.is_empty(), port.is_empty()) {
+        (false, false) => format!("{key} to {addr}:{port}"),
+        (false, true) => format!("{key} to {addr}"),
+        _ => key.to_string(),
+    }
 }
 
 /// Chains named by jump/goto verdicts anywhere inside `v` (map elements, inline vmaps).

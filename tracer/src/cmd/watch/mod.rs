@@ -1,0 +1,554 @@
+//! `droptrace watch`: discover → load → observe → report, until Ctrl-C/SIGTERM or --duration.
+mod changes;
+mod observer;
+
+use std::{
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+    sync::Notify,
+};
+use tracer_common::{AF_INET, AF_INET6, AddrPort, WatchConfig};
+
+use crate::{
+    attribute::verdict::{Book, VerdictRecord},
+    discover::{
+        self, Engine, PublishedPort,
+        netns::{IfNames, Netns},
+    },
+    error::Error,
+    load::{
+        ebpf::{self, HookChoice, LoadOptions, Tracer},
+        kernel::{
+            self,
+            btf::{DropReasons, KernelBtf},
+            inspect::Capabilities,
+            kallsyms::LiveSymbols,
+        },
+    },
+    observe::{
+        changes::{ChangeRecord, NftMonitor, Resolver},
+        correlate::Answers,
+        event::{self, Clock, Namer},
+        state::{self, Snapshot},
+        tracerules::{self, RuleTracer, TRACE_TABLE},
+    },
+    report::{
+        evidence::{Bundle, PcapSink},
+        metrics::{self, Exporter},
+        output::{Format, Printer, StartRecord, SummaryRecord},
+        sink::{MetricsSink, Progress, Sink, Sinks},
+    },
+};
+use changes::ChangeLog;
+use observer::Observer;
+
+/// What `watch` was asked to do (already validated by the CLI).
+#[derive(Clone, Debug, Default)]
+pub struct WatchRequest {
+    pub ports: Vec<u16>,
+    pub addrs: Vec<SocketAddr>,
+    pub netns: Option<String>,
+    pub duration: Option<Duration>,
+    pub json: bool,
+    pub include_teardown: bool,
+    pub ring_bytes: Option<u32>,
+    pub hook: HookChoice,
+    pub trace_rules: bool,
+    /// Print the kernel side's anomaly reports (aya-log) on stderr.
+    pub kernel_log: bool,
+    /// Container engine socket to discover published ports from (default /var/run/docker.sock
+    /// when no --port is given).
+    pub docker_host: Option<PathBuf>,
+    /// Watch only this container's published ports.
+    pub container: Option<String>,
+    /// Notified once the probes are attached and the start line is out (for the demo).
+    pub ready: Option<Arc<Notify>>,
+    /// Ends the run like Ctrl-C when notified (for the demo).
+    pub stop: Option<Arc<Notify>>,
+    /// No human start banner on stderr (the demo prints its own).
+    pub quiet: bool,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<SocketAddr>,
+    /// Write the dropped packets' headers here as pcapng.
+    pub pcap: Option<PathBuf>,
+    /// Write an evidence bundle into this directory.
+    pub evidence: Option<PathBuf>,
+    /// Drop the capabilities no longer needed once attached (the CLI does; the demo, which
+    /// keeps building namespaces in the same process, does not).
+    pub drop_privileges: bool,
+}
+
+/// Asks the container engine for published ports when the user gave none, or named a socket
+/// or a container. A missing engine is an error only when the user asked for it.
+async fn resolve_engine(req: &WatchRequest) -> Result<(Option<Engine>, Vec<PublishedPort>), Error> {
+    let asked = req.docker_host.is_some() || req.container.is_some();
+    if !asked && !(req.ports.is_empty() && req.addrs.is_empty()) {
+        return Ok((None, Vec::new()));
+    }
+    let socket = req
+        .docker_host
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(discover::DEFAULT_DOCKER_HOST));
+    match discover::from_engine(&socket).await {
+        Ok((engine, ports)) => Ok((Some(engine), ports)),
+        Err(e) if asked => Err(e),
+        // No engine and no --port: fall back to the DNAT rules of the namespace.
+        Err(_) => Ok((None, Vec::new())),
+    }
+}
+
+/// What a run produced, for callers that act on it (the demo).
+#[derive(Clone, Debug)]
+pub struct RunOutcome {
+    pub summary: SummaryRecord,
+    /// The closing verdicts.
+    pub verdicts: Vec<VerdictRecord>,
+    pub changes: Vec<ChangeRecord>,
+    /// Precision lost and host changes made, as in the start line.
+    pub notes: Vec<String>,
+}
+
+pub fn addr_port(sa: &SocketAddr) -> AddrPort {
+    let mut key = AddrPort {
+        port: sa.port(),
+        ..Default::default()
+    };
+    match sa.ip() {
+        IpAddr::V4(v4) => {
+            key.family = AF_INET;
+            key.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            key.family = AF_INET6;
+            key.addr = v6.octets();
+        }
+    }
+    key
+}
+
+/// How often the event ring is drained even without a wakeup.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Handles every event in the ring, then flushes the sinks once.
+async fn drain(
+    rb: &mut RingBuf<MapData>,
+    obs: &mut Observer<'_>,
+    tracer: &Tracer,
+) -> std::io::Result<()> {
+    while let Some(item) = rb.next() {
+        if let Some(ev) = event::decode(&item) {
+            obs.handle(&ev, tracer).await?;
+        }
+    }
+    obs.sinks.flush()
+}
+
+/// How to run a command in the watched namespace, for the fixes droptrace prints.
+fn exec_prefix(req: &WatchRequest, ns: &Netns) -> String {
+    match &req.netns {
+        None => String::new(),
+        Some(spec) if !spec.contains('/') => format!("ip netns exec {spec} "),
+        Some(_) => format!("nsenter --net={} ", ns.path.display()),
+    }
+}
+
+/// The translated side of each watched port (container address and port from its DNAT, or
+/// from Docker's filter rule), so the kernel filter also matches packets after DNAT.
+fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
+    let mut out = Vec::new();
+    for &port in ports {
+        for dnat in snap.dnats_for(port) {
+            if let Some((addr, to_port)) = dnat.to {
+                out.push(addr_port(&SocketAddr::new(
+                    IpAddr::V4(addr),
+                    to_port.unwrap_or(port),
+                )));
+            }
+        }
+        for hint in snap.published_hints(port) {
+            out.push(addr_port(&SocketAddr::new(
+                IpAddr::V4(hint.container),
+                hint.port,
+            )));
+        }
+    }
+    out.sort_by_key(|a| (a.addr, a.port));
+    out.dedup();
+    out
+}
+
+/// The ports to watch (asked for, or every published one) and the address/port pairs the
+/// kernel filter must also match (the translated side of each, so packets after DNAT count).
+fn watched_ports(
+    req: &WatchRequest,
+    published: &[PublishedPort],
+    before: &Snapshot,
+) -> Result<(Vec<u16>, Vec<AddrPort>), Error> {
+    let mut ports = req.ports.clone();
+    if req.ports.is_empty() {
+        ports.extend(published.iter().map(|p| p.host_port));
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    if ports.is_empty() && req.addrs.is_empty() {
+        return Err(Error::NoPorts);
+    }
+    let mut addr_ports: Vec<AddrPort> = req.addrs.iter().map(addr_port).collect();
+    addr_ports.extend(translated_tuples(before, &ports));
+    for p in published.iter().filter(|p| ports.contains(&p.host_port)) {
+        if let (Some(ip), Some(port)) = (p.container_ip, p.container_port) {
+            addr_ports.push(addr_port(&SocketAddr::new(ip, port)));
+        }
+    }
+    Ok((ports, addr_ports))
+}
+
+/// `--trace-rules`' tracer, or the removal of a table a killed run left; with its notes.
+fn rule_tracer(req: &WatchRequest, netns: &Netns) -> (Option<RuleTracer>, Vec<String>) {
+    if !req.trace_rules {
+        let removed = tracerules::remove_leftover(netns).then(|| {
+            format!(
+                "removed nftables table inet {TRACE_TABLE} left by an earlier droptrace run that was killed"
+            )
+        });
+        return (None, removed.into_iter().collect());
+    }
+    match RuleTracer::start(netns, &req.ports) {
+        Ok(rt) => (
+            Some(rt),
+            vec![format!(
+                "--trace-rules: added nftables table inet {TRACE_TABLE} (nftrace on the watched ports); it is removed on exit"
+            )],
+        ),
+        Err(why) => (
+            None,
+            vec![format!(
+                "--trace-rules unavailable: {why}; rule counters name the rule instead"
+            )],
+        ),
+    }
+}
+
+/// Whatever ends the run (Ctrl-C, SIGTERM, --duration, the demo) sends `true` on `stop`,
+/// which the loop and every wait inside it watch.
+fn spawn_stopper(
+    (mut sigint, mut sigterm): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    req: &WatchRequest,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
+    let demo_stop = req.stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = async {
+                match demo_stop {
+                    Some(stop) => stop.notified().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            _ = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+        let _ = stop.send(true);
+    })
+}
+
+/// The loop: drains the change ring and the event ring on their wakeups and on a short
+/// tick, until `stop` turns true; then what the rings still hold, which belongs to this run.
+async fn observe(
+    obs: &mut Observer<'_>,
+    tracer: &Tracer,
+    (ring, changes_ring): (&mut Ring, &mut Ring),
+    mut stop_seen: tokio::sync::watch::Receiver<bool>,
+    started: Instant,
+) -> Result<(), Error> {
+    let io_err = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
+    loop {
+        tokio::select! {
+            _ = stop_seen.wait_for(|stop| *stop) => break,
+            guard = changes_ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
+                obs.drain_changes(guard.get_inner_mut(), tracer).await.map_err(io_err)?;
+                guard.clear_ready();
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.changes.monitor.is_some() => {
+                obs.drain_changes(changes_ring.get_mut(), tracer).await.map_err(io_err)?;
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.map_err(|e| Error::Io(format!("polling the event ring: {e}")))?;
+                obs.drain_changes(changes_ring.get_mut(), tracer).await.map_err(io_err)?;
+                drain(guard.get_inner_mut(), obs, tracer).await.map_err(io_err)?;
+                guard.clear_ready();
+            }
+            // The kernel side skips the wakeup while unread events are pending (one wakeup per
+            // burst, not per drop); this tick bounds the latency of an event that raced a drain.
+            _ = tokio::time::sleep(DRAIN_TICK) => {
+                drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
+                obs.tick(tracer, started, false);
+            }
+        }
+    }
+    // Events already in the ring when we stopped still belong to this run.
+    obs.drain_changes(changes_ring.get_mut(), tracer)
+        .await
+        .map_err(io_err)?;
+    drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
+    Ok(())
+}
+
+/// What discovery found: where to watch and what.
+struct Found {
+    engine: Option<Engine>,
+    published: Vec<PublishedPort>,
+    netns: Arc<Netns>,
+    /// The namespace's state before any drop of this run, so rule counters that move later
+    /// name the rule.
+    before: Snapshot,
+    ports: Vec<u16>,
+    addr_ports: Vec<AddrPort>,
+    monitor: Option<NftMonitor>,
+    monitor_note: Option<String>,
+}
+
+/// Discover: the engine's published ports, the namespace, its state, the ports to watch.
+async fn discover_ports(req: &WatchRequest) -> Result<Found, Error> {
+    let (engine, mut published) = resolve_engine(req).await?;
+    let netns = Arc::new(discover::watched_netns(
+        req.netns.as_deref(),
+        engine.as_ref(),
+    )?);
+    // Started first: `nft monitor` needs a moment to subscribe, and every ruleset change
+    // after the start line must be seen.
+    let (monitor, monitor_note) = match NftMonitor::start(&netns) {
+        Ok(m) => (Some(m), None),
+        Err(why) => (None, Some(why)),
+    };
+    let before = {
+        let ns = Arc::clone(&netns);
+        tokio::task::spawn_blocking(move || state::capture(&ns))
+            .await
+            .map_err(|e| Error::Io(format!("reading the namespace's state: {e}")))?
+    };
+    if engine.is_none() && req.ports.is_empty() && req.addrs.is_empty() {
+        published = discover::from_rules(&before);
+    }
+    if let Some(wanted) = &req.container {
+        published = discover::select_container(published, wanted)?;
+    }
+    let (ports, addr_ports) = watched_ports(req, &published, &before)?;
+    Ok(Found {
+        engine,
+        published,
+        netns,
+        before,
+        ports,
+        addr_ports,
+        monitor,
+        monitor_note,
+    })
+}
+
+/// A ring the event loop polls.
+type Ring = AsyncFd<RingBuf<MapData>>;
+
+fn pollable(ring: RingBuf<MapData>, what: &str) -> Result<Ring, Error> {
+    // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged, until it is dropped,
+    // which only happens when the AsyncFd itself drops.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| Error::Io(format!("polling the {what}: {e}")))
+}
+
+/// Load: the kernel side for this kernel (its capabilities inspected once), attached, with
+/// its two rings; the drop reasons' names for the observer.
+fn load(
+    req: &WatchRequest,
+    found: &Found,
+) -> Result<(Tracer, Ring, Ring, Capabilities, DropReasons), Error> {
+    let btf = KernelBtf::from_sys()?;
+    let reasons = btf.drop_reasons()?;
+    let tracepoints: Vec<&'static str> = ebpf::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
+    let caps = Capabilities::probe(&btf, &tracepoints);
+    let opts = LoadOptions {
+        offsets: btf.kernel_offsets()?,
+        config: WatchConfig {
+            netns: found.netns.inode,
+            match_all: 0,
+            capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
+            _pad: 0,
+        },
+        ports: found.ports.clone(),
+        addr_ports: found.addr_ports.clone(),
+        ignored_reasons: reasons.ignored(req.include_teardown),
+        ring_bytes: req.ring_bytes,
+        hook: req.hook,
+        caps: caps.clone(),
+        kernel_log: req.kernel_log,
+    };
+    drop(btf);
+    let mut tracer = Tracer::load(&opts)?;
+    if req.kernel_log {
+        tracer.forward_kernel_log()?;
+    }
+    tracer.attach_hook_probes(&found.netns);
+    tracer.attach_change_probes();
+    let changes_ring = pollable(tracer.take_changes()?, "change ring")?;
+    let ring = pollable(tracer.take_ring()?, "event ring")?;
+    Ok((tracer, ring, changes_ring, caps, reasons))
+}
+
+/// Report: the outputs asked for, in the order each record reaches them (the progress line
+/// first, so the summary starts on a line of its own).
+fn sinks<'w>(
+    req: &WatchRequest,
+    out: impl Write + 'w,
+    exporter: Option<Exporter>,
+) -> Result<Sinks<'w>, Error> {
+    let mut sinks = Sinks::default();
+    if !req.json && !req.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        sinks.push(Progress::default());
+    }
+    let format = if req.json {
+        Format::Json
+    } else {
+        Format::Human
+    };
+    // Buffered: in a storm a write per line would cost more than everything else.
+    sinks.push(Printer::new(
+        std::io::BufWriter::with_capacity(1 << 16, out),
+        format,
+    ));
+    if let Some(path) = &req.pcap {
+        sinks.push(PcapSink::create(path)?);
+    }
+    if let Some(dir) = &req.evidence {
+        sinks.push(Bundle::create(dir)?);
+    }
+    if let Some(exporter) = exporter {
+        sinks.push(MetricsSink(exporter));
+    }
+    Ok(sinks)
+}
+
+/// `--metrics`: the listener bound before anything is loaded, so a taken port fails fast.
+async fn serve_metrics(req: &WatchRequest) -> Result<Option<Exporter>, Error> {
+    let Some(addr) = req.metrics else {
+        return Ok(None);
+    };
+    let listener = metrics::bind(addr).await?;
+    let exporter = Exporter::default();
+    tokio::spawn(metrics::serve(listener, exporter.clone()));
+    Ok(Some(exporter))
+}
+
+/// The start line: what is watched, how, and what precision is lost.
+fn start_record(
+    req: &WatchRequest,
+    found: &Found,
+    tracer: &Tracer,
+    notes: &[String],
+) -> StartRecord {
+    StartRecord {
+        kind: "start",
+        time: event::rfc3339(chrono::Utc::now()),
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel::release(),
+        netns: found.netns.inode,
+        netns_name: found.netns.name.clone(),
+        ports: found.ports.clone(),
+        addrs: req.addrs.iter().map(|a| a.to_string()).collect(),
+        published: found.published.clone(),
+        engine: found.engine.clone(),
+        hook: tracer.hook.name(),
+        signals: tracer.signals.clone(),
+        notes: notes.to_vec(),
+    }
+}
+
+/// `droptrace watch`: discover → load → announce → observe → finish. The resources of a run
+/// (rings, probes, monitor, sinks) are made and dropped here, in that order.
+pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Error> {
+    kernel::check_privileges()?;
+    // Before anything is loaded or changed: a Ctrl-C from here on ends the run cleanly
+    // (summary printed, --trace-rules' table removed) instead of killing the process.
+    let sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+    let sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    let exporter = serve_metrics(&req).await?;
+    let mut found = discover_ports(&req).await?;
+    let (tracer, mut ring, mut changes_ring, caps, reasons) = load(&req, &found)?;
+    let (rule_tracer, trace_notes) = rule_tracer(&req, &found.netns);
+    let mut notes = tracer.notes.clone();
+    notes.extend(trace_notes);
+    notes.extend(found.monitor_note.take());
+    notes.extend(found.before.problems.iter().cloned());
+    let start = start_record(&req, &found, &tracer, &notes);
+
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
+    let mut obs = Observer {
+        namer: Namer {
+            clock: Clock::now(),
+            reasons,
+            symbols: LiveSymbols::default(),
+            ifnames: IfNames::new(&found.netns),
+        },
+        sinks: sinks(&req, out, exporter)?,
+        exec_prefix: exec_prefix(&req, &found.netns),
+        ports: found.ports,
+        published: found.published,
+        before: found.before,
+        latest: None,
+        answers: Answers::default(),
+        book: Book::default(),
+        rule_tracer,
+        changes: ChangeLog::new(Resolver::new(caps.cgroup2_root.clone()), found.monitor),
+        bundle_dir: req.evidence.clone(),
+        first_verdict_seen: false,
+        notes: notes.clone(),
+        delivered: 0,
+        drops_seen: 0,
+        ticked: Instant::now(),
+        netns: found.netns,
+        stopping: stopping.clone(),
+    };
+    // Capabilities go before the start line: whoever reads "attached" may check them.
+    if req.drop_privileges {
+        kernel::drop_unneeded_capabilities();
+    }
+    obs.sinks
+        .start(&start)
+        .map_err(|e| Error::Io(format!("writing output: {e}")))?;
+    obs.bundle_snapshot("start").await;
+    if let Some(ready) = &req.ready {
+        ready.notify_one();
+    }
+
+    let started = Instant::now();
+    let stopper = spawn_stopper((sigint, sigterm), &req, stop_tx);
+    let rings = (&mut ring, &mut changes_ring);
+    observe(&mut obs, &tracer, rings, stopping, started).await?;
+    // The demo runs watch again in the same process: no listener of this run stays behind.
+    stopper.abort();
+    let closing = obs.finish(&tracer, started).await;
+    drop(tracer);
+    let closing = closing?;
+    Ok(RunOutcome {
+        summary: closing.summary,
+        verdicts: closing.verdicts,
+        changes: closing.changes,
+        notes,
+    })
+}

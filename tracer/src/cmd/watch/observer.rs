@@ -1,0 +1,375 @@
+//! What `watch` does with each ring event: name it, pair it with the kernel's answer,
+//! diagnose each new kind of drop against fresh state, group it into verdicts with their
+//! culprit, and hand every record to the sinks.
+use std::{
+    collections::BTreeMap,
+    io,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tracer_common::DropEvent;
+
+use super::changes::ChangeLog;
+use crate::{
+    attribute::{
+        Attribution, Context, DropFacts, attribute,
+        culprit::{culprit_for, needs_culprit},
+        verdict::{Book, Signature, VerdictRecord},
+    },
+    discover::{PublishedPort, netns::Netns},
+    error::Error,
+    load::ebpf::{Totals, Tracer},
+    observe::{
+        correlate::Answers,
+        event::{self, DropRecord, Namer, Observed},
+        state::{self, Snapshot},
+        tracerules::RuleTracer,
+    },
+    report::{
+        evidence,
+        metrics::MetricsSnapshot,
+        output::{CounterRecord, SummaryRecord},
+        sink::{Dropped, Sink, Sinks, Tally},
+        words,
+    },
+};
+
+/// A snapshot younger than this is reused for the next new kind of drop.
+const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
+/// How long blocking work in progress may still take once the run is asked to end.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How often the sinks are ticked (progress line, metrics).
+const TICK: Duration = Duration::from_secs(1);
+/// How long a new verdict waits for `nft monitor` to report the change that explains it: its
+/// events arrive a moment after the kernel's.
+const MONITOR_WAIT: Duration = Duration::from_millis(300);
+/// How long a NETFILTER_DROP waits for nftrace to name its rule (--trace-rules).
+const TRACE_WAIT: Duration = Duration::from_millis(300);
+
+/// One run's observer.
+pub(super) struct Observer<'w> {
+    pub namer: Namer,
+    pub sinks: Sinks<'w>,
+    /// Shared with the blocking threads that read the namespace's state.
+    pub netns: Arc<Netns>,
+    /// Becomes true when the run is asked to end: waits in progress give up at once.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    pub ports: Vec<u16>,
+    /// Published ports known from the engine (or the DNAT rules).
+    pub published: Vec<PublishedPort>,
+    pub exec_prefix: String,
+    /// The state at start, and the latest read (with when).
+    pub before: Snapshot,
+    pub latest: Option<(Instant, Snapshot)>,
+    pub answers: Answers,
+    pub book: Book,
+    pub rule_tracer: Option<RuleTracer>,
+    pub changes: ChangeLog,
+    /// The evidence bundle's directory, for its state snapshots.
+    pub bundle_dir: Option<PathBuf>,
+    pub first_verdict_seen: bool,
+    /// The start line's notes, also written into the bundle's snapshots.
+    pub notes: Vec<String>,
+    /// Ring events handled, and how many were drops.
+    pub delivered: u64,
+    pub drops_seen: u64,
+    pub ticked: Instant,
+}
+
+impl Observer<'_> {
+    pub async fn handle(&mut self, ev: &DropEvent, tracer: &Tracer) -> io::Result<()> {
+        self.delivered += 1;
+        match self.namer.observe(ev) {
+            Observed::Signal(sig) => {
+                self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
+                self.sinks.signal(&sig)
+            }
+            Observed::Drop(rec, facts) => self.dropped(ev, rec, facts, tracer).await,
+        }
+    }
+
+    async fn dropped(
+        &mut self,
+        ev: &DropEvent,
+        mut rec: DropRecord,
+        mut facts: DropFacts,
+        tracer: &Tracer,
+    ) -> io::Result<()> {
+        self.drops_seen += 1;
+        facts.answered = self.answers.to_drop(&facts, rec.ktime_ns);
+        rec.answered = facts.answered.as_ref().map(words::answered);
+        let port = self.watched_port(&rec);
+        let attribution = self.attribution(port, &rec, facts).await;
+        rec.hook = attribution.hook.map(|h| h.name().to_string());
+        rec.container = self
+            .published
+            .iter()
+            .find(|p| p.host_port == port)
+            .and_then(|p| p.container.clone());
+        rec.cause = Some(attribution.cause.name().to_string());
+        let wall_ns = self.namer.clock.wall_ns(ev.ktime_ns);
+        self.sinks.dropped(&Dropped {
+            rec: &rec,
+            ev,
+            wall_ns,
+        })?;
+        match self.book.add(port, &rec, &attribution) {
+            Some(verdict) => self.new_verdict(port, verdict, &attribution, tracer).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The watched port a drop belongs to: the destination, the pre-DNAT destination, or the
+    /// source (a reply).
+    fn watched_port(&self, rec: &DropRecord) -> u16 {
+        [Some(rec.dport), rec.orig_dport, Some(rec.sport)]
+            .into_iter()
+            .flatten()
+            .find(|p| self.ports.contains(p))
+            .unwrap_or(rec.dport)
+    }
+
+    /// This kind of drop's attribution: known already, or diagnosed now against fresh state.
+    async fn attribution(
+        &mut self,
+        port: u16,
+        rec: &DropRecord,
+        mut facts: DropFacts,
+    ) -> Attribution {
+        let sig = Signature::of(port, rec);
+        if let Some(a) = self.book.known(&sig) {
+            return a.clone();
+        }
+        if rec.reason == "NETFILTER_DROP"
+            && let Some(rt) = &self.rule_tracer
+        {
+            facts.traced = rt
+                .find(&rec.src, rec.sport, TRACE_WAIT)
+                .await
+                .map(|t| (t.text, t.policy));
+        }
+        self.refresh_snapshot().await;
+        let now = &self.latest.as_ref().expect("refreshed").1;
+        let ctx = Context {
+            port,
+            exec_prefix: self.exec_prefix.clone(),
+            before: Some(&self.before),
+            published_elsewhere: self
+                .published
+                .iter()
+                .any(|p| p.host_port == port && p.source != "nat-rule"),
+        };
+        let a = attribute(&facts, now, &ctx);
+        self.book.learn(sig, a.clone());
+        a
+    }
+
+    /// A (port, cause) seen for the first time: its culprit, the verdict out, and the
+    /// bundle's state snapshot at the first one.
+    async fn new_verdict(
+        &mut self,
+        port: u16,
+        mut verdict: VerdictRecord,
+        a: &Attribution,
+        tracer: &Tracer,
+    ) -> io::Result<()> {
+        if needs_culprit(&a.why) && culprit_for(&a.why, &self.changes.seen).is_none() {
+            self.wait_for_monitor(tracer, MONITOR_WAIT).await;
+        }
+        let (culprit, note) = self.culprit_or_note(a);
+        self.book
+            .set_culprit(port, a.cause, culprit.clone(), note.clone());
+        verdict.culprit = culprit;
+        verdict.culprit_note = note;
+        self.sinks.verdict(&verdict)?;
+        if !std::mem::replace(&mut self.first_verdict_seen, true) && self.bundle_dir.is_some() {
+            self.bundle_snapshot("first-verdict").await;
+            self.sinks.checkpoint();
+        }
+        Ok(())
+    }
+
+    /// The change that explains a verdict, or why there is none.
+    fn culprit_or_note(
+        &self,
+        a: &Attribution,
+    ) -> (
+        Option<crate::observe::changes::ChangeRecord>,
+        Option<String>,
+    ) {
+        if !needs_culprit(&a.why) {
+            return (None, None);
+        }
+        match culprit_for(&a.why, &self.changes.seen) {
+            Some(c) => (Some(c.clone()), None),
+            None => (None, Some(words::before_start_note(a.cause))),
+        }
+    }
+
+    /// Ticks the sinks about once a second (`force`: now), with the kernel's exact counters
+    /// when a sink wants them.
+    pub fn tick(&mut self, tracer: &Tracer, started: Instant, force: bool) {
+        if !force && self.ticked.elapsed() < TICK {
+            return;
+        }
+        self.ticked = Instant::now();
+        let counters = if self.sinks.wants_counters() {
+            tracer.totals().ok().map(|t| self.counters(&t))
+        } else {
+            None
+        };
+        let tally = Tally {
+            elapsed: started.elapsed(),
+            drops_seen: self.drops_seen,
+            verdicts: self.book.groups().len(),
+            changes: self.changes.seen.len(),
+            counters,
+        };
+        self.sinks.tick(&tally);
+    }
+
+    /// The kernel's counters, named and labelled with the cause of their verdict.
+    fn counters(&self, totals: &Totals) -> MetricsSnapshot {
+        let groups = self.book.groups();
+        let drops = totals
+            .counters
+            .iter()
+            .map(|(&(reason, port, proto), &n)| {
+                let name = self.namer.reasons.name(reason);
+                let cause = groups
+                    .iter()
+                    .find(|(p, _, r)| *p == port && *r == name)
+                    .map_or("unattributed", |(_, c, _)| c);
+                (cause.to_string(), name, port, event::proto_name(proto), n)
+            })
+            .collect();
+        let mut changes: BTreeMap<String, u64> = BTreeMap::new();
+        for c in &self.changes.seen {
+            *changes.entry(c.source.to_string()).or_default() += 1;
+        }
+        MetricsSnapshot {
+            drops,
+            verdicts: groups.iter().map(|(p, c, _)| (c.to_string(), *p)).collect(),
+            changes: changes.into_iter().collect(),
+            events: totals.events,
+            lost: totals.ring_lost,
+            read_errors: totals.read_errors,
+        }
+    }
+
+    async fn refresh_snapshot(&mut self) {
+        let fresh = matches!(&self.latest, Some((at, _)) if at.elapsed() < SNAPSHOT_REUSE);
+        if !fresh {
+            let snap = self.capture().await;
+            self.latest = Some((Instant::now(), snap));
+        }
+    }
+
+    /// Closes the run: the closing verdicts with the kernel's exact counts, the last tick,
+    /// the summary.
+    pub async fn finish(&mut self, tracer: &Tracer, started: Instant) -> Result<Closing, Error> {
+        let io_err = |e: io::Error| Error::Io(format!("writing output: {e}"));
+        let totals = tracer.totals()?;
+        let summary = self.summarize(&totals, started.elapsed(), tracer.hook.name());
+        let exact: BTreeMap<(String, u16), u64> =
+            summary.counters.iter().fold(BTreeMap::new(), |mut m, c| {
+                *m.entry((c.reason.clone(), c.port)).or_insert(0) += c.packets;
+                m
+            });
+        let verdicts = self.book.finish(&exact);
+        for verdict in &verdicts {
+            self.sinks.verdict(verdict).map_err(io_err)?;
+        }
+        self.tick(tracer, started, true);
+        self.sinks.summary(&summary).map_err(io_err)?;
+        self.sinks.flush().map_err(io_err)?;
+        drop(self.rule_tracer.take());
+        drop(self.changes.monitor.take());
+        Ok(Closing {
+            summary,
+            verdicts,
+            changes: std::mem::take(&mut self.changes.seen),
+        })
+    }
+
+    fn summarize(&self, totals: &Totals, elapsed: Duration, hook: &'static str) -> SummaryRecord {
+        let mut by_reason = BTreeMap::new();
+        let mut by_port = BTreeMap::new();
+        let mut counters = Vec::new();
+        let mut drops = 0;
+        for (&(reason, port, proto), &packets) in &totals.counters {
+            let name = self.namer.reasons.name(reason);
+            *by_reason.entry(name.clone()).or_insert(0) += packets;
+            *by_port.entry(port).or_insert(0) += packets;
+            drops += packets;
+            counters.push(CounterRecord {
+                reason: name,
+                port,
+                proto: event::proto_name(proto),
+                packets,
+            });
+        }
+        counters.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.reason.cmp(&b.reason)));
+        SummaryRecord {
+            kind: "summary",
+            time: event::rfc3339(chrono::Utc::now()),
+            duration_s: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
+            drops,
+            events: self.delivered,
+            lost: totals.ring_lost,
+            by_reason,
+            by_port,
+            counters,
+            uncounted: totals.counter_full,
+            read_errors: totals.read_errors,
+            hook,
+        }
+    }
+
+    /// Runs blocking work (tools in the namespace) on a blocking thread while the event loop
+    /// keeps serving Ctrl-C, the rings and /metrics. Once the run is asked to end, the work
+    /// gets STOP_GRACE more to finish (its evidence is worth a moment), then is abandoned:
+    /// None.
+    pub async fn off_loop<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut work = tokio::task::spawn_blocking(work);
+        let mut stopping = self.stopping.clone();
+        tokio::select! {
+            done = &mut work => return done.ok(),
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        tokio::time::timeout(STOP_GRACE, work).await.ok()?.ok()
+    }
+
+    /// The namespace's state, read off the event loop; the start snapshot stands in when the
+    /// read was abandoned because the run is ending.
+    pub async fn capture(&self) -> Snapshot {
+        let ns = Arc::clone(&self.netns);
+        match self.off_loop(move || state::capture(&ns)).await {
+            Some(snap) => snap,
+            None => self.before.clone(),
+        }
+    }
+
+    /// The evidence bundle's `snapshot-LABEL/`, written off the event loop.
+    pub async fn bundle_snapshot(&self, label: &'static str) {
+        let Some(dir) = self.bundle_dir.clone() else {
+            return;
+        };
+        let ns = Arc::clone(&self.netns);
+        let (ports, notes) = (self.ports.clone(), self.notes.clone());
+        self.off_loop(move || evidence::write_snapshot(&dir, label, &ns, &ports, &notes))
+            .await;
+    }
+}
+
+/// What the end of a run produced.
+pub(super) struct Closing {
+    pub summary: SummaryRecord,
+    pub verdicts: Vec<VerdictRecord>,
+    pub changes: Vec<crate::observe::changes::ChangeRecord>,
+}
