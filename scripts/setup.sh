@@ -26,8 +26,9 @@ APT_PACKAGES=(
   iptables nftables conntrack iproute2 procps
   # the namespace lab: a server in the "container", a client, inspection
   busybox-static curl bpftool kmod util-linux
-  # the real components of the incident tests: dockerd (with containerd, runc), firewalld
-  docker.io firewalld dbus
+  # the real components of the incident tests: dockerd (with containerd, runc), firewalld,
+  # and Podman's network backend netavark (run by hand, as Podman runs it)
+  docker.io firewalld dbus netavark
   # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
   iperf3 bpftrace
   # reading droptrace's pcapng and validating its metrics in the tests

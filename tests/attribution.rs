@@ -297,6 +297,47 @@ fn docker_user_drop(backend: Backend) {
     }
 }
 
+/// Once a firewall uses IPv6 conntrack in the namespace, its confirmation hook holds the
+/// priority the "after" probes ask for (INT_MAX - 1 in ip6 input): the probes still load, on a
+/// neighbouring priority, and still place the drop.
+#[test]
+fn hook_probes_load_where_ipv6_conntrack_holds_their_priority() {
+    if !common::kernel::has_netfilter_links() {
+        eprintln!("skipped: this kernel has no netfilter BPF links (Linux >= 6.4)");
+        return;
+    }
+    let lab = lab("ct6prio", Backend::IptablesNft);
+    lab.exec_with_input(
+        &lab.host,
+        &["nft", "-f", "-"],
+        "table ip6 ct6 {\n chain in {\n type filter hook input priority 0;\n ct state established accept\n }\n}\n",
+    )
+    .unwrap();
+    lab.iptables(&[
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let start = out.of_type("start")[0];
+    assert!(
+        start["signals"].to_string().contains("netfilter_hooks"),
+        "the hook probes must load: {start}"
+    );
+    assert!(!start["notes"].to_string().contains("busy"), "{start}");
+    assert_cause(&the_verdict(&out), "firewall_drop", Some("FORWARD"));
+    for d in out.drops() {
+        assert_eq!(d["nf_hook"], "FORWARD", "{d}");
+    }
+}
+
 #[test]
 fn docker_user_drop_is_firewall_drop_naming_the_rule() {
     docker_user_drop(Backend::IptablesNft);

@@ -287,6 +287,28 @@ fn port_zero_is_a_usage_error() {
 }
 
 #[test]
+fn a_remote_engine_url_is_refused_with_what_to_give_instead() {
+    for cmd in ["ports", "check"] {
+        let out = run_droptrace(&[cmd, "--docker-host", "tcp://127.0.0.1:2375"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {err}");
+        assert!(
+            err.contains("tcp://127.0.0.1:2375") && err.contains("unix:///var/run/docker.sock"),
+            "{cmd}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // The URL form users copy from DOCKER_HOST is a socket path: a missing one says so.
+    let out = run_droptrace(&["ports", "--docker-host", "unix:///run/no-such-engine.sock"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("/run/no-such-engine.sock") && err.contains("no such socket"),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_netns_says_how_to_find_one() {
     require_root();
     let out = run_droptrace(&["watch", "--port", "5000", "--netns", "no-such-namespace-dt"]);

@@ -31,8 +31,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = snap.blockers(hook, port);
         }
         let _ = rules::untranslated(&snap, port);
-        let _ = rules::path_blockers(&snap, port, true);
-        let _ = rules::path_blockers(&snap, port, false);
+        let _ = rules::path_blockers(&snap, port, Some(8080));
+        let _ = rules::path_blockers(&snap, port, None);
     }
     let _ = tracer::discover::from_rules(&snap);
 });

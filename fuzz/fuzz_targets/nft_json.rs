@@ -24,6 +24,6 @@ fuzz_target!(|data: &[u8]| {
             let _ = snap.blockers(hook, port);
         }
         let _ = rules::untranslated(&snap, port);
-        let _ = rules::path_blockers(&snap, port, true);
+        let _ = rules::path_blockers(&snap, port, Some(8080));
     }
 });

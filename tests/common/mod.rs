@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod netavark;
 
 use std::{
     io::{BufRead, BufReader, Read},

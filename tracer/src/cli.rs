@@ -44,9 +44,10 @@ pub struct ReportArgs {
 
 #[derive(Debug, Args)]
 pub struct PreflightArgs {
-    /// Container engine socket (Docker, or Podman's compatible socket).
-    #[arg(long, value_name = "PATH")]
-    pub docker_host: Option<std::path::PathBuf>,
+    /// Container engine socket (Docker, or Podman's compatible socket), a path or a unix://
+    /// URL. Default: $DOCKER_HOST, $CONTAINER_HOST, /var/run/docker.sock, /run/podman/podman.sock.
+    #[arg(long, value_name = "PATH|unix://PATH")]
+    pub docker_host: Option<String>,
 
     /// Network namespace (default: the engine's, else droptrace's own).
     #[arg(long, value_name = "NAME|PATH")]
@@ -92,9 +93,10 @@ pub struct WatchArgs {
     pub netns: Option<String>,
 
     /// Container engine socket (Docker, or Podman's compatible socket) to discover published
-    /// ports from. Without --port, /var/run/docker.sock is tried, then the DNAT rules.
-    #[arg(long, value_name = "PATH")]
-    pub docker_host: Option<std::path::PathBuf>,
+    /// ports from, a path or a unix:// URL. Without --port: $DOCKER_HOST, $CONTAINER_HOST,
+    /// /var/run/docker.sock and /run/podman/podman.sock are tried, then the DNAT rules.
+    #[arg(long, value_name = "PATH|unix://PATH")]
+    pub docker_host: Option<String>,
 
     /// Watch only the published ports of this container (name or id prefix).
     #[arg(long, value_name = "NAME|ID")]

@@ -364,6 +364,12 @@ COMMIT
     }
 
     fn start_server(&mut self) -> Result<()> {
+        self.start_server_at(CTR_ADDR)
+    }
+
+    /// Starts the HTTP server in the container namespace on the spec's port, and waits until
+    /// the host reaches it at `ctr_addr` (for containers an engine addressed itself).
+    pub fn start_server_at(&mut self, ctr_addr: Ipv4Addr) -> Result<()> {
         let root = std::env::temp_dir().join(format!("{}-www", self.ctr));
         std::fs::create_dir_all(&root).map_err(|e| LabError(format!("{}: {e}", root.display())))?;
         std::fs::write(root.join("index.html"), "droptrace lab\n")
@@ -386,7 +392,7 @@ COMMIT
             })?;
         self.server = Some(child);
         // Ready when the host itself can reach it over the bridge (no DNAT, no forwarding).
-        let target = SocketAddr::new(IpAddr::V4(CTR_ADDR), self.spec.port);
+        let target = SocketAddr::new(IpAddr::V4(ctr_addr), self.spec.port);
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match self.request(&self.host, target, Duration::from_millis(300)) {

@@ -76,7 +76,7 @@ impl Why {
         }
     }
 
-    /// The rule blamed, when netfilter dropped it.
+    /// The rule blamed (or the ambiguous candidates), when netfilter dropped it.
     pub fn blamed(&self) -> Option<&Blamed> {
         match self {
             Why::Firewall { blamed, .. }
@@ -131,6 +131,8 @@ pub struct Context<'a> {
     pub before: Option<&'a Snapshot>,
     /// Container engines' own knowledge that the port is published (Docker API).
     pub published_elsewhere: bool,
+    /// The engine that publishes the port (`docker`, `podman`), when one does: its fixes differ.
+    pub engine: Option<&'static str>,
 }
 
 /// The engine's answer for one drop.
@@ -146,8 +148,10 @@ pub struct Diagnosis {
 pub struct Attribution {
     pub cause: Cause,
     pub hook: Option<Hook>,
-    /// The rule or policy that dropped it, when netfilter did.
+    /// The rule or policy that dropped it, when netfilter did and it is known.
     pub rule: Option<String>,
+    /// The rules that could have, when it is ambiguous which.
+    pub rule_candidates: Vec<String>,
     /// ICMP error sent (`3/10 host-prohibited`) or `tcp-reset`.
     pub icmp: Option<String>,
     /// One sentence: root → where.

@@ -69,7 +69,8 @@ pub fn untranslated(now: &Snapshot, port: u16) -> Option<Missing> {
 pub enum How {
     /// `--trace-rules` followed this packet to it.
     Traced,
-    /// Its packet counter rose while the drops happened.
+    /// Its packet counter rose while the drops happened (the only one that did, or the only
+    /// one of those that names the packet's port).
     CounterRose { from: u64, to: u64 },
     /// The one drop/reject rule on the hook that names the port.
     NamesPort,
@@ -79,6 +80,9 @@ pub enum How {
     Policy,
     /// A drop rule on the hook, not confirmed by counters.
     Unconfirmed,
+    /// Several rules could have dropped it and nothing tells them apart: `rule` is one of
+    /// them, `also` the others. Nothing is blamed; all are listed.
+    Ambiguous { also: Vec<RuleRef> },
 }
 
 /// The rule or policy blamed for a drop, and how droptrace knows.
@@ -92,11 +96,61 @@ impl Blamed {
     pub fn rejects(&self) -> bool {
         self.rule.verdict == "REJECT"
     }
+
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self.how, How::Ambiguous { .. })
+    }
+
+    fn of(rule: &RuleRef, how: How) -> Option<Blamed> {
+        Some(Blamed {
+            rule: rule.clone(),
+            how,
+        })
+    }
+
+    /// One rule if there is one; several are ambiguous.
+    fn one_of(rules: &[&RuleRef], how: How) -> Option<Blamed> {
+        match rules {
+            [] => None,
+            [one] => Blamed::of(one, how),
+            [first, rest @ ..] => Blamed::of(
+                first,
+                How::Ambiguous {
+                    also: rest.iter().map(|r| (*r).clone()).collect(),
+                },
+            ),
+        }
+    }
 }
 
-/// The rule that dropped it: the traced one; else one whose packet counter rose since the
-/// start snapshot; else the one rule on that hook naming the port; else a REJECT if an answer
-/// was sent; else the chain policy; else any candidate.
+/// The rules on `hook` that may have dropped a packet of `d` for watched `port`: DNAT has
+/// rewritten the destination port by the time FORWARD, LOCAL_IN and the later PREROUTING
+/// chains see it, so rules naming either the published or the translated port count; a rule
+/// "names the port" when it names either.
+fn candidates(hook: Hook, port: u16, now: &Snapshot, d: &DropFacts) -> Vec<RuleRef> {
+    let translated = (d.dnat == Some(true)).then_some(d.dport);
+    blockers_for(now, hook, port, translated)
+}
+
+/// The blockers on `hook` for `port`, and for the port DNAT translated it to: one list, a
+/// rule naming either "naming the port".
+fn blockers_for(now: &Snapshot, hook: Hook, port: u16, translated: Option<u16>) -> Vec<RuleRef> {
+    let mut all = now.blockers(hook, port);
+    if let Some(to) = translated.filter(|to| *to != port) {
+        for r in now.blockers(hook, to) {
+            match all.iter_mut().find(|a| a.text == r.text) {
+                Some(known) => known.names_port |= r.names_port,
+                None => all.push(r),
+            }
+        }
+    }
+    all
+}
+
+/// The rule that dropped it: the traced one; else the one whose packet counter rose since
+/// the start snapshot (of several, the one naming the port); else the one rule on that hook
+/// naming the port; else a REJECT if an answer was sent; else the chain policy; else the one
+/// candidate. Where several remain, they are all listed as ambiguous.
 pub fn blame(
     hook: Hook,
     port: u16,
@@ -114,48 +168,38 @@ pub fn blame(
             names_port: true,
             policy: *policy,
         };
-        return Some(Blamed {
-            rule,
-            how: How::Traced,
-        });
+        return Blamed::of(&rule, How::Traced);
     }
-    let candidates = now.blockers(hook, port);
-    let found = |rule: &RuleRef, how| {
-        Some(Blamed {
-            rule: rule.clone(),
-            how,
-        })
-    };
-    if let Some(b) = before.and_then(|before| counter_rose(&candidates, before, hook, port)) {
+    let all = candidates(hook, port, now, d);
+    if let Some(old) = before.map(|b| candidates(hook, port, b, d))
+        && let Some(b) = counter_rose(&all, &old)
+    {
         return Some(b);
     }
+    let candidates = all;
     let wants_reject = d.answered.is_some();
-    if let Some(rule) = candidates
+    let naming: Vec<&RuleRef> = candidates
         .iter()
         .filter(|c| c.names_port && !c.policy)
-        .find(|c| !wants_reject || c.verdict == "REJECT")
-    {
-        return found(rule, How::NamesPort);
+        .filter(|c| !wants_reject || c.verdict == "REJECT")
+        .collect();
+    if !naming.is_empty() {
+        return Blamed::one_of(&naming, How::NamesPort);
     }
     if wants_reject && let Some(rule) = candidates.iter().find(|c| c.verdict == "REJECT") {
-        return found(rule, How::TheReject);
+        return Blamed::of(rule, How::TheReject);
     }
     if let Some(policy) = candidates.iter().find(|c| c.policy) {
-        return found(policy, How::Policy);
+        return Blamed::of(policy, How::Policy);
     }
-    candidates.first().and_then(|c| found(c, How::Unconfirmed))
+    let rules: Vec<&RuleRef> = candidates.iter().collect();
+    Blamed::one_of(&rules, How::Unconfirmed)
 }
 
-/// The rule among `candidates` whose packet counter rose since `before`, one naming the port
-/// first.
-fn counter_rose(
-    candidates: &[RuleRef],
-    before: &Snapshot,
-    hook: Hook,
-    port: u16,
-) -> Option<Blamed> {
-    let old = before.blockers(hook, port);
-    let mut moved: Vec<(&RuleRef, u64, u64)> = candidates
+/// The rule among `candidates` whose packet counter rose since `old`: the only one, or the
+/// only one naming the port; ambiguous when several remain.
+fn counter_rose(candidates: &[RuleRef], old: &[RuleRef]) -> Option<Blamed> {
+    let moved: Vec<(&RuleRef, u64, u64)> = candidates
         .iter()
         .filter(|c| !c.policy)
         .filter_map(|c| {
@@ -168,32 +212,45 @@ fn counter_rose(
             (now_n > then_n).then_some((c, then_n, now_n))
         })
         .collect();
-    moved.sort_by_key(|(c, _, _)| !c.names_port);
-    moved.first().map(|(rule, from, to)| Blamed {
-        rule: (*rule).clone(),
-        how: How::CounterRose {
-            from: *from,
-            to: *to,
-        },
-    })
+    let naming: Vec<_> = moved.iter().filter(|(c, _, _)| c.names_port).collect();
+    let pick: Vec<&(&RuleRef, u64, u64)> = if naming.is_empty() {
+        moved.iter().collect()
+    } else {
+        naming
+    };
+    match pick.as_slice() {
+        [] => None,
+        [(rule, from, to)] => Blamed::of(
+            rule,
+            How::CounterRose {
+                from: *from,
+                to: *to,
+            },
+        ),
+        several => {
+            let rules: Vec<&RuleRef> = several.iter().map(|(r, _, _)| *r).collect();
+            Blamed::one_of(&rules, How::Unconfirmed)
+        }
+    }
 }
 
 /// The rules that name `port` and would stop its traffic on the path it takes, for `check`:
 /// untranslated traffic meets INPUT (where an unconditional REJECT, firewalld's zone default,
-/// stops it too); translated traffic meets FORWARD (where, without Docker's ACCEPT for the
-/// container, the chain's DROP policy stops it).
-pub fn path_blockers(now: &Snapshot, port: u16, translated: bool) -> (Hook, Vec<RuleRef>) {
-    let hook = if translated {
+/// stops it too); traffic translated to `to_port` meets FORWARD, whose rules see the
+/// container's port (and where, without the engine's ACCEPT for the container, the chain's
+/// DROP policy stops it).
+pub fn path_blockers(now: &Snapshot, port: u16, to_port: Option<u16>) -> (Hook, Vec<RuleRef>) {
+    let hook = if to_port.is_some() {
         Hook::Forward
     } else {
         Hook::LocalIn
     };
-    let all = now.blockers(hook, port);
+    let all = blockers_for(now, hook, port, to_port);
     let pick = |keep: &dyn Fn(&RuleRef) -> bool| -> Vec<RuleRef> {
         all.iter().filter(|b| keep(b)).cloned().collect()
     };
     let mut out = pick(&|b| b.names_port && !b.policy);
-    if !translated {
+    if to_port.is_none() {
         out.extend(pick(&|b| {
             !b.names_port && !b.policy && b.verdict == "REJECT"
         }));

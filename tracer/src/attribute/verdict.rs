@@ -18,6 +18,9 @@ pub struct Proximate {
     pub dnat: Option<bool>,
     pub rule: Option<String>,
     pub icmp: Option<String>,
+    /// When several rules could have dropped it and nothing tells them apart, all of them
+    /// (and `rule` is null).
+    pub rule_candidates: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -112,6 +115,7 @@ impl Book {
                 dnat: d.dnat,
                 rule: a.rule.clone(),
                 icmp: a.icmp.clone(),
+                rule_candidates: a.rule_candidates.clone(),
             },
             evidence: a.evidence.clone(),
             fix: a.fix.clone(),

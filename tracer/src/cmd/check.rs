@@ -121,14 +121,14 @@ fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Op
         words::missing(&missing, port, &p.proto)
     );
     if facts.firewalld && !snap.nat_chain_exists("DOCKER") {
-        what.push_str("; firewalld owns the ruleset, and a firewalld start or reload after dockerd wipes Docker's nat chains");
+        what.push_str("; firewalld runs here: with its iptables backend (or before 1.0) a firewalld start or reload after the engine removes the engine's nat chains, while firewalld >= 1.0 on nftables leaves them alone (journalctl -u firewalld shows when it last reloaded)");
     }
     if facts.proxy_ports.contains(&port) {
         what.push_str(&format!(
             "; docker-proxy still answers on port {port}, so clients connect through it (losing their source address) until something in INPUT blocks the port"
         ));
     }
-    let (fix, keep) = words::missing_chain_fix();
+    let (fix, keep) = words::missing_chain_fix(Some(p.source));
     Some(Finding {
         fix,
         fix_persistent: Some(keep),
@@ -141,14 +141,27 @@ fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Op
     })
 }
 
+/// The port a published port's DNAT translates it to (the container's), None when no DNAT
+/// translates it.
+fn translated_port(snap: &Snapshot, p: &PublishedPort) -> Option<u16> {
+    let dnats = snap.dnats_for(p.host_port);
+    let first = dnats.first()?;
+    Some(
+        first
+            .to
+            .and_then(|(_, port)| port)
+            .or(p.container_port)
+            .unwrap_or(p.host_port),
+    )
+}
+
 /// The checks, as a pure function of the state.
 pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec<Finding> {
     let mut out = forwarding_findings(snap, published, &facts.exec_prefix);
     for p in published {
         let port = p.host_port;
         out.extend(untranslated_finding(snap, p, facts));
-        let translated = !snap.dnats_for(port).is_empty();
-        let (hook, blockers) = rules::path_blockers(snap, port, translated);
+        let (hook, blockers) = rules::path_blockers(snap, port, translated_port(snap, p));
         for rule in blockers {
             let cause = if rule.verdict == "REJECT" {
                 Cause::FirewallReject
@@ -301,7 +314,7 @@ mod tests {
             f[0].what
         );
         assert_eq!((f[0].fix.clone(), f[0].fix_persistent.clone()), {
-            let (fix, keep) = words::missing_chain_fix();
+            let (fix, keep) = words::missing_chain_fix(Some("docker"));
             (fix, Some(keep))
         });
         assert_eq!(f[0].container.as_deref(), Some("web"));

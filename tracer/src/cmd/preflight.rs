@@ -1,6 +1,6 @@
 //! `droptrace ports` and `droptrace check`: what is published, and what would break it —
 //! read from the engine and the namespace's state, without loading any eBPF.
-use std::{io::Write, path::PathBuf};
+use std::io::Write;
 
 use serde::Serialize;
 
@@ -14,7 +14,7 @@ use crate::{
 
 #[derive(Clone, Debug, Default)]
 pub struct PreflightRequest {
-    pub docker_host: Option<PathBuf>,
+    pub docker_host: Option<String>,
     pub netns: Option<String>,
     pub ports: Vec<u16>,
     pub json: bool,
@@ -30,15 +30,11 @@ struct Scene {
 }
 
 async fn scene(req: &PreflightRequest) -> Result<Scene, Error> {
-    let socket = req
-        .docker_host
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(discover::DEFAULT_DOCKER_HOST));
-    let (engine, mut published, engine_note) = match discover::from_engine(&socket).await {
-        Ok((e, p)) => (Some(e), p, None),
-        Err(e) if req.docker_host.is_some() => return Err(e),
-        Err(e) => (None, Vec::new(), Some(e.to_string())),
-    };
+    let (engine, mut published, engine_note) =
+        match discover::find_engine(req.docker_host.as_deref(), false).await? {
+            Ok((e, p)) => (Some(e), p, None),
+            Err(e) => (None, Vec::new(), Some(e.to_string())),
+        };
     let netns = discover::watched_netns(req.netns.as_deref(), engine.as_ref())?;
     let snapshot = state::capture(&netns);
     if engine.is_none() {

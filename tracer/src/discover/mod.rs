@@ -143,6 +143,79 @@ pub fn published_from_json(json: &str) -> Result<Vec<PublishedPort>, String> {
     Ok(published_from_summaries(&list, "docker"))
 }
 
+/// The unix socket a `--docker-host` value or a `DOCKER_HOST`-style URL names: a path, or a
+/// `unix://` URL. Other schemes (a remote engine over tcp or ssh) cannot be watched from here.
+pub fn unix_socket(spec: &str) -> Result<PathBuf, Error> {
+    let refuse = |why: &str| Error::NoEngine {
+        socket: spec.to_string(),
+        why: why.to_string(),
+    };
+    match spec.split_once("://") {
+        None if !spec.is_empty() => Ok(PathBuf::from(spec)),
+        None => Err(refuse("empty socket path")),
+        Some(("unix", path)) if path.starts_with('/') => Ok(PathBuf::from(path)),
+        Some(("unix", _)) => Err(refuse(
+            "a unix:// URL needs an absolute path: unix:///run/podman/podman.sock",
+        )),
+        Some((scheme, _)) => Err(refuse(&format!(
+            "droptrace talks to the engine over its unix socket, not {scheme}://; run droptrace on the engine's host and give its socket (unix:///var/run/docker.sock)"
+        ))),
+    }
+}
+
+/// Where to look for the engine, in order, and whether the user named it (then failing to
+/// reach it is an error): `--docker-host`; else `$DOCKER_HOST` or `$CONTAINER_HOST` when they
+/// name a unix socket; else Docker's socket, then Podman's rootful one.
+pub fn engine_sockets(
+    flag: Option<&str>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Vec<PathBuf>, bool), Error> {
+    if let Some(spec) = flag {
+        return Ok((vec![unix_socket(spec)?], true));
+    }
+    let mut out: Vec<PathBuf> = ["DOCKER_HOST", "CONTAINER_HOST"]
+        .into_iter()
+        .filter_map(&env)
+        .filter_map(|spec| unix_socket(&spec).ok())
+        .collect();
+    out.extend([DEFAULT_DOCKER_HOST, PODMAN_SOCKET].map(PathBuf::from));
+    out.dedup();
+    Ok((out, false))
+}
+
+/// The first engine that answers among `engine_sockets`, with its published ports. None
+/// (and why) when no engine answers and none was named; an error when the named one does not.
+pub async fn find_engine(
+    flag: Option<&str>,
+    required: bool,
+) -> Result<Result<(Engine, Vec<PublishedPort>), Error>, Error> {
+    let (sockets, named) = engine_sockets(flag, |v| std::env::var(v).ok())?;
+    let mut first_err = None;
+    for socket in &sockets {
+        if !named && !socket.exists() {
+            continue;
+        }
+        match from_engine(socket).await {
+            Ok(found) => return Ok(Ok(found)),
+            Err(e) if named || required => return Err(e),
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    let none = || Error::NoEngine {
+        socket: sockets
+            .iter()
+            .map(|s| s.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        why: "no such socket".into(),
+    };
+    match first_err {
+        Some(e) => Ok(Err(e)),
+        None if required => Err(none()),
+        None => Ok(Err(none())),
+    }
+}
+
 /// Asks the engine at `socket`. Errors say what to do without an engine.
 pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), Error> {
     let no_engine = |why: String| Error::NoEngine {
@@ -232,8 +305,41 @@ pub fn from_rules(snap: &Snapshot) -> Vec<PublishedPort> {
             }
         }
     }
+    for rule in snap.nft.native_rules() {
+        out.extend(published_by_nft(rule).filter(|p| {
+            !out.iter()
+                .any(|o| o.host_port == p.host_port && o.proto == p.proto)
+        }));
+    }
     out.sort_by_key(|p| p.host_port);
     out
+}
+
+/// A port a native nftables DNAT rule publishes (Docker 29's `docker-bridges`, netavark's
+/// `inet netavark`): one destination port translated to an address. netavark's DNS
+/// redirection (the gateway's port 53 to itself) publishes nothing.
+fn published_by_nft(rule: &crate::observe::state::nft::Rule) -> Option<PublishedPort> {
+    if rule.verdict.as_deref() != Some("dnat") || rule.dport_negated {
+        return None;
+    }
+    let [(port, hi)] = rule.dports.as_slice() else {
+        return None;
+    };
+    let (to_addr, to_port) = rule.dnat_to.as_ref()?;
+    if port != hi || rule.daddr.as_deref() == Some(to_addr.as_str()) {
+        return None;
+    }
+    Some(PublishedPort {
+        host_ip: rule.daddr.as_deref().and_then(|d| d.parse().ok()),
+        host_port: *port,
+        proto: rule.proto.clone().unwrap_or_else(|| "tcp".into()),
+        container: None,
+        container_id: None,
+        container_ip: to_addr.parse().ok(),
+        container_port: to_port.or(Some(*port)),
+        network: None,
+        source: "nat-rule",
+    })
 }
 
 /// `--container NAME|ID`: the ports of that container, or an error listing the known ones.
@@ -315,5 +421,56 @@ mod tests {
         assert_eq!(ports[0].host_port, 5000);
         assert_eq!(ports[0].container_ip, Some("172.17.0.2".parse().unwrap()));
         assert_eq!(ports[0].source, "nat-rule");
+    }
+
+    #[test]
+    fn docker_host_takes_a_path_or_a_unix_url_and_refuses_remote_engines() {
+        assert_eq!(
+            unix_socket("unix:///run/podman/podman.sock").unwrap(),
+            PathBuf::from("/run/podman/podman.sock")
+        );
+        assert_eq!(
+            unix_socket("/var/run/docker.sock").unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        for bad in [
+            "tcp://10.0.0.1:2375",
+            "ssh://host",
+            "unix://relative.sock",
+            "",
+        ] {
+            let e = unix_socket(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) || bad.is_empty(), "{e}");
+        }
+        assert!(
+            unix_socket("tcp://h:2375")
+                .unwrap_err()
+                .to_string()
+                .contains("unix socket")
+        );
+    }
+
+    #[test]
+    fn the_engine_is_looked_for_where_the_environment_then_the_defaults_say() {
+        let env = |var: &str| match var {
+            "DOCKER_HOST" => Some("tcp://remote:2375".to_string()),
+            "CONTAINER_HOST" => Some("unix:///run/user/0/podman/podman.sock".to_string()),
+            _ => None,
+        };
+        let (sockets, named) = engine_sockets(None, env).unwrap();
+        assert!(!named);
+        assert_eq!(
+            sockets,
+            [
+                "/run/user/0/podman/podman.sock",
+                DEFAULT_DOCKER_HOST,
+                PODMAN_SOCKET
+            ]
+            .map(PathBuf::from)
+        );
+        let (sockets, named) = engine_sockets(Some("unix:///x.sock"), env).unwrap();
+        assert!(named);
+        assert_eq!(sockets, vec![PathBuf::from("/x.sock")]);
+        assert!(engine_sockets(Some("tcp://h:1"), env).is_err());
     }
 }

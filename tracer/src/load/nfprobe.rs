@@ -213,6 +213,32 @@ fn link(prog: &OwnedFd, pf: u32, hooknum: u32, priority: i32) -> std::io::Result
     sys_bpf(BPF_LINK_CREATE, &mut attr)
 }
 
+/// How many neighbouring priorities a probe tries when its own is taken.
+const PRIORITY_TRIES: i32 = 16;
+
+/// Links `prog` as close to `priority` as the kernel allows: a netfilter BPF link is refused
+/// (EBUSY) at a priority another hook of the same family and hook already holds (IPv6's
+/// conntrack confirmation sits at INT_MAX - 1 once a firewall uses conntrack), so the next
+/// priorities toward the middle are tried. Returns the link and the priority it got.
+fn link_near(
+    prog: &OwnedFd,
+    pf: u32,
+    hooknum: u32,
+    priority: i32,
+) -> std::io::Result<(OwnedFd, i32)> {
+    let step = if priority < 0 { 1 } else { -1 };
+    let mut last = None;
+    for i in 0..PRIORITY_TRIES {
+        let prio = priority + i * step;
+        match link(prog, pf, hooknum, prio) {
+            Ok(l) => return Ok((l, prio)),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EBUSY)))
+}
+
 /// The attached probes. Dropping it detaches them.
 pub struct HookProbes {
     _programs: Vec<OwnedFd>,
@@ -239,8 +265,8 @@ impl HookProbes {
                 let mut links = Vec::new();
                 for pf in [NFPROTO_IPV4, NFPROTO_IPV6] {
                     for ((hooknum, prio, _, _), prog) in PROBES.iter().zip(&dup) {
-                        let l = link(prog, pf, *hooknum, *prio).map_err(|e| {
-                            format!("BPF_LINK_CREATE netfilter (pf {pf}, hook {hooknum}, priority {prio}): {e}")
+                        let (l, _) = link_near(prog, pf, *hooknum, *prio).map_err(|e| {
+                            format!("BPF_LINK_CREATE netfilter (pf {pf}, hook {hooknum}, priority {prio} and the {} next toward the middle): {e}", PRIORITY_TRIES - 1)
                         })?;
                         links.push(l);
                     }

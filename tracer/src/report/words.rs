@@ -53,11 +53,20 @@ pub fn sysctl_fix(prefix: &str, key: &str, value: &str) -> (String, String) {
 
 const MISSING_CHAIN_FIX: &str = "restart the container engine so it rewrites its chains (systemctl restart docker), then check: iptables -t nat -S DOCKER";
 const MISSING_CHAIN_KEEP: &str = "make the firewall manager keep Docker's chains (firewalld: run dockerd with its firewalld integration, or reload firewalld before starting docker; never `iptables -F` on a Docker host)";
+const PODMAN_MISSING_CHAIN_FIX: &str = "have netavark rewrite its rules (podman network reload --all), then check: nft list table inet netavark, or iptables -t nat -S NETAVARK-HOSTPORT-DNAT with netavark's iptables driver";
+const PODMAN_MISSING_CHAIN_KEEP: &str = "find what removes netavark's rules (a firewall reload without firewalld's netavark integration, an `nft flush ruleset` or `iptables -F`), and run `podman network reload --all` after it";
 const FIREWALL_KEEP: &str = "change it where the firewall is managed (firewalld zone / nftables.conf / the tool that writes it), or it comes back on reload";
 
-/// How to restore a published port's DNAT now, and how to keep it.
-pub fn missing_chain_fix() -> (String, String) {
-    (MISSING_CHAIN_FIX.into(), MISSING_CHAIN_KEEP.into())
+/// How to restore a published port's DNAT now, and how to keep it, for the engine that
+/// publishes it.
+pub fn missing_chain_fix(engine: Option<&str>) -> (String, String) {
+    match engine {
+        Some("podman") => (
+            PODMAN_MISSING_CHAIN_FIX.into(),
+            PODMAN_MISSING_CHAIN_KEEP.into(),
+        ),
+        _ => (MISSING_CHAIN_FIX.into(), MISSING_CHAIN_KEEP.into()),
+    }
 }
 
 /// How to stop `rule` from dropping the port's traffic now (a policy: accept the port before
@@ -109,6 +118,26 @@ fn how(h: &How, port: u16) -> String {
         How::TheReject => "it is the REJECT rule on this hook".into(),
         How::Policy => "no drop rule's counter moved: the chain's policy dropped it".into(),
         How::Unconfirmed => "it is a drop rule on this hook (not confirmed by counters)".into(),
+        How::Ambiguous { .. } => "neither counters nor the port tell the candidates apart".into(),
+    }
+}
+
+/// Every rule an ambiguous blame names (none when one rule is blamed).
+fn candidates(b: &Blamed) -> Vec<String> {
+    match &b.how {
+        How::Ambiguous { also } => std::iter::once(&b.rule)
+            .chain(also)
+            .map(|r| r.text.clone())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The blamed rule as a sentence names it: the rule, or the ambiguous candidates.
+fn blamed_text(b: &Blamed) -> String {
+    match &b.how {
+        How::Ambiguous { .. } => format!("one of: {}", candidates(b).join("; ")),
+        _ => b.rule.text.clone(),
     }
 }
 
@@ -240,10 +269,14 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
         Why::KernelDrop { rp_filter } => kernel_drop(d, ctx, rp_filter.as_ref()),
     };
     evidence.extend(more);
+    let blamed = diag.why.blamed();
     Attribution {
         cause: diag.why.cause(),
         hook: diag.hook,
-        rule: diag.why.blamed().map(|b| b.rule.text.clone()),
+        rule: blamed
+            .filter(|b| !b.is_ambiguous())
+            .map(|b| b.rule.text.clone()),
+        rule_candidates: blamed.map(candidates).unwrap_or_default(),
         icmp: d.answered.as_ref().map(answer),
         sentence,
         evidence,
@@ -308,7 +341,7 @@ fn missing_chain(d: &DropFacts, ctx: &Context, m: &Missing, died: &Died) -> Word
             endpoint(&d.dst, d.dport)
         ),
     };
-    let (fix, keep) = missing_chain_fix();
+    let (fix, keep) = missing_chain_fix(ctx.engine);
     (
         format!("the published port's DNAT is missing: {what}; the packet {proximate}"),
         evidence,
@@ -328,12 +361,12 @@ fn firewall(
     let mut evidence = Vec::new();
     let sentence = match blamed {
         Some(b) => {
-            evidence.push(format!("{} ({})", b.rule.text, how(&b.how, ctx.port)));
+            evidence.push(format!("{} ({})", blamed_text(b), how(&b.how, ctx.port)));
             format!(
                 "the firewall {} it in {}: {}",
                 verb(reject),
                 hook.name(),
-                b.rule.text
+                blamed_text(b)
             )
         }
         None => {
@@ -349,6 +382,13 @@ fn firewall(
         evidence.push("net.ipv4.ip_forward is 0 as well: once this rule is fixed, forwarding_disabled will show".into());
     }
     let (fix, keep) = match blamed {
+        Some(b) if b.is_ambiguous() => (
+            format!(
+                "name the one rule with --trace-rules (the candidates: {}), then remove or narrow it",
+                candidates(b).join("; ")
+            ),
+            FIREWALL_KEEP.into(),
+        ),
         Some(b) => firewall_fix(&b.rule, &ctx.exec_prefix, &d.proto, d.dport),
         None => (
             "find the rule with --trace-rules, then remove or narrow it".into(),

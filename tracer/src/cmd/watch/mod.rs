@@ -65,9 +65,10 @@ pub struct WatchRequest {
     pub trace_rules: bool,
     /// Print the kernel side's anomaly reports (aya-log) on stderr.
     pub kernel_log: bool,
-    /// Container engine socket to discover published ports from (default /var/run/docker.sock
-    /// when no --port is given).
-    pub docker_host: Option<PathBuf>,
+    /// Container engine socket (a path or a `unix://` URL) to discover published ports from
+    /// (default: $DOCKER_HOST, $CONTAINER_HOST, Docker's socket, Podman's; when no --port is
+    /// given).
+    pub docker_host: Option<String>,
     /// Watch only this container's published ports.
     pub container: Option<String>,
     /// Notified once the probes are attached and the start line is out (for the demo).
@@ -94,13 +95,8 @@ async fn resolve_engine(req: &WatchRequest) -> Result<(Option<Engine>, Vec<Publi
     if !asked && !(req.ports.is_empty() && req.addrs.is_empty()) {
         return Ok((None, Vec::new()));
     }
-    let socket = req
-        .docker_host
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(discover::DEFAULT_DOCKER_HOST));
-    match discover::from_engine(&socket).await {
+    match discover::find_engine(req.docker_host.as_deref(), asked).await? {
         Ok((engine, ports)) => Ok((Some(engine), ports)),
-        Err(e) if asked => Err(e),
         // No engine and no --port: fall back to the DNAT rules of the namespace.
         Err(_) => Ok((None, Vec::new())),
     }

@@ -160,6 +160,11 @@ impl Observer<'_> {
                 .published
                 .iter()
                 .any(|p| p.host_port == port && p.source != "nat-rule"),
+            engine: self
+                .published
+                .iter()
+                .find(|p| p.host_port == port && p.source != "nat-rule")
+                .map(|p| p.source),
         };
         let a = attribute(&facts, now, &ctx);
         self.book.learn(sig, a.clone());

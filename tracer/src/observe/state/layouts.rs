@@ -244,3 +244,160 @@ fn docker29_unpublished_port_drop_is_reached_through_the_verdict_map() {
     );
     assert!(rule.ends_with("drop"), "{rule}");
 }
+
+/// netavark (Podman) publishing `-p 5001:5000`: the real 1.4 iptables driver's rules with
+/// netavark's INVALID drop and a user's FORWARD drop of the container port
+/// (testdata/netavark14-iptables-nft-save-forward-drop.txt), and the nftables driver's layout
+/// with a user's drop in a table of its own (testdata/netavark14-nft-list-ruleset.json).
+mod netavark {
+    use super::*;
+    use crate::attribute::{
+        Why, diagnose,
+        rules::{Blamed, How},
+    };
+
+    const IPT: &str = include_str!("testdata/netavark14-iptables-nft-save-forward-drop.txt");
+    const NFT: &str = include_str!("testdata/netavark14-nft-list-ruleset.json");
+    const USER_RULE: &str = "[0:0] -A FORWARD -d 10.88.0.2/32 -p tcp -m tcp --dport 5000 -j DROP";
+    const INVALID_RULE: &str = "[0:0] -A NETAVARK_FORWARD -m conntrack --ctstate INVALID -j DROP";
+
+    fn snap(ipt: Option<&str>, nft_json: Option<&str>) -> Snapshot {
+        let mut s = snapshot(Layout::V20, str::to_string);
+        s.local_addrs = vec![
+            "198.51.100.1".parse().unwrap(),
+            "10.88.0.1".parse().unwrap(),
+        ];
+        s.iptables = ipt
+            .map(|t| vec![iptables::parse("iptables-nft", t)])
+            .unwrap_or_default();
+        s.nft = nft_json.map(|j| nft::parse(j).unwrap()).unwrap_or_default();
+        s
+    }
+
+    /// A SYN to 198.51.100.1:5001, DNATed to 10.88.0.2:5000 and dropped in FORWARD.
+    fn forwarded_drop() -> DropFacts {
+        DropFacts {
+            orig_dst: Some("198.51.100.1".parse().unwrap()),
+            orig_dport: Some(5001),
+            ..drop(
+                "NETFILTER_DROP",
+                "10.88.0.2",
+                Some(true),
+                Some(Hook::Forward),
+            )
+        }
+    }
+
+    fn ctx_5001(before: &Snapshot) -> Context<'_> {
+        Context {
+            port: 5001,
+            before: Some(before),
+            engine: Some("podman"),
+            published_elsewhere: true,
+            ..Context::default()
+        }
+    }
+
+    fn blamed(why: &Why) -> &Blamed {
+        why.blamed()
+            .unwrap_or_else(|| panic!("nothing blamed: {why:?}"))
+    }
+
+    #[test]
+    fn the_ports_netavark_publishes_are_found_from_either_driver() {
+        for s in [snap(Some(IPT), None), snap(None, Some(NFT))] {
+            let found = discover::from_rules(&s);
+            assert_eq!(found.len(), 1, "{found:#?}");
+            assert_eq!(
+                (found[0].host_port, found[0].container_port),
+                (5001, Some(5000))
+            );
+            assert_eq!(found[0].container_ip, Some("10.88.0.2".parse().unwrap()));
+            assert_eq!(found[0].proto, "tcp");
+        }
+    }
+
+    #[test]
+    fn the_users_rule_for_the_container_port_is_blamed_when_both_counters_rose() {
+        let before = snap(Some(IPT), None);
+        let rose = IPT
+            .replace(USER_RULE, &USER_RULE.replace("[0:0]", "[4:240]"))
+            .replace(INVALID_RULE, &INVALID_RULE.replace("[0:0]", "[9:540]"));
+        let now = snap(Some(&rose), None);
+        let d = diagnose(&forwarded_drop(), &now, &ctx_5001(&before));
+        let b = blamed(&d.why);
+        assert!(b.rule.text.contains("filter FORWARD rule 1"), "{b:?}");
+        assert_eq!(b.how, How::CounterRose { from: 0, to: 4 });
+        assert_eq!(d.why.cause(), Cause::FirewallDrop);
+    }
+
+    #[test]
+    fn without_counters_the_rule_naming_the_container_port_wins() {
+        let now = snap(Some(IPT), None);
+        let d = diagnose(&forwarded_drop(), &now, &ctx_5001(&now));
+        let b = blamed(&d.why);
+        assert!(b.rule.text.contains("filter FORWARD rule 1"), "{b:?}");
+        assert_eq!(b.how, How::NamesPort);
+        let nft = snap(None, Some(NFT));
+        let d = diagnose(&forwarded_drop(), &nft, &ctx_5001(&nft));
+        let b = blamed(&d.why);
+        assert!(
+            b.rule.text.contains("table inet blocker chain forward"),
+            "{b:?}"
+        );
+    }
+
+    #[test]
+    fn two_rules_that_cannot_be_told_apart_are_listed_not_guessed() {
+        // The user's rule matches the container's address only: it names no port, and both
+        // its counter and netavark's INVALID drop's rose.
+        let by_addr = IPT.replace(USER_RULE, "[0:0] -A FORWARD -d 10.88.0.2/32 -p tcp -j DROP");
+        let before = snap(Some(&by_addr), None);
+        let rose = by_addr
+            .replace(
+                "[0:0] -A FORWARD -d 10.88.0.2/32 -p tcp -j DROP",
+                "[4:240] -A FORWARD -d 10.88.0.2/32 -p tcp -j DROP",
+            )
+            .replace(INVALID_RULE, &INVALID_RULE.replace("[0:0]", "[9:540]"));
+        let now = snap(Some(&rose), None);
+        let a = attribute(&forwarded_drop(), &now, &ctx_5001(&before));
+        assert!(
+            matches!(blamed(&a.why).how, How::Ambiguous { .. }),
+            "{:?}",
+            a.why
+        );
+        assert_eq!(a.rule, None, "no rule is blamed: {a:#?}");
+        assert_eq!(a.rule_candidates.len(), 2, "{a:#?}");
+        assert!(a.rule_candidates.iter().any(|r| r.contains("INVALID")));
+        assert!(a.fix.contains("--trace-rules"), "{}", a.fix);
+    }
+
+    #[test]
+    fn check_evaluates_forward_rules_against_the_container_port() {
+        let published = discover::from_rules(&snap(Some(IPT), None));
+        let f = check::check(&snap(Some(IPT), None), &published, &Facts::default());
+        assert_eq!(f.len(), 1, "{f:#?}");
+        let check::Detail::Blocked { hook, rule } = &f[0].detail else {
+            panic!("{f:#?}")
+        };
+        assert_eq!(*hook, Hook::Forward);
+        assert!(rule.text.contains("--dport 5000"), "{rule:?}");
+        let nft = snap(None, Some(NFT));
+        let f = check::check(&nft, &discover::from_rules(&nft), &Facts::default());
+        assert!(
+            f.iter().any(|f| f.what.contains("table inet blocker")),
+            "{f:#?}"
+        );
+        assert!(!f.iter().any(|f| f.what.contains("invalid")), "{f:#?}");
+    }
+
+    #[test]
+    fn a_missing_podman_dnat_is_fixed_the_podman_way() {
+        let mut d = drop("NO_SOCKET", "198.51.100.1", Some(false), None);
+        d.dport = 5001;
+        let empty = snap(None, None);
+        let a = attribute(&d, &empty, &ctx_5001(&empty));
+        assert_eq!(a.cause, Cause::MissingChain);
+        assert!(a.fix.contains("podman network reload"), "{}", a.fix);
+    }
+}

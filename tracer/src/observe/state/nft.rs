@@ -48,6 +48,8 @@ pub struct Rule {
     /// Destination ports the rule matches on (`th/tcp/udp dport`), inclusive ranges.
     pub dports: Vec<(u16, u16)>,
     pub dport_negated: bool,
+    /// The protocol of the `dport` match (`tcp`, `udp`, `sctp`; None for `th dport`).
+    pub proto: Option<String>,
     /// nft-like rendering for humans: `tcp dport 5000 counter drop`.
     pub text: String,
 }
@@ -266,6 +268,10 @@ fn matched(rule: &mut Rule, body: &Value) -> String {
     if left["payload"]["field"] == "dport" {
         rule.dports = port_ranges(&body["right"]);
         rule.dport_negated = op == "!=";
+        rule.proto = left["payload"]["protocol"]
+            .as_str()
+            .filter(|p| *p != "th")
+            .map(str::to_string);
     }
     if left["payload"]["field"] == "daddr" && op == "==" {
         rule.daddr = body["right"].as_str().map(str::to_string);
