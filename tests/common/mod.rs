@@ -55,6 +55,35 @@ pub mod kernel {
     pub fn has_netfilter_links() -> bool {
         btf().has_type("bpf_nf_link")
     }
+
+    /// `enum skb_drop_reason` (Linux 5.17): drops carry the kernel's own reason.
+    pub fn has_drop_reasons() -> bool {
+        btf().has_type("skb_drop_reason")
+    }
+}
+
+/// A drop line's reason is `want`: the kernel's own, or on a kernel without drop reasons,
+/// null with `inferred_reason` naming `want` (and the start line saying so).
+pub fn assert_reason(drop: &Value, want: &str) {
+    if kernel::has_drop_reasons() {
+        assert_eq!(drop["reason"], want, "reason of {drop}");
+    } else {
+        assert_eq!(drop["reason"], Value::Null, "{drop}");
+        assert_eq!(
+            drop["inferred_reason"]["reason"], want,
+            "inferred reason of {drop}"
+        );
+    }
+}
+
+/// The reason the kernel's exact counters (summary, metrics) file `reason`'s drops under:
+/// on a kernel without drop reasons they cannot be split by reason.
+pub fn counted_as(reason: &str) -> &str {
+    if kernel::has_drop_reasons() {
+        reason
+    } else {
+        "UNREPORTED"
+    }
 }
 
 /// nsfs inode of a named namespace, as droptrace reports it in `netns`.

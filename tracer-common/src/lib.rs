@@ -162,6 +162,11 @@ pub mod stat {
 /// What a ring event reports.
 /// `DropEvent::reason` of a RST whose kernel gives no `enum sk_rst_reason` (before 6.10).
 pub const RST_REASON_UNKNOWN: u32 = u32::MAX;
+/// The drop reason of a kernel that reports none (before Linux 5.17): userspace infers the
+/// cause from the freeing function instead.
+pub const REASON_UNREPORTED: u32 = u32::MAX;
+/// A tracepoint record field this kernel's format does not have.
+pub const NO_FIELD: u32 = u32::MAX;
 
 pub mod kind {
     /// The packet was freed with a drop reason (kfree_skb).

@@ -23,11 +23,6 @@ pub enum Error {
     MissingField { field: String },
 
     #[error(
-        "this kernel has no `enum skb_drop_reason` (drop reasons arrived in Linux 5.17): droptrace cannot tell why packets die on it; `droptrace check` still reads the forwarding sysctls and rules without eBPF, and kernels with drop reasons include Debian 12's 6.1, Ubuntu 22.04's HWE 6.8 and RHEL 9.2+"
-    )]
-    NoDropReasons,
-
-    #[error(
         "tracefs is not mounted and could not be mounted ({0}): mount it with `mount -t tracefs tracefs /sys/kernel/tracing` and retry"
     )]
     NoTracefs(String),
@@ -103,7 +98,6 @@ impl Error {
             | Error::NoBtf(_)
             | Error::BadBtf { .. }
             | Error::MissingField { .. }
-            | Error::NoDropReasons
             | Error::NoTracefs(_)
             | Error::Load(_)
             | Error::Attach(_)

@@ -1,17 +1,21 @@
 //! The drop path: every `kfree_skb_reason()` in the kernel.
 //!
-//! tp_btf (preferred; kernel >= 5.5 with BTF, drop reasons since 5.17):
-//!   TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
-//!            struct sock *rx_sk)            -- rx_sk added in 6.12; unused here
-//!   checked on 6.18.
+//! tp_btf (preferred; kernel >= 5.5 with BTF). Userspace loads the program written for the
+//! running kernel's prototype:
+//!   since 5.17: TP_PROTO(struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+//!               struct sock *rx_sk)         -- rx_sk added in 6.12; unused here
+//!               checked on 6.1, 6.12, 6.18.
+//!   before:     TP_PROTO(struct sk_buff *skb, void *location)   -- checked on 5.10
+//!               (REASON_UNREPORTED: userspace infers the cause from the location).
 //! tracepoint skb/kfree_skb (fallback when tp_btf cannot load): the record's field offsets
-//!   (skbaddr, location, reason) come from tracefs `events/skb/kfree_skb/format`.
+//!   (skbaddr, location, and reason where the format has one) come from tracefs
+//!   `events/skb/kfree_skb/format`.
 use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
 
-use tracer_common::stat;
+use tracer_common::{NO_FIELD, REASON_UNREPORTED, stat};
 
 use crate::{
     maps::{OFFSETS, bump},
@@ -27,6 +31,14 @@ pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn kfree_skb_btf_no_reason(ctx: BtfTracePointContext) -> i32 {
+    let skb: u64 = ctx.arg(0);
+    let location: u64 = ctx.arg(1);
+    on_drop(skb, location, REASON_UNREPORTED);
+    0
+}
+
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
     let off = OFFSETS.load();
@@ -36,7 +48,11 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
         (
             ctx.read_at::<u64>(off.tp_skbaddr as usize),
             ctx.read_at::<u64>(off.tp_location as usize),
-            ctx.read_at::<u32>(off.tp_reason as usize),
+            if off.tp_reason == NO_FIELD {
+                Ok(REASON_UNREPORTED)
+            } else {
+                ctx.read_at::<u32>(off.tp_reason as usize)
+            },
         )
     };
     match (skb, location, reason) {

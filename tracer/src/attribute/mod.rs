@@ -376,6 +376,7 @@ mod tests {
     fn syn(reason: &str, function: &str, dst: &str, dnat: Option<bool>) -> DropFacts {
         DropFacts {
             reason: reason.into(),
+            inferred: None,
             function: Some(function.into()),
             location: format!("{function}+0x10"),
             ipv6: false,

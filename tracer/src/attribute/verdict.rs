@@ -12,7 +12,10 @@ use crate::{
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Proximate {
+    /// The kernel's reason, or on a kernel that reports none the one inferred from the
+    /// freeing function (then named in `reason_inferred_from`).
     pub reason: String,
+    pub reason_inferred_from: Option<String>,
     pub location: String,
     pub hook: Option<String>,
     pub dnat: Option<bool>,
@@ -67,13 +70,22 @@ impl Signature {
     pub fn of(port: u16, d: &DropRecord) -> Self {
         Self {
             port,
-            reason: d.reason.clone(),
+            reason: d.reason_name().to_string(),
             function: d.function.clone(),
             dnat: d.dnat,
             dst: d.dst.clone(),
             answered: d.answered.is_some(),
             nf_hook: d.nf_hook,
         }
+    }
+}
+
+/// The reason the kernel's exact counters file a verdict's drops under: its own, or on a
+/// kernel that reports none, the one name all its drops share.
+fn counted_as(v: &VerdictRecord) -> &str {
+    match v.proximate.reason_inferred_from {
+        Some(_) => crate::load::kernel::btf::UNREPORTED,
+        None => &v.proximate.reason,
     }
 }
 
@@ -109,7 +121,8 @@ impl Book {
             first: d.time.clone(),
             last: d.time.clone(),
             proximate: Proximate {
-                reason: d.reason.clone(),
+                reason: d.reason_name().to_string(),
+                reason_inferred_from: d.inferred_reason.as_ref().map(|i| i.function.clone()),
                 location: d.location.clone(),
                 hook: a.hook.map(|h| h.name().to_string()),
                 dnat: d.dnat,
@@ -132,18 +145,20 @@ impl Book {
     }
 
     /// The closing verdicts. `exact` gives the kernel's exact count per (reason, port): a group
-    /// that is the only one with its reason on its port takes it (events may have been lost).
+    /// that is the only one counted under its reason on its port takes it (events may have
+    /// been lost).
     pub fn finish(&self, exact: &BTreeMap<(String, u16), u64>) -> Vec<VerdictRecord> {
         let mut out: Vec<VerdictRecord> = self.groups.values().cloned().collect();
         for v in &mut out {
             v.is_final = true;
+            let key = counted_as(v);
             let same = self
                 .groups
                 .values()
-                .filter(|o| o.port == v.port && o.proximate.reason == v.proximate.reason)
+                .filter(|o| o.port == v.port && counted_as(o) == key)
                 .count();
             if same == 1
-                && let Some(n) = exact.get(&(v.proximate.reason.clone(), v.port))
+                && let Some(n) = exact.get(&(key.to_string(), v.port))
             {
                 v.packets = v.packets.max(*n);
             }
@@ -164,11 +179,11 @@ impl Book {
         }
     }
 
-    /// (port, cause name, proximate reason) of every open verdict.
+    /// (port, cause name, the reason the kernel counts its drops under) of every open verdict.
     pub fn groups(&self) -> Vec<(u16, &'static str, String)> {
         self.groups
             .values()
-            .map(|v| (v.port, v.cause, v.proximate.reason.clone()))
+            .map(|v| (v.port, v.cause, counted_as(v).to_string()))
             .collect()
     }
 

@@ -359,9 +359,9 @@ pub async fn run(hook: HookChoice) -> Result<bool, Error> {
         return Err(Error::DemoLeftovers(stale.join(", ")));
     }
     crate::load::kernel::check_privileges()?;
-    // The kernel's own refusals (no BTF, no drop reasons) come before any namespace is made:
-    // a kernel droptrace cannot watch gets its one sentence at once, with nothing to clean up.
-    crate::load::kernel::btf::KernelBtf::from_sys()?.drop_reasons()?;
+    // The kernel's own refusal (no BTF) comes before any namespace is made: a kernel droptrace
+    // cannot watch gets its one sentence at once, with nothing to clean up.
+    crate::load::kernel::btf::KernelBtf::from_sys()?;
     let (interrupted, stop) = interrupt_listener()?;
 
     println!(
@@ -446,12 +446,12 @@ mod tests {
                 ready.notified().await;
                 (String::from("acted"), String::from("seen"))
             });
-            let failing_watch = async { Err(Error::NoDropReasons) };
+            let failing_watch = async { Err(Error::NoPorts) };
             tokio::time::timeout(Duration::from_secs(5), run_step(failing_watch, actor)).await
         });
         let (outcome, acted) = result.expect("the step hung after the watch failed early");
         assert!(
-            matches!(outcome, Err(Error::NoDropReasons)),
+            matches!(outcome, Err(Error::NoPorts)),
             "the watch's own error must come back, got {:?}",
             outcome.map(|o| o.verdicts.len())
         );

@@ -7,9 +7,9 @@ use std::{collections::BTreeMap, fs};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, FEntry, KProbe, TracePoint},
 };
-use tracer_common::{AddrPort, CounterKey, KernelOffsets, Process, WatchConfig, stat};
+use tracer_common::{AddrPort, CounterKey, KernelOffsets, NO_FIELD, Process, WatchConfig, stat};
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -86,11 +86,20 @@ pub struct TpHook {
 
 pub const KFREE_SKB: TpHook = TpHook {
     tracepoint: "kfree_skb",
-    variants: &[TpVariant {
-        program: "kfree_skb_btf",
-        args: &["struct sk_buff *", "void *", "enum skb_drop_reason"],
-        lost: None,
-    }],
+    variants: &[
+        TpVariant {
+            program: "kfree_skb_btf",
+            args: &["struct sk_buff *", "void *", "enum skb_drop_reason"],
+            lost: None,
+        },
+        // Before Linux 5.17: no reason argument. What that loses is said once, for this
+        // program and the tracepoint fallback alike (the watch's start line).
+        TpVariant {
+            program: "kfree_skb_btf_no_reason",
+            args: &["struct sk_buff *", "void *"],
+            lost: None,
+        },
+    ],
 };
 
 const ICMP_SEND: TpHook = TpHook {
@@ -158,6 +167,8 @@ impl TpHook {
 /// What an optional hook needs from the kernel, asked of the capability inspector.
 pub enum Need {
     Tracepoint(&'static TpHook),
+    /// The tracepoint, else a kernel function reached by fentry, else by kprobe.
+    TracepointOrFunction(&'static TpHook, &'static str),
     NetfilterLinks,
     CgroupLinks,
 }
@@ -173,8 +184,8 @@ pub struct OptionalHook {
 
 pub const ICMP_SIGNAL: OptionalHook = OptionalHook {
     signal: "icmp_send",
-    name: "tracepoint icmp_send",
-    need: Need::Tracepoint(&ICMP_SEND),
+    name: "icmp_send (tracepoint, fentry or kprobe)",
+    need: Need::TracepointOrFunction(&ICMP_SEND, "__icmp_send"),
     lost: "a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
 };
 
@@ -230,6 +241,13 @@ impl OptionalHook {
             Need::Tracepoint(tp) => {
                 let args = caps.prototypes.get(tp.tracepoint).cloned().flatten();
                 tp.variant_for(args.as_deref()).err()
+            }
+            Need::TracepointOrFunction(tp, function) => {
+                let args = caps.prototypes.get(tp.tracepoint).cloned().flatten();
+                let tracepoint = tp.variant_for(args.as_deref()).err()?;
+                (!caps.trampolines && !caps.kprobes).then(|| {
+                    format!("{tracepoint}, and neither fentry nor kprobes can reach {function}")
+                })
             }
             Need::NetfilterLinks => (!caps.netfilter_links)
                 .then(|| "netfilter links need Linux >= 6.4: this kernel has no bpf_nf_link".into()),
@@ -322,14 +340,15 @@ fn tracepoint_offsets(caps: &Capabilities, notes: &mut Vec<String>) -> Result<[u
     let format_path = root.join("events/skb/kfree_skb/format");
     let format = fs::read_to_string(&format_path)
         .map_err(|e| Error::Attach(format!("{}: {e}", format_path.display())))?;
-    let offs =
-        tracefs::field_offsets(&format, &["skbaddr", "location", "reason"]).ok_or_else(|| {
-            Error::Attach(format!(
-                "{} has no reason field: this kernel predates drop reasons (Linux 5.17)",
-                format_path.display()
-            ))
-        })?;
-    Ok([offs[0], offs[1], offs[2]])
+    let offs = tracefs::field_offsets(&format, &["skbaddr", "location"]).ok_or_else(|| {
+        Error::Attach(format!(
+            "{} has no skbaddr or location field: its layout is not one droptrace knows",
+            format_path.display()
+        ))
+    })?;
+    // Before Linux 5.17 the record has no reason: the program then reports none.
+    let reason = tracefs::field_offsets(&format, &["reason"]).map_or(NO_FIELD, |r| r[0]);
+    Ok([offs[0], offs[1], reason])
 }
 
 impl Tracer {
@@ -376,12 +395,10 @@ impl Tracer {
             notes,
             caps: opts.caps.clone(),
         };
-        for signal in [&ICMP_SIGNAL, &RST_SIGNAL] {
-            let Need::Tracepoint(tp) = signal.need else {
-                continue;
-            };
-            tracer.enable(signal, |t| attach_tp_hook(&mut t.ebpf, tp, &t.caps));
-        }
+        tracer.enable(&ICMP_SIGNAL, |t| attach_icmp(&mut t.ebpf, &t.caps));
+        tracer.enable(&RST_SIGNAL, |t| {
+            attach_tp_hook(&mut t.ebpf, &TCP_SEND_RESET, &t.caps)
+        });
         tracer.fill_maps(opts)?;
         Ok(tracer)
     }
@@ -619,6 +636,55 @@ fn refusal(why: &str) -> String {
         Some(last) if last != first => format!("{first} … {last}"),
         _ => first.to_string(),
     }
+}
+
+/// The ICMP errors the kernel sends: the tracepoint where the kernel has it, else fentry on
+/// `__icmp_send`, else a kprobe there; each refusal is kept for the note if all fail.
+fn attach_icmp(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<Option<&'static str>, String> {
+    let Need::TracepointOrFunction(tp, function) = ICMP_SIGNAL.need else {
+        unreachable!("ICMP_SIGNAL needs a tracepoint or a function")
+    };
+    let mut refused = Vec::new();
+    match attach_tp_hook(ebpf, tp, caps) {
+        Ok(lost) => return Ok(lost),
+        Err(why) => refused.push(format!("tracepoint: {why}")),
+    }
+    if caps.trampolines {
+        match attach_fentry(ebpf, "icmp_send_fentry", function) {
+            Ok(()) => return Ok(None),
+            Err(why) => refused.push(format!("fentry {function}: {why}")),
+        }
+    }
+    if caps.kprobes {
+        match attach_kprobe(ebpf, "icmp_send_kprobe", function) {
+            Ok(()) => return Ok(None),
+            Err(why) => refused.push(format!("kprobe {function}: {why}")),
+        }
+    }
+    Err(refused.join("; "))
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    let btf = aya_btf()?;
+    let program: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load(function, btf).map_err(|e| e.to_string())?;
+    program.attach().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    let program: &mut KProbe = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load().map_err(|e| e.to_string())?;
+    program.attach(function, 0).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), String> {

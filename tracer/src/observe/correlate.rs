@@ -44,6 +44,7 @@ mod tests {
     fn drop_of(sport: u16) -> DropFacts {
         DropFacts {
             reason: "NETFILTER_DROP".into(),
+            inferred: None,
             function: None,
             location: "nf_hook_slow+0x9c".into(),
             ipv6: false,

@@ -3,7 +3,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use tracer_common::{AF_INET, AF_INET6, DropEvent, ct, kind};
+use tracer_common::{AF_INET, AF_INET6, DropEvent, REASON_UNREPORTED, ct, kind};
 
 use crate::{
     discover::netns::IfNames,
@@ -11,7 +11,10 @@ use crate::{
         kernel::{btf::DropReasons, kallsyms::LiveSymbols},
         nfprobe,
     },
-    observe::facts::{Answer, DropFacts},
+    observe::{
+        facts::{Answer, DropFacts},
+        infer::{self, Inferred},
+    },
 };
 
 /// Decodes one ring-buffer record. None when its size is not a DropEvent's (a mismatched
@@ -133,10 +136,15 @@ pub struct DropRecord {
     pub sport: u16,
     pub dst: String,
     pub dport: u16,
-    pub reason: String,
+    /// The kernel's drop reason; null on a kernel that reports none (before Linux 5.17),
+    /// where `inferred_reason` says what the freeing function tells instead.
+    pub reason: Option<String>,
     pub location: String,
     /// Additional fields (free to add, never to rename).
     pub reason_code: u32,
+    /// Without a reported reason: the reason inferred, and from what (null when the freeing
+    /// function is not one droptrace knows: then only `function` says where).
+    pub inferred_reason: Option<Inferred>,
     pub tcp_flags: Option<String>,
     pub icmp: Option<String>,
     pub len: u32,
@@ -163,6 +171,17 @@ pub struct DropRecord {
     pub nf_trail: u16,
     #[serde(skip)]
     pub ktime_ns: u64,
+}
+
+impl DropRecord {
+    /// The reason the kernel gave, else the one inferred, else `UNREPORTED`.
+    pub fn reason_name(&self) -> &str {
+        match (&self.reason, &self.inferred_reason) {
+            (Some(r), _) => r,
+            (None, Some(i)) => i.reason,
+            (None, None) => crate::load::kernel::btf::UNREPORTED,
+        }
+    }
 }
 
 /// The kernel answered a watched packet with an ICMP error or a RST (`"type":"signal"`).
@@ -256,6 +275,14 @@ impl Namer {
     }
 
     pub fn record(&mut self, ev: &DropEvent) -> DropRecord {
+        let mut rec = self.rendered(ev);
+        if rec.reason.is_none() {
+            rec.inferred_reason = rec.function.as_deref().and_then(infer::from_function);
+        }
+        rec
+    }
+
+    fn rendered(&mut self, ev: &DropEvent) -> DropRecord {
         let family = family_name(ev.family);
         let is_icmp = ev.proto == 1 || ev.proto == 58;
         let dnat = (ev.has_ct != 0).then_some(ev.ct_status & ct::IPS_DST_NAT != 0);
@@ -271,9 +298,10 @@ impl Namer {
             sport: ev.sport,
             dst: addr(ev.family, &ev.daddr).to_string(),
             dport: ev.dport,
-            reason: self.reasons.name(ev.reason),
+            reason: (ev.reason != REASON_UNREPORTED).then(|| self.reasons.name(ev.reason)),
             location: self.symbols.resolve(ev.location),
             reason_code: ev.reason,
+            inferred_reason: None,
             tcp_flags: (ev.proto == 6).then(|| tcp_flags(ev.tcp_flags)),
             icmp: is_icmp.then(|| format!("{}/{}", ev.icmp_type, ev.icmp_code)),
             len: ev.len,
@@ -297,7 +325,8 @@ impl Namer {
 fn facts_of(ev: &DropEvent, rec: &DropRecord) -> DropFacts {
     let dnat = rec.dnat == Some(true);
     DropFacts {
-        reason: rec.reason.clone(),
+        reason: rec.reason_name().to_string(),
+        inferred: rec.inferred_reason.clone(),
         function: rec.function.clone(),
         location: rec.location.clone(),
         ipv6: ev.family == AF_INET6,

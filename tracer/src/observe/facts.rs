@@ -81,7 +81,10 @@ pub fn icmp_name(ipv6: bool, icmp_type: u8, code: u8) -> &'static str {
 /// One dropped packet, as observed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DropFacts {
+    /// The kernel's reason, or (`inferred`) the one inferred from `function` on a kernel
+    /// that reports none.
     pub reason: String,
+    pub inferred: Option<crate::observe::infer::Inferred>,
     /// `ip_error`, `tcp_v4_rcv`, `nf_hook_slow`, …
     pub function: Option<String>,
     pub location: String,

@@ -4,5 +4,6 @@ pub mod changes;
 pub mod correlate;
 pub mod event;
 pub mod facts;
+pub mod infer;
 pub mod state;
 pub mod tracerules;

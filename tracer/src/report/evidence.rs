@@ -90,8 +90,13 @@ impl PcapSink {
         }
         let id = self.interface(rec.netns, rec.ifindex, &rec.ifname)?;
         let comment = format!(
-            "droptrace: reason={} location={} netns={} ifname={} hook={} dnat={} cause={}",
-            rec.reason,
+            "droptrace: reason={}{} location={} netns={} ifname={} hook={} dnat={} cause={}",
+            rec.reason_name(),
+            if rec.reason.is_none() {
+                " (inferred: this kernel reports no reason)"
+            } else {
+                ""
+            },
             rec.location,
             rec.netns,
             rec.ifname,

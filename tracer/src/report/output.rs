@@ -148,8 +148,12 @@ impl<W: Write> Printer<W> {
                 let p = &v.proximate;
                 writeln!(
                     self.out,
-                    "  where:    {} at {}, hook {}, dnat {}{}",
+                    "  where:    {}{} at {}, hook {}, dnat {}{}",
                     p.reason,
+                    p.reason_inferred_from
+                        .as_deref()
+                        .map(|f| format!(" (inferred from {f}: this kernel reports no reason)"))
+                        .unwrap_or_default(),
                     p.location,
                     p.hook.as_deref().unwrap_or("unknown"),
                     p.dnat.map_or("unknown".to_string(), |d| d.to_string()),
@@ -160,6 +164,9 @@ impl<W: Write> Printer<W> {
                 )?;
                 if let Some(rule) = &p.rule {
                     writeln!(self.out, "  rule:     {rule}")?;
+                }
+                for rule in &p.rule_candidates {
+                    writeln!(self.out, "  rule?:    {rule}")?;
                 }
                 for e in &v.evidence {
                     writeln!(self.out, "  evidence: {e}")?;
@@ -242,7 +249,18 @@ impl<W: Write> Printer<W> {
                 writeln!(
                     self.out,
                     "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} {}",
-                    time, rec.netns, rec.ifname, rec.proto, flow, flags, rec.reason, rec.location
+                    time,
+                    rec.netns,
+                    rec.ifname,
+                    rec.proto,
+                    flow,
+                    flags,
+                    // `~`: inferred from the freeing function (a kernel without reasons).
+                    match &rec.reason {
+                        Some(r) => r.clone(),
+                        None => format!("~{}", rec.reason_name()),
+                    },
+                    rec.location
                 )
             }
         }
@@ -305,7 +323,8 @@ mod tests {
             sport: 40000,
             dst: "198.51.100.1".into(),
             dport: 5000,
-            reason: "NO_SOCKET".into(),
+            reason: Some("NO_SOCKET".into()),
+            inferred_reason: None,
             location: "tcp_v4_rcv+0x1b2".into(),
             reason_code: 3,
             tcp_flags: Some("SYN".into()),

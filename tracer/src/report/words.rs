@@ -184,6 +184,10 @@ fn reason(reason: &str) -> (&'static str, &'static str) {
             "TCP segment outside the connection's window (often a stale or asymmetric conntrack path)",
             "check for asymmetric routing and conntrack state (conntrack -L)",
         ),
+        crate::load::kernel::btf::UNREPORTED => (
+            "this kernel reports no drop reason, and the function that freed the packet is not one droptrace knows",
+            "look at the function in `location` in your kernel's source, or run the same check on a kernel with drop reasons (5.17+)",
+        ),
         _ => (
             "the kernel dropped it with this reason",
             "look the reason up in include/net/dropreason-core.h of your kernel",
@@ -216,6 +220,16 @@ fn observed(d: &DropFacts, hook: Option<Hook>) -> Vec<String> {
         hook.map(|h| format!(" (hook {})", h.name()))
             .unwrap_or_default()
     )];
+    if let Some(i) = &d.inferred {
+        evidence.push(format!(
+            "this kernel reports no drop reasons (before Linux 5.17): {} is inferred from the function that freed it, {}{}",
+            i.reason,
+            i.function,
+            i.or_else
+                .map(|o| format!(" (which also drops for {o})"))
+                .unwrap_or_default()
+        ));
+    }
     if let Some(h) = d.nf_hook {
         evidence.push(format!(
             "netfilter hook probes saw it enter {} and never leave it",
@@ -423,10 +437,17 @@ fn kernel_drop(d: &DropFacts, ctx: &Context, rp: Option<&RpFilter>) -> Words {
     (sentence, evidence, fix, None)
 }
 
-/// What to say when no change explaining a verdict was seen: it happened before droptrace
-/// started.
-pub fn before_start_note(cause: Cause) -> String {
-    let look = match cause {
+/// What to say when this kernel cannot show who changed the setting a verdict is about
+/// (cgroup/sysctl refused or absent: see the start line).
+pub fn unrecordable_note(cause: Cause) -> String {
+    format!(
+        "who changed the setting cannot be recorded on this kernel (cgroup/sysctl is unavailable: see the start line's notes); {}",
+        where_to_look(cause)
+    )
+}
+
+fn where_to_look(cause: Cause) -> &'static str {
+    match cause {
         Cause::ForwardingDisabled | Cause::KernelDrop => {
             "check /etc/sysctl.conf and /etc/sysctl.d/ for the setting, and journalctl for network restarts or `sysctl -p` runs around the time clients started failing"
         }
@@ -436,8 +457,14 @@ pub fn before_start_note(cause: Cause) -> String {
         Cause::FirewallDrop | Cause::FirewallReject => {
             "check the firewall's configuration (firewalld zones, /etc/nftables.conf, iptables-save files) and journalctl for who loaded it"
         }
-    };
+    }
+}
+
+/// What to say when no change explaining a verdict was seen: it happened before droptrace
+/// started.
+pub fn before_start_note(cause: Cause) -> String {
     format!(
-        "the change happened before droptrace started, so its author was not recorded: {look}; keep droptrace running to catch the next one"
+        "the change happened before droptrace started, so its author was not recorded: {}; keep droptrace running to catch the next one",
+        where_to_look(cause)
     )
 }

@@ -369,6 +369,9 @@ fn pollable(ring: RingBuf<MapData>, what: &str) -> Result<Ring, Error> {
         .map_err(|e| Error::Io(format!("polling the {what}: {e}")))
 }
 
+/// What a kernel without drop reasons loses, for the start line.
+const NO_REASONS: &str = "this kernel reports no drop reasons (before Linux 5.17): each drop's reason is inferred from the kernel function that freed it (`inferred_reason`; `reason` is null), a function droptrace does not know is reported by its name only, and the exact counters cannot be split by reason";
+
 /// Load: the kernel side for this kernel (its capabilities inspected once), attached, with
 /// its two rings; the drop reasons' names for the observer.
 fn load(
@@ -376,7 +379,7 @@ fn load(
     found: &Found,
 ) -> Result<(Tracer, Ring, Ring, Capabilities, DropReasons), Error> {
     let btf = KernelBtf::from_sys()?;
-    let reasons = btf.drop_reasons()?;
+    let reasons = btf.drop_reasons();
     let tracepoints: Vec<&'static str> = ebpf::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
     let caps = Capabilities::probe(&btf, &tracepoints);
     let opts = LoadOptions {
@@ -397,6 +400,9 @@ fn load(
     };
     drop(btf);
     let mut tracer = Tracer::load(&opts)?;
+    if !reasons.reported() {
+        tracer.notes.push(NO_REASONS.to_string());
+    }
     if req.kernel_log {
         tracer.forward_kernel_log()?;
     }
@@ -514,6 +520,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         bundle_dir: req.evidence.clone(),
         first_verdict_seen: false,
         notes: notes.clone(),
+        signals: tracer.signals.clone(),
         delivered: 0,
         drops_seen: 0,
         ticked: Instant::now(),

@@ -72,6 +72,8 @@ pub(super) struct Observer<'w> {
     pub first_verdict_seen: bool,
     /// The start line's notes, also written into the bundle's snapshots.
     pub notes: Vec<String>,
+    /// The optional hooks that attached (the start line's `signals`).
+    pub signals: Vec<&'static str>,
     /// Ring events handled, and how many were drops.
     pub delivered: u64,
     pub drops_seen: u64,
@@ -142,7 +144,7 @@ impl Observer<'_> {
         if let Some(a) = self.book.known(&sig) {
             return a.clone();
         }
-        if rec.reason == "NETFILTER_DROP"
+        if rec.reason_name() == "NETFILTER_DROP"
             && let Some(rt) = &self.rule_tracer
         {
             facts.traced = rt
@@ -209,6 +211,10 @@ impl Observer<'_> {
         }
         match culprit_for(&a.why, &self.changes.seen) {
             Some(c) => (Some(c.clone()), None),
+            // A sysctl's writers are seen only through cgroup/sysctl.
+            None if a.why.sysctl().is_some() && !self.signals.contains(&"sysctl_writes") => {
+                (None, Some(words::unrecordable_note(a.cause)))
+            }
             None => (None, Some(words::before_start_note(a.cause))),
         }
     }
@@ -243,10 +249,13 @@ impl Observer<'_> {
             .iter()
             .map(|(&(reason, port, proto), &n)| {
                 let name = self.namer.reasons.name(reason);
-                let cause = groups
-                    .iter()
-                    .find(|(p, _, r)| *p == port && *r == name)
-                    .map_or("unattributed", |(_, c, _)| c);
+                // One verdict counted under this reason on this port takes the count; several
+                // (on a kernel without reasons, every verdict of a port) cannot be told apart.
+                let mut counted = groups.iter().filter(|(p, _, r)| *p == port && *r == name);
+                let cause = match (counted.next(), counted.next()) {
+                    (Some((_, c, _)), None) => c,
+                    _ => "unattributed",
+                };
                 (cause.to_string(), name, port, event::proto_name(proto), n)
             })
             .collect();

@@ -98,25 +98,25 @@ impl KernelBtf {
     }
 
     /// `enum skb_drop_reason` of this kernel: value → name as the kernel spells it.
-    pub fn drop_reasons(&self) -> Result<DropReasons, Error> {
-        let types = self
+    pub fn drop_reasons(&self) -> DropReasons {
+        let members = self
             .btf
             .resolve_types_by_name("skb_drop_reason")
-            .map_err(|_| Error::NoDropReasons)?;
-        let members = types
-            .into_iter()
-            .find_map(|t| match t {
-                Type::Enum(e) => Some(e.members),
-                _ => None,
-            })
-            .ok_or(Error::NoDropReasons)?;
+            .ok()
+            .and_then(|types| {
+                types.into_iter().find_map(|t| match t {
+                    Type::Enum(e) => Some(e.members),
+                    _ => None,
+                })
+            });
         let mut names = BTreeMap::new();
-        for member in members {
+        // Before Linux 5.17 there is no such enum: no reason is reported (see `reported`).
+        for member in members.into_iter().flatten() {
             if let Ok(name) = self.btf.resolve_name(&member) {
                 names.insert(member.val(), name);
             }
         }
-        Ok(DropReasons { names })
+        DropReasons { names }
     }
 
     /// Whether the kernel defines a type called `name` (a struct, enum, typedef…).
@@ -257,6 +257,8 @@ pub struct DropReasons {
 /// `--include-teardown` keeps the purge reasons.
 const NOT_DROPS: &[&str] = &["SKB_NOT_DROPPED_YET", "SKB_CONSUMED"];
 const TEARDOWN: &[&str] = &["QUEUE_PURGE", "SOCKET_CLOSE"];
+/// The name counters and summaries give drops on a kernel that reports no reason.
+pub const UNREPORTED: &str = "UNREPORTED";
 
 impl DropReasons {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (u32, &'a str)>) -> Self {
@@ -265,9 +267,18 @@ impl DropReasons {
         }
     }
 
+    /// Whether this kernel reports drop reasons at all (`enum skb_drop_reason`, Linux 5.17).
+    pub fn reported(&self) -> bool {
+        !self.names.is_empty()
+    }
+
     /// The reason's short name: `NO_SOCKET` for SKB_DROP_REASON_NO_SOCKET; values the kernel
-    /// does not name (subsystem reasons) as `UNKNOWN_0x…`.
+    /// does not name (subsystem reasons) as `UNKNOWN_0x…`; `UNREPORTED` on a kernel without
+    /// reasons.
     pub fn name(&self, value: u32) -> String {
+        if value == tracer_common::REASON_UNREPORTED {
+            return UNREPORTED.to_string();
+        }
         match self.names.get(&value) {
             Some(full) => full
                 .strip_prefix("SKB_DROP_REASON_")
@@ -358,7 +369,8 @@ mod tests {
         let Some(btf) = kernel() else {
             return;
         };
-        let reasons = btf.drop_reasons().expect("enum skb_drop_reason");
+        let reasons = btf.drop_reasons();
+        assert!(reasons.reported(), "this kernel has enum skb_drop_reason");
         let no_socket = reasons.value("NO_SOCKET").expect("NO_SOCKET");
         assert_eq!(reasons.name(no_socket), "NO_SOCKET");
         assert!(reasons.value("NETFILTER_DROP").is_some());

@@ -72,6 +72,7 @@ fn published() -> Vec<PublishedPort> {
 fn drop(reason: &str, dst: &str, dnat: Option<bool>, hook: Option<Hook>) -> DropFacts {
     DropFacts {
         reason: reason.into(),
+        inferred: None,
         function: Some(
             if reason == "NO_SOCKET" {
                 "tcp_v4_rcv"
