@@ -285,9 +285,13 @@ fn docker_user_drop(backend: Backend) {
         v["evidence"].to_string().contains("packet counter rose"),
         "the rule must be confirmed by its counter: {v:#}"
     );
-    // The netfilter hook probes (Linux >= 6.4) saw each packet enter FORWARD, never leave;
-    // without them the hook above was inferred and no probe claims anything.
-    let probed = if common::kernel::has_netfilter_links() {
+    // The netfilter hook probes (netfilter links on Linux >= 6.4, fentry/fexit on
+    // nf_hook_slow before) saw each packet enter FORWARD, never leave; without them the hook
+    // above was inferred and no probe claims anything.
+    let probed = if out.of_type("start")[0]["signals"]
+        .to_string()
+        .contains("netfilter_hooks")
+    {
         Value::from("FORWARD")
     } else {
         Value::Null

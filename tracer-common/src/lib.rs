@@ -62,6 +62,9 @@ pub struct KernelOffsets {
     /// `mm_struct.arg_start`, `.arg_end`: the process's command line in its own memory.
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    /// `nf_hook_state.hook` (u8 since 5.x's rework, unsigned int before: its low byte is the
+    /// hook number either way), or ABSENT.
+    pub nf_state_hook: u32,
 }
 
 /// Offset value meaning "this kernel has no such field": the program skips the read.
@@ -96,6 +99,7 @@ impl KernelOffsets {
         nsproxy_net_ns: 0,
         mm_arg_start: 0,
         mm_arg_end: 0,
+        nf_state_hook: 0,
     };
 }
 
@@ -148,7 +152,7 @@ pub struct CounterKey {
 
 /// Indexes of the per-CPU STATS array: the program's own health, reported in the summary.
 pub mod stat {
-    /// Events the ring buffer could not take (the counters still counted the drop).
+    /// Drop events the ring buffer could not take (the counters still counted the drop).
     pub const RING_LOST: u32 = 0;
     /// Events handed to the ring buffer.
     pub const EVENTS: u32 = 1;
@@ -156,7 +160,9 @@ pub mod stat {
     pub const COUNTER_FULL: u32 = 2;
     /// Kernel memory reads that failed (skb or header not readable).
     pub const READ_ERRORS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Signal events (ICMP errors, RSTs sent) the ring buffer could not take.
+    pub const SIGNALS_LOST: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// What a ring event reports.

@@ -33,7 +33,7 @@ const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
-fn read<T>(base: u64, off: u32) -> Result<T, i32> {
+pub fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     // SAFETY: bpf_probe_read_kernel copies through the kernel's fault-tolerant path: a bad
     // address returns an error, it never faults. Every T used here is plain integers/bytes.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
@@ -42,7 +42,7 @@ fn read<T>(base: u64, off: u32) -> Result<T, i32> {
 /// nsfs inode of the namespace the skb belongs to: its device's namespace, or its socket's
 /// when it has no device (locally generated, not yet routed). 0 when neither is readable.
 #[inline(always)]
-fn netns_of(skb: u64, dev: u64, off: &KernelOffsets) -> u32 {
+pub fn netns_of(skb: u64, dev: u64, off: &KernelOffsets) -> u32 {
     let net: u64 = if dev != 0 {
         read(dev, off.dev_nd_net).unwrap_or(0)
     } else {
@@ -345,6 +345,8 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
     };
     if EVENTS.output(ev, flags).is_ok() {
         bump(stat::EVENTS);
+    } else if event_kind != kind::DROP {
+        bump(stat::SIGNALS_LOST);
     } else {
         bump(stat::RING_LOST);
         warn!(

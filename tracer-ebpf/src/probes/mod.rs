@@ -2,6 +2,7 @@
 mod exec;
 mod icmp_send;
 mod kfree_skb;
+mod nf_hook;
 mod setsockopt;
 mod sysctl;
 mod tcp_send_reset;

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, fs};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{BtfTracePoint, CgroupAttachMode, FEntry, KProbe, TracePoint},
+    programs::{BtfTracePoint, CgroupAttachMode, FEntry, FExit, KProbe, TracePoint},
 };
 use tracer_common::{AddrPort, CounterKey, KernelOffsets, NO_FIELD, Process, WatchConfig, stat};
 
@@ -169,7 +169,8 @@ pub enum Need {
     Tracepoint(&'static TpHook),
     /// The tracepoint, else a kernel function reached by fentry, else by kprobe.
     TracepointOrFunction(&'static TpHook, &'static str),
-    NetfilterLinks,
+    /// Netfilter links (Linux 6.4), else fentry/fexit on `nf_hook_slow`.
+    NetfilterLinksOrTrampolines,
     CgroupLinks,
 }
 
@@ -199,7 +200,7 @@ pub const RST_SIGNAL: OptionalHook = OptionalHook {
 pub const NETFILTER_PROBES: OptionalHook = OptionalHook {
     signal: "netfilter_hooks",
     name: "netfilter hook probes",
-    need: Need::NetfilterLinks,
+    need: Need::NetfilterLinksOrTrampolines,
     lost: "the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead",
 };
 
@@ -249,8 +250,8 @@ impl OptionalHook {
                     format!("{tracepoint}, and neither fentry nor kprobes can reach {function}")
                 })
             }
-            Need::NetfilterLinks => (!caps.netfilter_links)
-                .then(|| "netfilter links need Linux >= 6.4: this kernel has no bpf_nf_link".into()),
+            Need::NetfilterLinksOrTrampolines => (!caps.netfilter_links && !caps.trampolines)
+                .then(|| "netfilter links need Linux >= 6.4 and this kernel has neither them nor BPF trampolines for fentry on nf_hook_slow".into()),
             Need::CgroupLinks => match (&caps.cgroup2_root, caps.cgroup_links) {
                 (None, _) => Some(
                     "no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified".into(),
@@ -287,7 +288,10 @@ pub struct Tracer {
 pub struct Totals {
     /// (reason value, port, proto) → packets.
     pub counters: BTreeMap<(u32, u16, u8), u64>,
+    /// Drop events the ring could not take.
     pub ring_lost: u64,
+    /// Signal events (ICMP errors, RSTs) the ring could not take.
+    pub signals_lost: u64,
     pub events: u64,
     pub counter_full: u64,
     pub read_errors: u64,
@@ -521,8 +525,18 @@ impl Tracer {
 
     /// Links the netfilter hook probes inside `ns`. Optional: on kernels without netfilter
     /// links (< 6.4) the hook of a NETFILTER_DROP is inferred instead, and a note says so.
+    /// The netfilter hook probes: BPF netfilter links in the watched namespace (Linux 6.4),
+    /// else fentry/fexit on `nf_hook_slow` (every namespace's packets pass there; the
+    /// programs keep the watched namespace's).
     pub fn attach_hook_probes(&mut self, ns: &Netns) {
         self.enable(&NETFILTER_PROBES, |t| {
+            if !t.caps.netfilter_links {
+                attach_fentry(&mut t.ebpf, "nf_hook_enter", "nf_hook_slow")?;
+                attach_fexit(&mut t.ebpf, "nf_hook_exit", "nf_hook_slow")?;
+                return Ok(Some(
+                    "the netfilter hook is observed through fentry/fexit on nf_hook_slow (this kernel has no netfilter links, Linux 6.4)",
+                ));
+            }
             let fd = match t.ebpf.map("NF_TRAIL") {
                 Some(aya::maps::Map::LruHashMap(data)) => data.fd().as_fd().as_raw_fd(),
                 _ => return Err("map NF_TRAIL missing from the eBPF object".into()),
@@ -583,6 +597,7 @@ impl Tracer {
         totals.events = read(stat::EVENTS)?;
         totals.counter_full = read(stat::COUNTER_FULL)?;
         totals.read_errors = read(stat::READ_ERRORS)?;
+        totals.signals_lost = read(stat::SIGNALS_LOST)?;
         Ok(totals)
     }
 }
@@ -631,12 +646,23 @@ fn attach_tp_hook(
 fn refusal(why: &str) -> String {
     let mut lines = why.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or_default();
-    let last = lines.rfind(|l| !l.starts_with("processed ") && !l.starts_with("verification time"));
+    let rest: Vec<&str> = lines.collect();
+    // A helper this program type may not call on this kernel is the refusal's real sentence.
+    let helper = rest
+        .iter()
+        .find(|l| l.contains("unknown func") || l.contains("helper call is not allowed"));
+    let last = helper.or_else(|| {
+        rest.iter()
+            .rfind(|l| !l.starts_with("processed ") && !l.starts_with("verification time"))
+    });
     match last {
-        Some(last) if last != first => format!("{first} … {last}"),
+        Some(last) if *last != first => format!("{first} … {last}"),
         _ => first.to_string(),
     }
 }
+
+/// What hooking `__icmp_send` itself (no tracepoint) sees differently.
+const ICMP_BY_FUNCTION: &str = "ICMP errors are seen where the kernel starts to send them (__icmp_send: this kernel has no icmp_send tracepoint), so one its ICMP rate limit then suppresses still counts as an answer";
 
 /// The ICMP errors the kernel sends: the tracepoint where the kernel has it, else fentry on
 /// `__icmp_send`, else a kprobe there; each refusal is kept for the note if all fail.
@@ -651,13 +677,13 @@ fn attach_icmp(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<Option<&'static s
     }
     if caps.trampolines {
         match attach_fentry(ebpf, "icmp_send_fentry", function) {
-            Ok(()) => return Ok(None),
+            Ok(()) => return Ok(Some(ICMP_BY_FUNCTION)),
             Err(why) => refused.push(format!("fentry {function}: {why}")),
         }
     }
     if caps.kprobes {
         match attach_kprobe(ebpf, "icmp_send_kprobe", function) {
-            Ok(()) => return Ok(None),
+            Ok(()) => return Ok(Some(ICMP_BY_FUNCTION)),
             Err(why) => refused.push(format!("kprobe {function}: {why}")),
         }
     }
@@ -667,6 +693,18 @@ fn attach_icmp(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<Option<&'static s
 fn attach_fentry(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
     let btf = aya_btf()?;
     let program: &mut FEntry = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing"))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    program.load(function, btf).map_err(|e| e.to_string())?;
+    program.attach().map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
+    let btf = aya_btf()?;
+    let program: &mut FExit = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing"))?
         .try_into()
@@ -806,6 +844,12 @@ mod tests {
             "the BPF_PROG_LOAD syscall failed. Verifier output: reg type unsupported for arg#0 function tcp_send_reset#30 … func 'tcp_send_reset' doesn't have 3-th argument"
         );
         assert_eq!(refusal("one line"), "one line");
+        // The shape of a helper refused for the program type (a cgroup program on 5.10).
+        let helper = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: ; #[cgroup_sysctl]\n0: (bf) r6 = r1\n12: (85) call bpf_get_current_pid_tgid#14\nunknown func bpf_get_current_pid_tgid#14\nprocessed 13 insns\n: Invalid argument (os error 22)";
+        assert_eq!(
+            refusal(helper),
+            "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: ; #[cgroup_sysctl] … unknown func bpf_get_current_pid_tgid#14"
+        );
     }
 
     fn caps_of(btf: &crate::load::kernel::btf::KernelBtf) -> Capabilities {

@@ -62,8 +62,10 @@ pub struct SummaryRecord {
     pub drops: u64,
     /// Drop events delivered to userspace.
     pub events: u64,
-    /// Events the ring buffer could not take (their drops are still in `drops`).
+    /// Drop events the ring buffer could not take (their drops are still in `drops`).
     pub lost: u64,
+    /// Signal events (ICMP errors, RSTs sent) the ring buffer could not take.
+    pub signals_lost: u64,
     pub by_reason: BTreeMap<String, u64>,
     pub by_port: BTreeMap<u16, u64>,
     pub counters: Vec<CounterRecord>,

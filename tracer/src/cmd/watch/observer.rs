@@ -333,6 +333,7 @@ impl Observer<'_> {
             drops,
             events: self.delivered,
             lost: totals.ring_lost,
+            signals_lost: totals.signals_lost,
             by_reason,
             by_port,
             counters,

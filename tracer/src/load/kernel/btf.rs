@@ -94,6 +94,9 @@ impl KernelBtf {
             nsproxy_net_ns: self.field_offset("nsproxy", &["net_ns"])?,
             mm_arg_start: self.field_offset("mm_struct", &["arg_start"])?,
             mm_arg_end: self.field_offset("mm_struct", &["arg_end"])?,
+            nf_state_hook: self
+                .field_offset("nf_hook_state", &["hook"])
+                .unwrap_or(ABSENT),
         })
     }
 
