@@ -811,10 +811,15 @@ mod tests {
     fn a_missing_or_unknown_prototype_is_a_sentence_not_a_guess() {
         let none = ICMP_SEND.variant_for(None).unwrap_err();
         assert_eq!(none, "this kernel has no tracepoint icmp_send");
-        // kfree_skb before drop reasons (5.10): (skb, location) only.
+        // kfree_skb before drop reasons (5.10): (skb, location) only, its own program.
         let old = args(&["struct sk_buff *", "void *"]);
-        let why = KFREE_SKB.variant_for(Some(&old)).unwrap_err();
-        assert!(why.contains("(struct sk_buff *, void *)"), "{why}");
+        assert_eq!(
+            KFREE_SKB.variant_for(Some(&old)).unwrap().program,
+            "kfree_skb_btf_no_reason"
+        );
+        let odd = args(&["struct sock *"]);
+        let why = KFREE_SKB.variant_for(Some(&odd)).unwrap_err();
+        assert!(why.contains("(struct sock *)"), "{why}");
     }
 
     #[test]
@@ -868,11 +873,13 @@ mod tests {
 
     #[test]
     fn a_kernel_without_a_capability_gets_each_hooks_own_sentence() {
-        // Debian 12's 6.1 as the kernel matrix measured it: no netfilter links, the older
-        // tcp_send_reset prototype; and a host with no cgroup v2 mounted.
+        // A kernel without netfilter links, the icmp_send tracepoint, BPF trampolines or
+        // kprobes; and a host with no cgroup v2 mounted.
         let btf = crate::load::kernel::btf::KernelBtf::from_sys().expect("this kernel's BTF");
         let mut caps = caps_of(&btf);
         caps.netfilter_links = false;
+        caps.trampolines = false;
+        caps.kprobes = false;
         caps.cgroup2_root = None;
         caps.prototypes.insert("icmp_send", None);
         let notes: Vec<String> = OPTIONAL_HOOKS
@@ -882,8 +889,8 @@ mod tests {
         assert_eq!(
             notes,
             [
-                "tracepoint icmp_send unavailable (this kernel has no tracepoint icmp_send): a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
-                "netfilter hook probes unavailable (netfilter links need Linux >= 6.4: this kernel has no bpf_nf_link): the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead",
+                "icmp_send (tracepoint, fentry or kprobe) unavailable (this kernel has no tracepoint icmp_send, and neither fentry nor kprobes can reach __icmp_send): a REJECT cannot be told from a DROP by the ICMP error it sends (rule names still tell)",
+                "netfilter hook probes unavailable (netfilter links need Linux >= 6.4 and this kernel has neither them nor BPF trampolines for fentry on nf_hook_slow): the hook of a NETFILTER_DROP is inferred from conntrack and the destination address instead",
                 "cgroup/sysctl unavailable (no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified): who changed forwarding sysctls is not recorded",
                 "cgroup/setsockopt unavailable (no cgroup v2 hierarchy is mounted: mount -t cgroup2 none /sys/fs/cgroup/unified): iptables-legacy changes are not attributed",
             ]
