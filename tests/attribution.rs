@@ -98,6 +98,20 @@ fn ip_forward_off_is_forwarding_disabled() {
     assert_cause(&v, "forwarding_disabled", Some("routing"));
     assert_eq!(v["proximate"]["reason"], "IP_INADDRERRORS");
     assert_eq!(v["proximate"]["dnat"], true);
+    // The routing decision, seen: a forwarding path toward the container, then refused; and
+    // not one packet forwarded.
+    if let Some(f) = common::flow_of(&out, 5000) {
+        assert_eq!(f["forwarded"], 0, "{f}");
+        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 1, "{f}");
+        assert!(
+            v["evidence"].to_string().contains(&format!(
+                "-> {}:5000 via {} (table 254: a forwarding path), then net.ipv4.ip_forward = 0 refused",
+                lab::CTR_ADDR,
+                lab::BRIDGE
+            )),
+            "{v:#}"
+        );
+    }
     let fix = v["fix"].as_str().unwrap();
     assert_eq!(
         fix,
@@ -153,6 +167,18 @@ fn nat_chain_gone_without_listener(backend: Backend) {
             .contains("nat chain DOCKER is gone"),
         "{v:#}"
     );
+    // The routing decision says the same from the other side: local delivery (that lookup
+    // carries no port, so it is evidence rather than a per-port count), nothing forwarded.
+    if let Some(f) = common::flow_of(&out, 5000) {
+        assert_eq!(f["forwarded"], 0, "{f}");
+        assert!(
+            v["evidence"].to_string().contains(&format!(
+                "the routing lookup for {}:5000 chose local delivery",
+                lab::HOST_ADDR
+            )),
+            "{v:#}"
+        );
+    }
 }
 
 #[test]

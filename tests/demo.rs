@@ -57,6 +57,30 @@ fn demo_attributes_every_step_and_refuses_to_run_over_leftovers() {
         stdout.contains("culprit:  net.ipv4.ip_forward 1 -> 0"),
         "{stdout}"
     );
+    // The flow, not only the deaths: each step's summary line for the port. Healthy steps
+    // forward and drop nothing; with forwarding off nothing is forwarded.
+    if common::kernel::has_forwarding_tracepoints() {
+        let flows: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("port 5000/tcp: "))
+            .collect();
+        assert_eq!(flows.len(), 6, "one flow line per step:\n{stdout}");
+        let forwarded = |line: &str| -> u64 {
+            let n = line.trim_start().trim_start_matches("port 5000/tcp: ");
+            n.split(' ').next().unwrap_or("0").parse().unwrap_or(0)
+        };
+        for healthy in [flows[0], flows[2], flows[4]] {
+            assert!(
+                forwarded(healthy) > 0 && healthy.contains(" 0 dropped"),
+                "{healthy}"
+            );
+        }
+        assert_eq!(forwarded(flows[1]), 0, "{}", flows[1]);
+        assert!(
+            stdout.contains("evidence: the kernel routed"),
+            "the routing decision as evidence:\n{stdout}"
+        );
+    }
     assert!(
         demo_namespaces().is_empty(),
         "the demo left namespaces behind"

@@ -157,6 +157,12 @@ fn healthy_published_port_produces_no_drop() {
         out.dump()
     );
     assert_eq!(out.summary()["drops"], 0);
+    // The other half of the answer: the packets were forwarded, and routed to do so.
+    if let Some(f) = common::flow_of(&out, 5000) {
+        assert!(f["forwarded"].as_u64().unwrap_or(0) >= 3, "{f}");
+        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 3, "{f}");
+        assert_eq!(f["dropped"], 0, "{f}");
+    }
 }
 
 #[test]

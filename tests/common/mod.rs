@@ -56,6 +56,13 @@ pub mod kernel {
         btf().has_type("bpf_nf_link")
     }
 
+    /// The BTF-typed tracepoints of the routing decision and of transmission.
+    pub fn has_forwarding_tracepoints() -> bool {
+        let btf = btf();
+        btf.tracepoint_args("fib_table_lookup").is_some()
+            && btf.tracepoint_args("net_dev_queue").is_some()
+    }
+
     /// `enum skb_drop_reason` (Linux 5.17): drops carry the kernel's own reason.
     pub fn has_drop_reasons() -> bool {
         btf().has_type("skb_drop_reason")
@@ -74,6 +81,29 @@ pub fn assert_reason(drop: &Value, want: &str) {
             "inferred reason of {drop}"
         );
     }
+}
+
+/// The summary's flow record of watched port `port` over TCP, when the start line says the
+/// forwarding hooks loaded (`forwarded_packets`, `routing_decisions`); None when they did not.
+pub fn flow_of(out: &Output, port: u16) -> Option<Value> {
+    let signals = out.of_type("start")[0]["signals"].to_string();
+    if !signals.contains("forwarded_packets") || !signals.contains("routing_decisions") {
+        assert!(
+            !kernel::has_forwarding_tracepoints(),
+            "this kernel has fib_table_lookup and net_dev_queue: the hooks must load: {signals}"
+        );
+        return None;
+    }
+    let flows = out.summary()["flows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Some(
+        flows
+            .into_iter()
+            .find(|f| f["port"] == port && f["proto"] == "tcp")
+            .unwrap_or_else(|| serde_json::json!({"port": port, "forwarded": 0, "dropped": 0, "routed_forward": 0, "routed_local": 0})),
+    )
 }
 
 /// The reason the kernel's exact counters (summary, metrics) file `reason`'s drops under:

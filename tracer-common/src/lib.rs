@@ -65,6 +65,18 @@ pub struct KernelOffsets {
     /// `nf_hook_state.hook` (u8 since 5.x's rework, unsigned int before: its low byte is the
     /// hook number either way), or ABSENT.
     pub nf_state_hook: u32,
+    /// `flowi4`: `__fl_common.flowic_iif`, `.flowic_proto`, `saddr`, `daddr`,
+    /// `uli.ports.sport`, `.dport` (ABSENT when missing).
+    pub fl4_iif: u32,
+    pub fl4_proto: u32,
+    pub fl4_saddr: u32,
+    pub fl4_daddr: u32,
+    pub fl4_sport: u32,
+    pub fl4_dport: u32,
+    /// `fib_table.tb_id`, `fib_nh_common.nhc_dev`, `net_device.name`.
+    pub fib_tb_id: u32,
+    pub nhc_dev: u32,
+    pub dev_name: u32,
 }
 
 /// Offset value meaning "this kernel has no such field": the program skips the read.
@@ -100,6 +112,15 @@ impl KernelOffsets {
         mm_arg_start: 0,
         mm_arg_end: 0,
         nf_state_hook: 0,
+        fl4_iif: 0,
+        fl4_proto: 0,
+        fl4_saddr: 0,
+        fl4_daddr: 0,
+        fl4_sport: 0,
+        fl4_dport: 0,
+        fib_tb_id: 0,
+        nhc_dev: 0,
+        dev_name: 0,
     };
 }
 
@@ -150,6 +171,54 @@ pub struct CounterKey {
     pub _pad: u8,
 }
 
+/// What the kernel did with a watched port's packets (`FLOWS` per-CPU counters).
+pub mod flow {
+    /// Forwarded: queued for transmission on a device after arriving on another one.
+    pub const FORWARDED: u8 = 0;
+    /// A routing lookup (fib_table_lookup) chose a route in a table other than `local`.
+    pub const ROUTED_FORWARD: u8 = 1;
+    /// A routing lookup chose local delivery (the `local` table).
+    pub const ROUTED_LOCAL: u8 = 2;
+    /// A routing lookup failed with an error other than "try the next table".
+    pub const ROUTE_FAILED: u8 = 3;
+}
+
+/// Key of the FLOWS counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The watched port the packet matched on (host byte order).
+    pub port: u16,
+    /// `flow::*`
+    pub kind: u8,
+    /// IPPROTO_* of the packet.
+    pub proto: u8,
+}
+
+/// The last routing decision seen for a watched port (`ROUTES`, keyed by that port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteSample {
+    pub ktime_ns: u64,
+    /// IPv4 source and destination of the lookup.
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// The routing table consulted (255 local, 254 main).
+    pub table: u32,
+    /// 0, or the lookup's negative errno.
+    pub err: i32,
+    /// Ingress ifindex of the lookup, and the chosen device's ifindex (0 if none).
+    pub iif: u32,
+    pub oif: u32,
+    /// The chosen device's name, NUL-padded.
+    pub dev: [u8; 16],
+    pub proto: u8,
+    pub _pad: [u8; 11],
+}
+
 /// Indexes of the per-CPU STATS array: the program's own health, reported in the summary.
 pub mod stat {
     /// Drop events the ring buffer could not take (the counters still counted the drop).
@@ -181,8 +250,10 @@ pub mod kind {
     pub const ICMP_SENT: u8 = 1;
     /// The kernel's TCP stack answered this packet with a RST (tcp_send_reset).
     pub const RST_SENT: u8 = 2;
+    /// Not an event: the scratch slot of the transmit counter (net_dev_queue).
+    pub const TRANSMIT: u8 = 3;
     /// How many kinds (one program, and one scratch slot, each).
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// IPS_* bits of `nf_conn.status` (uapi nf_conntrack_common.h, stable).
@@ -362,6 +433,8 @@ mod pod {
     unsafe impl aya::Pod for super::WatchConfig {}
     unsafe impl aya::Pod for super::AddrPort {}
     unsafe impl aya::Pod for super::CounterKey {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::RouteSample {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}

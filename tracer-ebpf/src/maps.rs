@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    AddrPort, CounterKey, DropEvent, KernelOffsets, Process, WatchConfig, kind, stat,
+    AddrPort, CounterKey, DropEvent, FlowKey, KernelOffsets, Process, RouteSample, WatchConfig,
+    kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -32,6 +33,20 @@ pub static IGNORED_REASONS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 /// Exact drop counts per (reason, port, proto), kept whether or not the ring took the event.
 #[map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// What the kernel did with the watched ports' packets: forwarded, routed (per `flow::*`).
+#[map]
+pub static FLOWS: PerCpuHashMap<FlowKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// The last routing decision per (source, destination) IPv4 pair in the watched namespace
+/// (`saddr << 32 | daddr`, network byte order), for a verdict's evidence.
+#[map]
+pub static ROUTES: LruHashMap<u64, RouteSample> = LruHashMap::with_max_entries(4096, 0);
+
+/// The watched ports' translated IPv4 addresses (the containers) → their port: an inbound
+/// route lookup carries no port, only the destination.
+#[map]
+pub static WATCH_DADDR: HashMap<[u8; 4], u16> = HashMap::with_max_entries(1024, 0);
 
 /// The program's own health counters, indexed by `tracer_common::stat`.
 #[map]

@@ -121,6 +121,10 @@ pub struct WatchArgs {
     #[arg(long)]
     pub kernel_log: bool,
 
+    /// Leave out the routing-decision and forwarded-packet hooks (for `cargo xtask bench`).
+    #[arg(long, hide = true)]
+    pub no_forwarding_hooks: bool,
+
     /// Serve Prometheus metrics (text exposition) on ADDR, path /metrics, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
                 hook: args.drop_hook,
                 trace_rules: args.trace_rules,
                 kernel_log: args.kernel_log,
+                no_forwarding_hooks: args.no_forwarding_hooks,
                 ready: None,
                 stop: None,
                 quiet: false,

@@ -392,6 +392,7 @@ mod tests {
             answered: None,
             nf_hook: None,
             traced: None,
+            route: None,
         }
     }
 

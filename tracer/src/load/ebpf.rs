@@ -9,7 +9,10 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePoint, CgroupAttachMode, FEntry, FExit, KProbe, TracePoint},
 };
-use tracer_common::{AddrPort, CounterKey, KernelOffsets, NO_FIELD, Process, WatchConfig, stat};
+use tracer_common::{
+    AF_INET, AddrPort, CounterKey, FlowKey, KernelOffsets, NO_FIELD, Process, RouteSample,
+    WatchConfig, stat,
+};
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -66,6 +69,8 @@ pub struct LoadOptions {
     pub caps: Capabilities,
     /// Let the kernel side report its anomalies (aya-log); off, each costs one check.
     pub kernel_log: bool,
+    /// Hook the routing decision and count forwarded packets (off only to measure their cost).
+    pub forwarding_hooks: bool,
 }
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
@@ -140,8 +145,33 @@ const PROCESS_EXEC: TpHook = TpHook {
     }],
 };
 
+const FIB_LOOKUP: TpHook = TpHook {
+    tracepoint: "fib_table_lookup",
+    variants: &[TpVariant {
+        program: "fib_table_lookup",
+        args: &["u32", "struct flowi4 *", "struct fib_nh_common *", "int"],
+        lost: None,
+    }],
+};
+
+const NET_DEV_QUEUE: TpHook = TpHook {
+    tracepoint: "net_dev_queue",
+    variants: &[TpVariant {
+        program: "net_dev_queue",
+        args: &["struct sk_buff *"],
+        lost: None,
+    }],
+};
+
 /// Every BTF-typed tracepoint droptrace may hook: the prototypes to read before loading.
-pub const TP_HOOKS: &[&TpHook] = &[&KFREE_SKB, &ICMP_SEND, &TCP_SEND_RESET, &PROCESS_EXEC];
+pub const TP_HOOKS: &[&TpHook] = &[
+    &KFREE_SKB,
+    &ICMP_SEND,
+    &TCP_SEND_RESET,
+    &PROCESS_EXEC,
+    &FIB_LOOKUP,
+    &NET_DEV_QUEUE,
+];
 
 impl TpHook {
     /// The program written for this kernel's prototype (`args`, from its BTF).
@@ -218,6 +248,20 @@ pub const LEGACY_REPLACES: OptionalHook = OptionalHook {
     lost: "iptables-legacy changes are not attributed",
 };
 
+pub const ROUTE_DECISIONS: OptionalHook = OptionalHook {
+    signal: "routing_decisions",
+    name: "tracepoint fib_table_lookup",
+    need: Need::Tracepoint(&FIB_LOOKUP),
+    lost: "the kernel's routing decision for the watched ports is not shown",
+};
+
+pub const FORWARDED_PACKETS: OptionalHook = OptionalHook {
+    signal: "forwarded_packets",
+    name: "tracepoint net_dev_queue",
+    need: Need::Tracepoint(&NET_DEV_QUEUE),
+    lost: "packets forwarded to the watched ports are not counted",
+};
+
 pub const EXEC_RECORDS: OptionalHook = OptionalHook {
     signal: "process_exec",
     name: "tracepoint sched_process_exec",
@@ -233,6 +277,8 @@ pub const OPTIONAL_HOOKS: &[&OptionalHook] = &[
     &SYSCTL_WRITES,
     &LEGACY_REPLACES,
     &EXEC_RECORDS,
+    &ROUTE_DECISIONS,
+    &FORWARDED_PACKETS,
 ];
 
 impl OptionalHook {
@@ -292,6 +338,8 @@ pub struct Totals {
     pub ring_lost: u64,
     /// Signal events (ICMP errors, RSTs) the ring could not take.
     pub signals_lost: u64,
+    /// (port, `flow::*`, proto) → packets: what the kernel did with the watched ports' packets.
+    pub flows: BTreeMap<(u16, u8, u8), u64>,
     pub events: u64,
     pub counter_full: u64,
     pub read_errors: u64,
@@ -403,6 +451,14 @@ impl Tracer {
         tracer.enable(&RST_SIGNAL, |t| {
             attach_tp_hook(&mut t.ebpf, &TCP_SEND_RESET, &t.caps)
         });
+        if opts.forwarding_hooks {
+            tracer.enable(&ROUTE_DECISIONS, |t| {
+                attach_tp_hook(&mut t.ebpf, &FIB_LOOKUP, &t.caps)
+            });
+            tracer.enable(&FORWARDED_PACKETS, |t| {
+                attach_tp_hook(&mut t.ebpf, &NET_DEV_QUEUE, &t.caps)
+            });
+        }
         tracer.fill_maps(opts)?;
         Ok(tracer)
     }
@@ -457,6 +513,20 @@ impl Tracer {
                 pairs
                     .insert(pair, &1u8, 0)
                     .map_err(|e| map_err("WATCH_ADDR_PORT", e))?;
+            }
+        }
+        {
+            // A container address stands for the first of its watched ports.
+            let map = self.map_mut("WATCH_DADDR")?;
+            let mut daddrs: HashMap<_, [u8; 4], u16> =
+                HashMap::try_from(map).map_err(|e| map_err("WATCH_DADDR", e))?;
+            for pair in opts.addr_ports.iter().filter(|p| p.family == AF_INET) {
+                let addr: [u8; 4] = pair.addr[..4].try_into().expect("4 bytes");
+                if daddrs.get(&addr, 0).is_err() {
+                    daddrs
+                        .insert(&addr, &pair.port, 0)
+                        .map_err(|e| map_err("WATCH_DADDR", e))?;
+                }
             }
         }
         Ok(())
@@ -598,7 +668,34 @@ impl Tracer {
         totals.counter_full = read(stat::COUNTER_FULL)?;
         totals.read_errors = read(stat::READ_ERRORS)?;
         totals.signals_lost = read(stat::SIGNALS_LOST)?;
+        totals.flows = self.flows()?;
         Ok(totals)
+    }
+
+    /// The FLOWS counters summed over CPUs.
+    fn flows(&self) -> Result<BTreeMap<(u16, u8, u8), u64>, Error> {
+        let map_err = |e: aya::maps::MapError| Error::Io(format!("reading FLOWS: {e}"));
+        let map = self
+            .ebpf
+            .map("FLOWS")
+            .ok_or_else(|| Error::Load("map FLOWS missing".into()))?;
+        let flows: PerCpuHashMap<_, FlowKey, u64> =
+            PerCpuHashMap::try_from(map).map_err(map_err)?;
+        let mut out = BTreeMap::new();
+        for item in flows.iter() {
+            let (key, values) = item.map_err(map_err)?;
+            *out.entry((key.port, key.kind, key.proto)).or_default() += values.iter().sum::<u64>();
+        }
+        Ok(out)
+    }
+
+    /// The last routing decision the kernel made for packets from `src` to `dst`, if one was
+    /// seen in the watched namespace.
+    pub fn route(&self, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Option<RouteSample> {
+        let map = self.ebpf.map("ROUTES")?;
+        let routes: HashMap<_, u64, RouteSample> = HashMap::try_from(map).ok()?;
+        let key = (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst));
+        routes.get(&key, 0).ok()
     }
 }
 

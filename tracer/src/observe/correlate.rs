@@ -60,6 +60,7 @@ mod tests {
             answered: None,
             nf_hook: None,
             traced: None,
+            route: None,
         }
     }
 

@@ -342,6 +342,7 @@ fn facts_of(ev: &DropEvent, rec: &DropRecord) -> DropFacts {
         answered: None,
         nf_hook: nfprobe::trail_hook(ev.nf_trail),
         traced: None,
+        route: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! The typed facts of one drop, as the kernel reported them: what the attribution engine
 //! reads. The `DropRecord` printed for the user is rendered from the same event; nothing here
 //! is parsed back from text.
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Serialize;
 
@@ -105,4 +105,45 @@ pub struct DropFacts {
     pub nf_hook: Option<Hook>,
     /// `--trace-rules`: the rule (or policy) nftrace followed this packet to.
     pub traced: Option<(String, bool)>,
+    /// The kernel's last routing decision for this packet's destination (fib_table_lookup).
+    pub route: Option<RouteFact>,
+}
+
+/// One routing lookup as the kernel made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteFact {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// The routing table (255 local, 254 main).
+    pub table: u32,
+    /// The device the route leads to.
+    pub dev: String,
+    /// Delivery to this host: found in the `local` table, or (the kernel merges the local
+    /// and main tables while no policy rule exists) a destination that is the host's own.
+    pub local: bool,
+}
+
+impl RouteFact {
+    /// The kernel's lookup for a drop's (source, destination), when it succeeded; the ports
+    /// are the drop's (an inbound lookup carries none).
+    pub fn of(sample: &tracer_common::RouteSample, d: &DropFacts) -> Option<RouteFact> {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (d.src, d.dst) else {
+            return None;
+        };
+        let same = sample.saddr == src.octets() && sample.daddr == dst.octets();
+        (sample.err == 0 && same).then(|| {
+            let end = sample.dev.iter().position(|b| *b == 0).unwrap_or(16);
+            RouteFact {
+                src,
+                sport: d.sport,
+                dst,
+                dport: d.dport,
+                table: sample.table,
+                dev: String::from_utf8_lossy(&sample.dev[..end]).into_owned(),
+                local: sample.table == 255,
+            }
+        })
+    }
 }

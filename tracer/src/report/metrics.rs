@@ -18,6 +18,8 @@ use crate::error::Error;
 /// What the exporter shows, replaced wholesale on each refresh.
 #[derive(Clone, Debug, Default)]
 pub struct MetricsSnapshot {
+    /// (port, proto, packets forwarded to the container)
+    pub forwarded: Vec<(u16, String, u64)>,
     /// (cause or "unattributed", reason, port, proto, packets)
     pub drops: Vec<(String, String, u16, String, u64)>,
     /// (cause, port): verdicts currently open.
@@ -81,6 +83,18 @@ impl Exporter {
                         ]),
                         n.to_string(),
                     )
+                })
+                .collect(),
+        );
+        family(
+            "droptrace_forwarded_total",
+            "counter",
+            "Packets the kernel forwarded to a watched port (exact in-kernel counters)",
+            s.forwarded
+                .iter()
+                .map(|(port, proto, n)| {
+                    let port = port.to_string();
+                    (labels(&[("port", &port), ("proto", proto)]), n.to_string())
                 })
                 .collect(),
         );
@@ -206,6 +220,7 @@ mod tests {
     fn exposition_has_low_cardinality_labels_and_exact_values() {
         let e = Exporter::default();
         e.update(MetricsSnapshot {
+            forwarded: vec![(5000, "tcp".into(), 7)],
             drops: vec![(
                 "forwarding_disabled".into(),
                 "IP_INADDRERRORS".into(),
@@ -225,6 +240,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("droptrace_events_lost_total 2"), "{text}");
+        assert!(
+            text.contains("droptrace_forwarded_total{port=\"5000\",proto=\"tcp\"} 7"),
+            "{text}"
+        );
         assert!(
             text.contains("droptrace_verdicts{cause=\"forwarding_disabled\",port=\"5000\"} 1"),
             "{text}"

@@ -74,6 +74,23 @@ pub struct SummaryRecord {
     /// Kernel reads of skb/headers that failed.
     pub read_errors: u64,
     pub hook: &'static str,
+    /// Per watched port: what the kernel did with its packets.
+    pub flows: Vec<FlowRecord>,
+}
+
+/// One watched port's traffic over the run: forwarded to the container (exact, from the
+/// transmit hook), dropped (exact), answered with an ICMP error or RST (events seen), and
+/// the routing lookups the kernel made for it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct FlowRecord {
+    pub port: u16,
+    pub proto: String,
+    pub forwarded: u64,
+    pub dropped: u64,
+    pub answered: u64,
+    pub routed_forward: u64,
+    pub routed_local: u64,
+    pub route_failed: u64,
 }
 
 pub struct Printer<W: Write> {
@@ -286,6 +303,20 @@ impl<W: Write> Printer<W> {
                 }
                 if sum.drops == 0 {
                     writeln!(self.out, "  no watched packet was dropped")?;
+                }
+                for f in &sum.flows {
+                    writeln!(
+                        self.out,
+                        "  port {}/{}: {} forwarded, {} dropped, {} answered; routing lookups: {} to a forwarding path, {} local, {} failed",
+                        f.port,
+                        f.proto,
+                        f.forwarded,
+                        f.dropped,
+                        f.answered,
+                        f.routed_forward,
+                        f.routed_local,
+                        f.route_failed
+                    )?;
                 }
                 if sum.lost > 0 {
                     writeln!(

@@ -311,12 +311,19 @@ fn forwarding(d: &DropFacts, ctx: &Context, key: &str, still_off: bool) -> Words
         )
     };
     let (origin, here) = origin_and_here(d);
+    let mut evidence = vec![evidence];
+    if let Some(r) = d.route.as_ref().filter(|r| !r.local) {
+        evidence.push(format!(
+            "the kernel routed {}:{} -> {}:{} via {} (table {}: a forwarding path), then {key} = 0 refused to forward it",
+            r.src, r.sport, r.dst, r.dport, r.dev, r.table
+        ));
+    }
     let (fix, persist) = sysctl_fix(&ctx.exec_prefix, key, "1");
     let sentence = format!(
         "forwarding is disabled ({key} = 0): packets to {origin} are DNATed to {here} but the kernel will not forward them (dropped at routing, {})",
         d.location
     );
-    (sentence, vec![evidence], fix, Some(persist))
+    (sentence, evidence, fix, Some(persist))
 }
 
 fn verb(reject: bool) -> &'static str {
@@ -326,6 +333,12 @@ fn verb(reject: bool) -> &'static str {
 fn missing_chain(d: &DropFacts, ctx: &Context, m: &Missing, died: &Died) -> Words {
     let what = missing(m, ctx.port, &d.proto);
     let mut evidence = vec![what.clone()];
+    if let Some(r) = d.route.as_ref().filter(|r| r.local) {
+        evidence.push(format!(
+            "the routing lookup for {}:{} chose local delivery (this host's own address, on {}): nothing had translated it to a container",
+            r.dst, r.dport, r.dev
+        ));
+    }
     let proximate = match died {
         Died::AtHook {
             hook,

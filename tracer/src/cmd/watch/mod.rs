@@ -65,6 +65,8 @@ pub struct WatchRequest {
     pub trace_rules: bool,
     /// Print the kernel side's anomaly reports (aya-log) on stderr.
     pub kernel_log: bool,
+    /// Leave the routing and forwarding hooks out (to measure what they cost).
+    pub no_forwarding_hooks: bool,
     /// Container engine socket (a path or a `unix://` URL) to discover published ports from
     /// (default: $DOCKER_HOST, $CONTAINER_HOST, Docker's socket, Podman's; when no --port is
     /// given).
@@ -397,6 +399,7 @@ fn load(
         hook: req.hook,
         caps: caps.clone(),
         kernel_log: req.kernel_log,
+        forwarding_hooks: !req.no_forwarding_hooks,
     };
     drop(btf);
     let mut tracer = Tracer::load(&opts)?;
@@ -521,6 +524,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         first_verdict_seen: false,
         notes: notes.clone(),
         signals: tracer.signals.clone(),
+        answered: Default::default(),
         delivered: 0,
         drops_seen: 0,
         ticked: Instant::now(),

@@ -4,12 +4,13 @@
 use std::{
     collections::BTreeMap,
     io,
+    net::IpAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tracer_common::DropEvent;
+use tracer_common::{DropEvent, flow};
 
 use super::changes::ChangeLog;
 use crate::{
@@ -24,13 +25,14 @@ use crate::{
     observe::{
         correlate::Answers,
         event::{self, DropRecord, Namer, Observed},
+        facts::RouteFact,
         state::{self, Snapshot},
         tracerules::RuleTracer,
     },
     report::{
         evidence,
         metrics::MetricsSnapshot,
-        output::{CounterRecord, SummaryRecord},
+        output::{CounterRecord, FlowRecord, SummaryRecord},
         sink::{Dropped, Sink, Sinks, Tally},
         words,
     },
@@ -74,6 +76,8 @@ pub(super) struct Observer<'w> {
     pub notes: Vec<String>,
     /// The optional hooks that attached (the start line's `signals`).
     pub signals: Vec<&'static str>,
+    /// ICMP errors and RSTs the kernel sent, per (watched port, proto).
+    pub answered: BTreeMap<(u16, String), u64>,
     /// Ring events handled, and how many were drops.
     pub delivered: u64,
     pub drops_seen: u64,
@@ -86,6 +90,8 @@ impl Observer<'_> {
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
                 self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
+                let port = self.published_port(sig.dport);
+                *self.answered.entry((port, sig.proto.clone())).or_default() += 1;
                 self.sinks.signal(&sig)
             }
             Observed::Drop(rec, facts) => self.dropped(ev, rec, facts, tracer).await,
@@ -103,6 +109,12 @@ impl Observer<'_> {
         facts.answered = self.answers.to_drop(&facts, rec.ktime_ns);
         rec.answered = facts.answered.as_ref().map(words::answered);
         let port = self.watched_port(&rec);
+        facts.route = match (facts.src, facts.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => tracer
+                .route(src, dst)
+                .and_then(|r| RouteFact::of(&r, &facts)),
+            _ => None,
+        };
         let attribution = self.attribution(port, &rec, facts).await;
         rec.hook = attribution.hook.map(|h| h.name().to_string());
         rec.container = self
@@ -133,6 +145,18 @@ impl Observer<'_> {
             .unwrap_or(rec.dport)
     }
 
+    /// The published port a port the kernel matched stands for: itself when watched, else the
+    /// host port published to that container port (`-p 5001:5000` matches 5000 after DNAT).
+    fn published_port(&self, port: u16) -> u16 {
+        if self.ports.contains(&port) {
+            return port;
+        }
+        self.published
+            .iter()
+            .find(|p| p.container_port == Some(port) && self.ports.contains(&p.host_port))
+            .map_or(port, |p| p.host_port)
+    }
+
     /// This kind of drop's attribution: known already, or diagnosed now against fresh state.
     async fn attribution(
         &mut self,
@@ -154,6 +178,9 @@ impl Observer<'_> {
         }
         self.refresh_snapshot().await;
         let now = &self.latest.as_ref().expect("refreshed").1;
+        if let Some(r) = facts.route.as_mut() {
+            r.local |= now.is_local(&IpAddr::V4(r.dst));
+        }
         let ctx = Context {
             port,
             exec_prefix: self.exec_prefix.clone(),
@@ -263,7 +290,13 @@ impl Observer<'_> {
         for c in &self.changes.seen {
             *changes.entry(c.source.to_string()).or_default() += 1;
         }
+        let forwarded = self
+            .flows(totals)
+            .into_iter()
+            .map(|f| (f.port, f.proto, f.forwarded))
+            .collect();
         MetricsSnapshot {
+            forwarded,
             drops,
             verdicts: groups.iter().map(|(p, c, _)| (c.to_string(), *p)).collect(),
             changes: changes.into_iter().collect(),
@@ -326,6 +359,7 @@ impl Observer<'_> {
             });
         }
         counters.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.reason.cmp(&b.reason)));
+        let flows = self.flows(totals);
         SummaryRecord {
             kind: "summary",
             time: event::rfc3339(chrono::Utc::now()),
@@ -340,7 +374,53 @@ impl Observer<'_> {
             uncounted: totals.counter_full,
             read_errors: totals.read_errors,
             hook,
+            flows,
         }
+    }
+
+    /// Per watched port and protocol: forwarded, dropped and answered packets, and the
+    /// routing decisions the kernel made for them.
+    fn flows(&self, totals: &Totals) -> Vec<FlowRecord> {
+        let mut out: BTreeMap<(u16, String), FlowRecord> = BTreeMap::new();
+        fn at(
+            out: &mut BTreeMap<(u16, String), FlowRecord>,
+            port: u16,
+            proto: String,
+        ) -> &mut FlowRecord {
+            out.entry((port, proto.clone()))
+                .or_insert_with(|| FlowRecord {
+                    port,
+                    proto,
+                    ..FlowRecord::default()
+                })
+        }
+        for (&(port, kind, proto), &n) in &totals.flows {
+            // Inbound route lookups carry no protocol: they count for the port's TCP record.
+            let proto = if proto == 0 { 6 } else { proto };
+            let f = at(
+                &mut out,
+                self.published_port(port),
+                event::proto_name(proto),
+            );
+            match kind {
+                flow::FORWARDED => f.forwarded += n,
+                flow::ROUTED_FORWARD => f.routed_forward += n,
+                flow::ROUTED_LOCAL => f.routed_local += n,
+                _ => f.route_failed += n,
+            }
+        }
+        for (&(_, port, proto), &n) in &totals.counters {
+            at(
+                &mut out,
+                self.published_port(port),
+                event::proto_name(proto),
+            )
+            .dropped += n;
+        }
+        for ((port, proto), &n) in &self.answered {
+            at(&mut out, *port, proto.clone()).answered += n;
+        }
+        out.into_values().collect()
     }
 
     /// Runs blocking work (tools in the namespace) on a blocking thread while the event loop

@@ -51,6 +51,12 @@ impl KernelBtf {
         Lookup(&self.btf).field_offset(name, path)
     }
 
+    /// An offset only an optional hook needs: ABSENT when this kernel lacks it (the hook then
+    /// skips the read).
+    fn optional(&self, name: &str, path: &[&str]) -> u32 {
+        self.field_offset(name, path).unwrap_or(ABSENT)
+    }
+
     /// Like `field_offset`, for a type that may live in the nf_conntrack module's BTF.
     /// ABSENT when the kernel has no conntrack at all: droptrace then works without it.
     fn conntrack_offset(&self, name: &str, path: &[&str]) -> u32 {
@@ -97,6 +103,15 @@ impl KernelBtf {
             nf_state_hook: self
                 .field_offset("nf_hook_state", &["hook"])
                 .unwrap_or(ABSENT),
+            fl4_iif: self.optional("flowi4", &["__fl_common", "flowic_iif"]),
+            fl4_proto: self.optional("flowi4", &["__fl_common", "flowic_proto"]),
+            fl4_saddr: self.optional("flowi4", &["saddr"]),
+            fl4_daddr: self.optional("flowi4", &["daddr"]),
+            fl4_sport: self.optional("flowi4", &["uli", "ports", "sport"]),
+            fl4_dport: self.optional("flowi4", &["uli", "ports", "dport"]),
+            fib_tb_id: self.optional("fib_table", &["tb_id"]),
+            nhc_dev: self.optional("fib_nh_common", &["nhc_dev"]),
+            dev_name: self.optional("net_device", &["name"]),
         })
     }
 

@@ -95,6 +95,7 @@ fn drop(reason: &str, dst: &str, dnat: Option<bool>, hook: Option<Hook>) -> Drop
         answered: None,
         nf_hook: hook,
         traced: None,
+        route: None,
     }
 }
 
