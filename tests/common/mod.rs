@@ -186,8 +186,8 @@ impl Output {
         assert_eq!(
             all.len(),
             1,
-            "expected exactly one summary line, got: {:#?}",
-            self.records
+            "expected exactly one summary line, got:\n{}",
+            self.dump()
         );
         all[0]
     }

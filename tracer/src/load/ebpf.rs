@@ -593,8 +593,6 @@ impl Tracer {
         execs.get(&pid, 0).ok()
     }
 
-    /// Links the netfilter hook probes inside `ns`. Optional: on kernels without netfilter
-    /// links (< 6.4) the hook of a NETFILTER_DROP is inferred instead, and a note says so.
     /// The netfilter hook probes: BPF netfilter links in the watched namespace (Linux 6.4),
     /// else fentry/fexit on `nf_hook_slow` (every namespace's packets pass there; the
     /// programs keep the watched namespace's).
@@ -703,13 +701,46 @@ impl Tracer {
 /// JSON Lines for a machine).
 struct KernelLog;
 
+/// How many times each distinct kernel report was seen: a storm repeats one report per lost
+/// event, and printing each would keep droptrace busy (and stderr full) long after Ctrl-C.
+static REPORTS_SEEN: std::sync::Mutex<BTreeMap<String, u64>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// Each report is printed the first few times, then once at every power of ten.
+fn worth_printing(seen: u64) -> bool {
+    let mut n = seen;
+    while n >= 10 && n.is_multiple_of(10) {
+        n /= 10;
+    }
+    seen <= 5 || (seen >= 10 && n == 1)
+}
+
 impl log::Log for KernelLog {
     fn enabled(&self, _: &log::Metadata) -> bool {
         true
     }
 
     fn log(&self, record: &log::Record) {
-        eprintln!("droptrace: kernel {}: {}", record.level(), record.args());
+        let text = record.args().to_string();
+        let seen = REPORTS_SEEN
+            .lock()
+            .map(|mut m| {
+                let n = m.entry(text.clone()).or_default();
+                *n += 1;
+                *n
+            })
+            .unwrap_or(1);
+        if !worth_printing(seen) {
+            return;
+        }
+        if seen > 5 {
+            eprintln!(
+                "droptrace: kernel {} (seen {seen} times): {text}",
+                record.level()
+            );
+        } else {
+            eprintln!("droptrace: kernel {}: {text}", record.level());
+        }
     }
 
     fn flush(&self) {}
@@ -936,6 +967,12 @@ mod tests {
                 args
             );
         }
+    }
+
+    #[test]
+    fn a_storm_of_one_kernel_report_prints_a_few_then_powers_of_ten() {
+        let printed: Vec<u64> = (1..=2000).filter(|&n| worth_printing(n)).collect();
+        assert_eq!(printed, [1, 2, 3, 4, 5, 10, 100, 1000]);
     }
 
     #[test]
