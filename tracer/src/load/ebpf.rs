@@ -483,38 +483,25 @@ impl Tracer {
         }
     }
 
+    /// Puts every key of `keys` (with the value 1) into the set-like hash map `name`.
+    fn fill_set<'k, K: aya::Pod + 'k>(
+        &mut self,
+        name: &str,
+        keys: impl IntoIterator<Item = &'k K>,
+    ) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Load(format!("{name}: {e}"));
+        let mut set: HashMap<_, K, u8> = HashMap::try_from(self.map_mut(name)?).map_err(map_err)?;
+        for key in keys {
+            set.insert(key, &1u8, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     fn fill_maps(&mut self, opts: &LoadOptions) -> Result<(), Error> {
         let map_err = |what: &str, e: aya::maps::MapError| Error::Load(format!("{what}: {e}"));
-        {
-            let map = self.map_mut("IGNORED_REASONS")?;
-            let mut ignored: HashMap<_, u32, u8> =
-                HashMap::try_from(map).map_err(|e| map_err("IGNORED_REASONS", e))?;
-            for reason in &opts.ignored_reasons {
-                ignored
-                    .insert(reason, &1u8, 0)
-                    .map_err(|e| map_err("IGNORED_REASONS", e))?;
-            }
-        }
-        {
-            let map = self.map_mut("WATCH_PORT")?;
-            let mut ports: HashMap<_, u16, u8> =
-                HashMap::try_from(map).map_err(|e| map_err("WATCH_PORT", e))?;
-            for port in &opts.ports {
-                ports
-                    .insert(port, &1u8, 0)
-                    .map_err(|e| map_err("WATCH_PORT", e))?;
-            }
-        }
-        {
-            let map = self.map_mut("WATCH_ADDR_PORT")?;
-            let mut pairs: HashMap<_, AddrPort, u8> =
-                HashMap::try_from(map).map_err(|e| map_err("WATCH_ADDR_PORT", e))?;
-            for pair in &opts.addr_ports {
-                pairs
-                    .insert(pair, &1u8, 0)
-                    .map_err(|e| map_err("WATCH_ADDR_PORT", e))?;
-            }
-        }
+        self.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
+        self.fill_set("WATCH_PORT", &opts.ports)?;
+        self.fill_set("WATCH_ADDR_PORT", &opts.addr_ports)?;
         {
             // A container address stands for the first of its watched ports.
             let map = self.map_mut("WATCH_DADDR")?;
@@ -818,28 +805,27 @@ fn attach_icmp(ebpf: &mut Ebpf, caps: &Capabilities) -> Result<Option<&'static s
     Err(refused.join("; "))
 }
 
+/// Loads `program` (an FEntry or FExit) against kernel `function` and attaches it.
+macro_rules! attach_trampoline {
+    ($kind:ty, $ebpf:expr, $program:expr, $function:expr) => {{
+        let btf = aya_btf()?;
+        let program: &mut $kind = $ebpf
+            .program_mut($program)
+            .ok_or_else(|| format!("program {} missing", $program))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        program.load($function, btf).map_err(|e| e.to_string())?;
+        program.attach().map_err(|e| e.to_string())?;
+        Ok(())
+    }};
+}
+
 fn attach_fentry(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
-    let btf = aya_btf()?;
-    let program: &mut FEntry = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load(function, btf).map_err(|e| e.to_string())?;
-    program.attach().map_err(|e| e.to_string())?;
-    Ok(())
+    attach_trampoline!(FEntry, ebpf, program, function)
 }
 
 fn attach_fexit(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
-    let btf = aya_btf()?;
-    let program: &mut FExit = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing"))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load(function, btf).map_err(|e| e.to_string())?;
-    program.attach().map_err(|e| e.to_string())?;
-    Ok(())
+    attach_trampoline!(FExit, ebpf, program, function)
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf, program: &str, function: &str) -> Result<(), String> {
