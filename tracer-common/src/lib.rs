@@ -195,10 +195,12 @@ pub struct FlowKey {
     pub proto: u8,
 }
 
-/// The last routing decision seen for a watched port (`ROUTES`, keyed by that port).
+/// The last routing decision seen for an IPv4 (source, destination) pair of the watched
+/// namespace (`ROUTES`); rewritten only when the decision changes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteSample {
+    /// When this decision was first seen.
     pub ktime_ns: u64,
     /// IPv4 source and destination of the lookup.
     pub saddr: [u8; 4],

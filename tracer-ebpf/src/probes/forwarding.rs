@@ -119,6 +119,22 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
         count_flow(port, kind, 0);
     }
     let saddr: [u8; 4] = read(flp, off.fl4_saddr).unwrap_or([0; 4]);
+    let oif: u32 = if dev == 0 {
+        0
+    } else {
+        read(dev, off.dev_ifindex).unwrap_or(0)
+    };
+    let key = (u32::from_be_bytes(saddr) as u64) << 32 | u32::from_be_bytes(daddr) as u64;
+    // Per routed packet: the same decision as last time for this pair is not written again
+    // (a map lookup instead of an LRU update and the reads below).
+    // SAFETY: a plain-data value the programs write whole.
+    if let Some(seen) = unsafe { ROUTES.get(&key) }
+        && seen.table == tb_id
+        && seen.err == err
+        && seen.oif == oif
+    {
+        return;
+    }
     let mut sample = RouteSample {
         // SAFETY: a helper call without arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -127,6 +143,7 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
         dport,
         table: tb_id,
         err,
+        oif,
         ..RouteSample::default()
     };
     if off.fl4_sport != ABSENT {
@@ -138,12 +155,8 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     if off.fl4_proto != ABSENT {
         sample.proto = read(flp, off.fl4_proto).unwrap_or(0);
     }
-    if dev != 0 {
-        sample.oif = read(dev, off.dev_ifindex).unwrap_or(0);
-        if off.dev_name != ABSENT {
-            sample.dev = read(dev, off.dev_name).unwrap_or([0; 16]);
-        }
+    if dev != 0 && off.dev_name != ABSENT {
+        sample.dev = read(dev, off.dev_name).unwrap_or([0; 16]);
     }
-    let key = (u32::from_be_bytes(saddr) as u64) << 32 | u32::from_be_bytes(daddr) as u64;
     let _ = ROUTES.insert(&key, &sample, 0);
 }

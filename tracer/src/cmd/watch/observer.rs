@@ -109,13 +109,7 @@ impl Observer<'_> {
         facts.answered = self.answers.to_drop(&facts, rec.ktime_ns);
         rec.answered = facts.answered.as_ref().map(words::answered);
         let port = self.watched_port(&rec);
-        facts.route = match (facts.src, facts.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => tracer
-                .route(src, dst)
-                .and_then(|r| RouteFact::of(&r, &facts)),
-            _ => None,
-        };
-        let attribution = self.attribution(port, &rec, facts).await;
+        let attribution = self.attribution(port, &rec, facts, tracer).await;
         rec.hook = attribution.hook.map(|h| h.name().to_string());
         rec.container = self
             .published
@@ -163,11 +157,19 @@ impl Observer<'_> {
         port: u16,
         rec: &DropRecord,
         mut facts: DropFacts,
+        tracer: &Tracer,
     ) -> Attribution {
         let sig = Signature::of(port, rec);
         if let Some(a) = self.book.known(&sig) {
             return a.clone();
         }
+        // Read only for a new kind of drop: a storm's known drops cost no map read.
+        facts.route = match (facts.src, facts.dst) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => tracer
+                .route(src, dst)
+                .and_then(|r| RouteFact::of(&r, &facts)),
+            _ => None,
+        };
         if rec.reason_name() == "NETFILTER_DROP"
             && let Some(rt) = &self.rule_tracer
         {
