@@ -3,13 +3,17 @@
 mod common;
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    io::Read,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use common::{Watch, netns_inode, require_root, run_droptrace};
 use serde_json::Value;
-use tracer::lab::{self, Backend, Lab, LabSpec, Outcome};
+use tracer::{
+    discover::netns::Netns,
+    lab::{self, Backend, Lab, LabSpec, Outcome},
+};
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -163,6 +167,92 @@ fn healthy_published_port_produces_no_drop() {
         assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 3, "{f}");
         assert_eq!(f["dropped"], 0, "{f}");
     }
+}
+
+/// One connection to `port` in the host namespace that the host closes first: its socket
+/// ends in TIME_WAIT. Returns once the client has sent its own FIN.
+fn host_closes_first(lab: &Lab, port: u16) {
+    let listener = Netns::resolve(&lab.host)
+        .expect("host namespace")
+        .run_in(move || TcpListener::bind(("0.0.0.0", port)))
+        .expect("entering the host namespace")
+        .expect("listening in the host namespace");
+    let server = std::thread::spawn(move || listener.accept().map(drop));
+    let client = Netns::resolve(&lab.ext)
+        .expect("client namespace")
+        .run_in(move || -> std::io::Result<()> {
+            let mut s = TcpStream::connect_timeout(&host_addr(port), CLIENT_TIMEOUT)?;
+            s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+            // Returns at the host's FIN; dropping the stream sends the client's.
+            s.read_to_end(&mut Vec::new()).map(drop)
+        })
+        .expect("entering the client namespace");
+    client.expect("the client's connection");
+    // The client connected, so the accept has returned (or is about to).
+    server.join().expect("server thread").expect("accept");
+}
+
+/// The client's FIN reaches a socket already in TIME_WAIT (its ACK is dropped on the
+/// client's side, so the client retransmits the FIN): TCP answers it and frees it with no
+/// specific reason. That is teardown, not a dropped packet: counted, not reported, unless
+/// `--include-teardown`.
+#[test]
+fn late_fins_of_closed_connections_are_teardown_not_drops() {
+    const PORT: u16 = 5002;
+    let lab = lab("teardown");
+    lab.exec(
+        &lab.ext,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--sport",
+            "5002",
+            "--tcp-flags",
+            "ALL",
+            "ACK",
+            "-j",
+            "DROP",
+        ],
+    )
+    .expect("iptables in the client namespace");
+
+    let watch = Watch::start(&["--port", "5002", "--netns", &lab.host]);
+    host_closes_first(&lab, PORT);
+    // The client retransmits its FIN after 200 ms, then backs off.
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = watch.stop();
+    assert!(out.drops().is_empty(), "teardown reported: {}", out.dump());
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+    let summary = out.summary();
+    assert_eq!(summary["drops"], 0, "{}", out.dump());
+    assert!(
+        summary["teardown"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        out.dump()
+    );
+
+    let watch = Watch::start(&["--port", "5002", "--netns", &lab.host, "--include-teardown"]);
+    host_closes_first(&lab, PORT);
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = watch.stop();
+    // (with the socket-close frees the flag also shows)
+    let late: Vec<_> = out
+        .drops()
+        .into_iter()
+        .filter(|d| d["function"] == "tcp_v4_rcv")
+        .collect();
+    assert!(!late.is_empty(), "no late FIN reported: {}", out.dump());
+    for d in &late {
+        let flags = d["tcp_flags"].as_str().unwrap_or_default();
+        assert!(flags.contains("FIN") && !flags.contains("SYN"), "{d}");
+        if common::kernel::has_drop_reasons() {
+            assert_field(d, "reason", "NOT_SPECIFIED");
+        }
+    }
+    assert_eq!(out.summary()["teardown"], 0, "{}", out.dump());
 }
 
 #[test]

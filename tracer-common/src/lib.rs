@@ -135,7 +135,15 @@ pub struct WatchConfig {
     /// Non-zero: copy the first HDR_LEN bytes of each dropped packet (from its IP header)
     /// into the event, for `--pcap` / `--evidence`.
     pub capture_headers: u32,
+    /// Non-zero: a FIN or RST that TCP's receive function frees with `teardown_reason` (a late
+    /// segment of a closed connection, which TIME_WAIT answers and discards) is counted in
+    /// `stat::TEARDOWN` instead of reported as a drop.
+    pub skip_teardown: u32,
+    /// NOT_SPECIFIED's value, or REASON_UNREPORTED on a kernel without reasons.
+    pub teardown_reason: u32,
     pub _pad: u32,
+    /// [start, end) of tcp_v4_rcv, then of tcp_v6_rcv, in kernel text (zeros: unknown).
+    pub tcp_rcv: [u64; 4],
 }
 
 impl WatchConfig {
@@ -143,7 +151,10 @@ impl WatchConfig {
         netns: 0,
         match_all: 0,
         capture_headers: 0,
+        skip_teardown: 0,
+        teardown_reason: 0,
         _pad: 0,
+        tcp_rcv: [0; 4],
     };
 }
 
@@ -233,7 +244,9 @@ pub mod stat {
     pub const READ_ERRORS: u32 = 3;
     /// Signal events (ICMP errors, RSTs sent) the ring buffer could not take.
     pub const SIGNALS_LOST: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// Late FINs and RSTs of closed connections, not reported (see WatchConfig::skip_teardown).
+    pub const TEARDOWN: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// What a ring event reports.

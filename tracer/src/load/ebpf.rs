@@ -338,6 +338,8 @@ pub struct Totals {
     pub ring_lost: u64,
     /// Signal events (ICMP errors, RSTs) the ring could not take.
     pub signals_lost: u64,
+    /// Late FINs and RSTs of closed connections, counted and not reported.
+    pub teardown: u64,
     /// (port, `flow::*`, proto) → packets: what the kernel did with the watched ports' packets.
     pub flows: BTreeMap<(u16, u8, u8), u64>,
     pub events: u64,
@@ -653,6 +655,7 @@ impl Tracer {
         totals.counter_full = read(stat::COUNTER_FULL)?;
         totals.read_errors = read(stat::READ_ERRORS)?;
         totals.signals_lost = read(stat::SIGNALS_LOST)?;
+        totals.teardown = read(stat::TEARDOWN)?;
         totals.flows = self.flows()?;
         Ok(totals)
     }

@@ -36,13 +36,13 @@ const BY_FUNCTION: &[Entry] = &[
         "tcp_v4_rcv",
         "NO_SOCKET",
         "5.10",
-        Some("a segment TCP discards as malformed"),
+        Some("a segment TCP discards as malformed, or a late FIN/RST of a closed connection"),
     ),
     (
         "tcp_v6_rcv",
         "NO_SOCKET",
         "not yet",
-        Some("a segment TCP discards as malformed"),
+        Some("a segment TCP discards as malformed, or a late FIN/RST of a closed connection"),
     ),
     (
         "__udp4_lib_rcv",

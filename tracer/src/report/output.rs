@@ -76,6 +76,9 @@ pub struct SummaryRecord {
     pub hook: &'static str,
     /// Per watched port: what the kernel did with its packets.
     pub flows: Vec<FlowRecord>,
+    /// Late FINs and RSTs of connections already closed (TIME_WAIT answers and discards
+    /// them): counted here, not reported as drops, unless `--include-teardown`.
+    pub teardown: u64,
 }
 
 /// One watched port's traffic over the run: forwarded to the container (exact, from the
@@ -316,6 +319,13 @@ impl<W: Write> Printer<W> {
                         f.routed_forward,
                         f.routed_local,
                         f.route_failed
+                    )?;
+                }
+                if sum.teardown > 0 {
+                    writeln!(
+                        self.out,
+                        "  {} late FIN/RST segment(s) of closed connections not counted as drops (normal teardown; --include-teardown shows them)",
+                        sum.teardown
                     )?;
                 }
                 if sum.lost > 0 {

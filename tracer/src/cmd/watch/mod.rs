@@ -31,7 +31,7 @@ use crate::{
             self,
             btf::{DropReasons, KernelBtf},
             inspect::Capabilities,
-            kallsyms::LiveSymbols,
+            kallsyms::{self, LiveSymbols},
         },
     },
     observe::{
@@ -374,6 +374,33 @@ fn pollable(ring: RingBuf<MapData>, what: &str) -> Result<Ring, Error> {
 /// What a kernel without drop reasons loses, for the start line.
 const NO_REASONS: &str = "this kernel reports no drop reasons (before Linux 5.17): each drop's reason is inferred from the kernel function that freed it (`inferred_reason`; `reason` is null), a function droptrace does not know is reported by its name only, and the exact counters cannot be split by reason";
 
+/// Arms the kernel's filter of late FINs and RSTs (see WatchConfig::skip_teardown), unless
+/// they are asked for or TCP's receive functions cannot be located.
+fn teardown_filter(
+    mut config: WatchConfig,
+    reasons: &DropReasons,
+    include_teardown: bool,
+) -> WatchConfig {
+    let reason = if reasons.reported() {
+        reasons.value("NOT_SPECIFIED")
+    } else {
+        Some(tracer_common::REASON_UNREPORTED)
+    };
+    let (Some(reason), false) = (reason, include_teardown) else {
+        return config;
+    };
+    let ranges = kallsyms::function_ranges(&["tcp_v4_rcv", "tcp_v6_rcv"]);
+    for (i, range) in ranges.into_iter().enumerate() {
+        if let Some((start, end)) = range {
+            config.tcp_rcv[2 * i] = start;
+            config.tcp_rcv[2 * i + 1] = end;
+            config.skip_teardown = 1;
+        }
+    }
+    config.teardown_reason = reason;
+    config
+}
+
 /// Load: the kernel side for this kernel (its capabilities inspected once), attached, with
 /// its two rings; the drop reasons' names for the observer.
 fn load(
@@ -386,12 +413,15 @@ fn load(
     let caps = Capabilities::probe(&btf, &tracepoints);
     let opts = LoadOptions {
         offsets: btf.kernel_offsets()?,
-        config: WatchConfig {
-            netns: found.netns.inode,
-            match_all: 0,
-            capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
-            _pad: 0,
-        },
+        config: teardown_filter(
+            WatchConfig {
+                netns: found.netns.inode,
+                capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
+                ..WatchConfig::ZERO
+            },
+            &reasons,
+            req.include_teardown,
+        ),
         ports: found.ports.clone(),
         addr_ports: found.addr_ports.clone(),
         ignored_reasons: reasons.ignored(req.include_teardown),

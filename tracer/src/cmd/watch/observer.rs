@@ -377,6 +377,7 @@ impl Observer<'_> {
             read_errors: totals.read_errors,
             hook,
             flows,
+            teardown: totals.teardown,
         }
     }
 

@@ -69,6 +69,43 @@ fn scan_kallsyms(addr: u64) -> Option<(u64, String)> {
     best
 }
 
+/// [start, end) in kernel text of each named function (None when absent or addresses are
+/// hidden): from its symbol to the next text symbol.
+pub fn function_ranges(names: &[&str]) -> Vec<Option<(u64, u64)>> {
+    let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    ranges_in(&text, names)
+}
+
+fn ranges_in(text: &str, names: &[&str]) -> Vec<Option<(u64, u64)>> {
+    let mut starts: Vec<u64> = Vec::new();
+    let mut found: Vec<Option<u64>> = vec![None; names.len()];
+    for line in text.lines() {
+        let mut parts = line.split_ascii_whitespace();
+        let (Some(a), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(addr) = u64::from_str_radix(a, 16) else {
+            continue;
+        };
+        if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
+            continue;
+        }
+        starts.push(addr);
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            found[i].get_or_insert(addr);
+        }
+    }
+    starts.sort_unstable();
+    found
+        .into_iter()
+        .map(|start| {
+            let start = start?;
+            let next = starts[starts.partition_point(|a| *a <= start)..].first()?;
+            Some((start, *next))
+        })
+        .collect()
+}
+
 impl Symbols {
     /// Reads /proc/kallsyms. Without root (kptr_restrict) every address reads as zero; the
     /// result is then empty and locations are printed as raw addresses.
@@ -153,6 +190,19 @@ ffffffffc0000000 t nft_do_chain\t[nf_tables]
         assert_eq!(syms.resolve(0xffffffff81a00100), "ip_forward+0x0");
         assert_eq!(syms.resolve(0xffffffffc0000042), "nft_do_chain+0x42");
         assert_eq!(syms.function(0xffffffff81a0001b), Some("ip_error"));
+    }
+
+    #[test]
+    fn a_function_spans_up_to_the_next_text_symbol() {
+        assert_eq!(
+            ranges_in(SAMPLE, &["ip_error", "nft_do_chain", "absent", "some_data"]),
+            vec![
+                Some((0xffffffff81a00000, 0xffffffff81a00100)),
+                None,
+                None,
+                None
+            ]
+        );
     }
 
     #[test]
