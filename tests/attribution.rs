@@ -558,3 +558,62 @@ fn trace_rules_names_the_exact_rule_and_leaves_no_table_behind() {
         "trace table left behind: {tables}"
     );
 }
+
+/// The port published over IPv6 too (dockerd with ip6tables): the kernel's IPv6 routing
+/// decision and the forwarded packets are counted; IPv6 forwarding off is named, with the
+/// decision it overrode.
+#[test]
+fn ipv6_published_port_is_forwarded_then_refused_when_ipv6_forwarding_is_off() {
+    require_root();
+    let mut spec = LabSpec::new("fwd6");
+    spec.ipv6 = true;
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let target = SocketAddr::new(IpAddr::V6(lab::HOST_ADDR6), 5000);
+
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    for _ in 0..3 {
+        assert_eq!(
+            lab.request(&lab.ext, target, CLIENT_TIMEOUT),
+            Outcome::Http(200)
+        );
+    }
+    let out = watch.stop();
+    assert!(out.drops().is_empty(), "{}", out.dump());
+    if common::kernel::has_forwarding_tracepoints() {
+        let f = common::flow_of(&out, 5000).expect("the port's flow");
+        assert!(f["forwarded"].as_u64().unwrap_or(0) >= 3, "{f}");
+        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 3, "{f}");
+        assert_eq!(f["dropped"], 0, "{f}");
+    }
+
+    lab.sysctl(&lab.host, "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.request(&lab.ext, target, CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "forwarding_disabled", Some("routing"));
+    assert_eq!(v["proximate"]["reason"], "IP_INADDRERRORS", "{v:#}");
+    assert_eq!(v["proximate"]["dnat"], true, "{v:#}");
+    assert_eq!(
+        v["fix"],
+        format!(
+            "ip netns exec {} sysctl -w net.ipv6.conf.all.forwarding=1",
+            lab.host
+        )
+    );
+    if common::kernel::has_forwarding_tracepoints() {
+        let f = common::flow_of(&out, 5000).expect("the port's flow");
+        assert_eq!(f["forwarded"], 0, "{f}");
+        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 1, "{f}");
+        assert!(
+            v["evidence"].to_string().contains(&format!(
+                "-> [{}]:5000 via {} (table 254: a forwarding path), then net.ipv6.conf.all.forwarding = 0 refused",
+                lab::CTR_ADDR6,
+                lab::BRIDGE
+            )),
+            "{v:#}"
+        );
+    }
+}

@@ -60,6 +60,7 @@ pub mod kernel {
     pub fn has_forwarding_tracepoints() -> bool {
         let btf = btf();
         btf.tracepoint_args("fib_table_lookup").is_some()
+            && btf.tracepoint_args("fib6_table_lookup").is_some()
             && btf.tracepoint_args("net_dev_queue").is_some()
     }
 

@@ -77,6 +77,18 @@ pub struct KernelOffsets {
     pub fib_tb_id: u32,
     pub nhc_dev: u32,
     pub dev_name: u32,
+    /// `flowi6`: like the flowi4 fields (ABSENT when missing).
+    pub fl6_iif: u32,
+    pub fl6_proto: u32,
+    pub fl6_saddr: u32,
+    pub fl6_daddr: u32,
+    pub fl6_sport: u32,
+    pub fl6_dport: u32,
+    /// `fib6_result.nh`, `.fib6_type`; `fib6_table.tb6_id`; `fib6_nh.nh_common`.
+    pub fib6_res_nh: u32,
+    pub fib6_res_type: u32,
+    pub fib6_tb_id: u32,
+    pub fib6_nh_common: u32,
 }
 
 /// Offset value meaning "this kernel has no such field": the program skips the read.
@@ -121,6 +133,16 @@ impl KernelOffsets {
         fib_tb_id: 0,
         nhc_dev: 0,
         dev_name: 0,
+        fl6_iif: 0,
+        fl6_proto: 0,
+        fl6_saddr: 0,
+        fl6_daddr: 0,
+        fl6_sport: 0,
+        fl6_dport: 0,
+        fib6_res_nh: 0,
+        fib6_res_type: 0,
+        fib6_tb_id: 0,
+        fib6_nh_common: 0,
     };
 }
 
@@ -213,9 +235,9 @@ pub struct FlowKey {
 pub struct RouteSample {
     /// When this decision was first seen.
     pub ktime_ns: u64,
-    /// IPv4 source and destination of the lookup.
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
+    /// Source and destination of the lookup (IPv4 in the first four bytes).
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
     /// Host byte order.
     pub sport: u16,
     pub dport: u16,
@@ -229,7 +251,35 @@ pub struct RouteSample {
     /// The chosen device's name, NUL-padded.
     pub dev: [u8; 16],
     pub proto: u8,
-    pub _pad: [u8; 11],
+    /// AF_INET or AF_INET6.
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// An address as the kernel side keys it (AddrPort, RouteKey): IPv4 in the first four
+/// bytes, the rest zero.
+pub fn addr_bytes(ip: core::net::IpAddr) -> [u8; 16] {
+    match ip {
+        core::net::IpAddr::V4(v4) => {
+            let mut out = [0; 16];
+            let o = v4.octets();
+            out[0] = o[0];
+            out[1] = o[1];
+            out[2] = o[2];
+            out[3] = o[3];
+            out
+        }
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Key of the ROUTES map: a lookup's (source, destination), IPv4 in the first four bytes of
+/// each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RouteKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 /// Indexes of the per-CPU STATS array: the program's own health, reported in the summary.
@@ -450,6 +500,7 @@ mod pod {
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::RouteSample {}
+    unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}

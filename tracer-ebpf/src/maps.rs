@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    AddrPort, CounterKey, DropEvent, FlowKey, KernelOffsets, Process, RouteSample, WatchConfig,
-    kind, stat,
+    AddrPort, CounterKey, DropEvent, FlowKey, KernelOffsets, Process, RouteKey, RouteSample,
+    WatchConfig, kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -38,15 +38,19 @@ pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_en
 #[map]
 pub static FLOWS: PerCpuHashMap<FlowKey, u64> = PerCpuHashMap::with_max_entries(1024, 0);
 
-/// The last routing decision per (source, destination) IPv4 pair in the watched namespace
-/// (`saddr << 32 | daddr`, network byte order), for a verdict's evidence.
+/// The last routing decision per (source, destination) pair in the watched namespace, for a
+/// verdict's evidence.
 #[map]
-pub static ROUTES: LruHashMap<u64, RouteSample> = LruHashMap::with_max_entries(4096, 0);
+pub static ROUTES: LruHashMap<RouteKey, RouteSample> = LruHashMap::with_max_entries(4096, 0);
 
 /// The watched ports' translated IPv4 addresses (the containers) → their port: an inbound
 /// route lookup carries no port, only the destination.
 #[map]
 pub static WATCH_DADDR: HashMap<[u8; 4], u16> = HashMap::with_max_entries(1024, 0);
+
+/// The same for IPv6 containers.
+#[map]
+pub static WATCH_DADDR6: HashMap<[u8; 16], u16> = HashMap::with_max_entries(1024, 0);
 
 /// The program's own health counters, indexed by `tracer_common::stat`.
 #[map]

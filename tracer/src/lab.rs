@@ -32,6 +32,8 @@ pub const BRIDGE_ADDR: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 pub const CTR_ADDR: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 2);
 pub const EXT_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 pub const HOST_ADDR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The container's IPv6 address on docker0 (`LabSpec::ipv6`), as Docker's `fixed-cidr-v6`.
+pub const CTR_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 2);
 /// The host's interface towards the client.
 pub const HOST_EXT_IF: &str = "eth-ext";
 pub const BRIDGE: &str = "docker0";
@@ -53,10 +55,12 @@ impl Backend {
         }
     }
 
-    fn restore(self) -> &'static str {
-        match self {
-            Backend::IptablesNft => "iptables-nft-restore",
-            Backend::IptablesLegacy => "iptables-legacy-restore",
+    fn restore(self, ipv6: bool) -> &'static str {
+        match (self, ipv6) {
+            (Backend::IptablesNft, false) => "iptables-nft-restore",
+            (Backend::IptablesLegacy, false) => "iptables-legacy-restore",
+            (Backend::IptablesNft, true) => "ip6tables-nft-restore",
+            (Backend::IptablesLegacy, true) => "ip6tables-legacy-restore",
         }
     }
 }
@@ -73,6 +77,9 @@ pub struct LabSpec {
     /// Build the docker0 bridge, the container and Docker's rules by hand. Off when a real
     /// dockerd runs in the host namespace and does all of that itself.
     pub docker_by_hand: bool,
+    /// Also publish the port over IPv6, as dockerd with `ipv6` and `ip6tables` on: the
+    /// container gets CTR_ADDR6 and ip6tables DNAT the host's IPv6 address to it.
+    pub ipv6: bool,
 }
 
 impl LabSpec {
@@ -83,6 +90,7 @@ impl LabSpec {
             backend: Backend::IptablesNft,
             server: true,
             docker_by_hand: true,
+            ipv6: false,
         }
     }
 }
@@ -275,6 +283,9 @@ impl Lab {
 
         self.sysctl(&host, "net.ipv4.ip_forward", "1")?;
         self.load_docker_rules()?;
+        if self.spec.ipv6 {
+            self.publish_ipv6()?;
+        }
         if self.spec.server {
             self.start_server()?;
         }
@@ -359,7 +370,55 @@ COMMIT
 
     pub fn load_docker_rules(&self) -> Result<()> {
         let rules = self.docker_rules();
-        self.exec_with_input(&self.host, &[self.spec.backend.restore()], &rules)
+        self.exec_with_input(&self.host, &[self.spec.backend.restore(false)], &rules)
+            .map(|_| ())
+    }
+
+    /// The container's IPv6 side and Docker's ip6tables rules for it (dockerd 20.10 with
+    /// `"ipv6": true, "ip6tables": true, "fixed-cidr-v6": "fd00:17::/64"`).
+    fn publish_ipv6(&self) -> Result<()> {
+        let (host, ctr) = (&self.host, &self.ctr);
+        self.ip(
+            host,
+            &["addr", "add", "fd00:17::1/64", "dev", BRIDGE, "nodad"],
+        )?;
+        self.ip(
+            ctr,
+            &["addr", "add", "fd00:17::2/64", "dev", "eth0", "nodad"],
+        )?;
+        self.ip(ctr, &["-6", "route", "add", "default", "via", "fd00:17::1"])?;
+        self.sysctl(host, "net.ipv6.conf.all.forwarding", "1")?;
+        let p = self.spec.port;
+        let rules = format!(
+            "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d ::1/128 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s fd00:17::/64 ! -o docker0 -j MASQUERADE
+-A DOCKER -i docker0 -j RETURN
+-A DOCKER ! -i docker0 -p tcp -m tcp --dport {p} -j DNAT --to-destination [fd00:17::2]:{p}
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -o docker0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o docker0 -j DOCKER
+-A FORWARD -i docker0 ! -o docker0 -j ACCEPT
+-A FORWARD -i docker0 -o docker0 -j ACCEPT
+-A DOCKER -d fd00:17::2/128 ! -i docker0 -o docker0 -p tcp -m tcp --dport {p} -j ACCEPT
+-A DOCKER-USER -j RETURN
+COMMIT
+"
+        );
+        self.exec_with_input(host, &[self.spec.backend.restore(true)], &rules)
             .map(|_| ())
     }
 

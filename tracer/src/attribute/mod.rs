@@ -12,7 +12,7 @@ pub mod verdict;
 use serde::Serialize;
 
 pub use crate::observe::facts::{Answer, DropFacts, Hook};
-use crate::observe::state::Snapshot;
+use crate::{load::kernel::btf::UNREPORTED, observe::state::Snapshot};
 use rules::{Blamed, Missing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -231,15 +231,21 @@ pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     Diagnosis { why, hook }
 }
 
-/// A packet for a non-local (DNATed) destination refused by the routing step with
-/// IP_INADDRERRORS at ip_error (measured on 6.18 for both sysctls).
+/// A packet for a non-local (DNATed) destination refused by the routing step: IPv4 with
+/// IP_INADDRERRORS at ip_error (measured on 6.18 for both sysctls); IPv6 at ip6_forward,
+/// with IP_INADDRERRORS (6.18), or with no specific reason while IPv6 forwarding is off
+/// (kernels whose ip6_forward gives none).
 fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     let routed_away = !now.is_local(&d.dst);
-    let refused = d.reason == "IP_INADDRERRORS" || d.function.as_deref() == Some("ip_error");
+    let off = rules::forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
+    let function = d.function.as_deref();
+    let unspecific = matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED);
+    let refused = d.reason == "IP_INADDRERRORS"
+        || function == Some("ip_error")
+        || (function == Some("ip6_forward") && unspecific && off.is_some());
     if !routed_away || !refused || d.reason == "IP_RPFILTER" {
         return None;
     }
-    let off = rules::forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
     Some(Why::ForwardingDisabled {
         still_off: off.is_some(),
         sysctl: off.unwrap_or_else(|| rules::forwarding_keys(d.ipv6, &d.ifname).0),

@@ -285,19 +285,27 @@ pub fn from_rules(snap: &Snapshot) -> Vec<PublishedPort> {
                     continue;
                 }
                 let to = rule.dnat_target();
-                if out.iter().any(|o| o.host_port == lo) {
+                // One entry per port and family (Docker with IPv6 publishes both).
+                let v6 = |ip: Option<IpAddr>| ip.is_some_and(|ip| ip.is_ipv6());
+                let is_v6 = v6(to.map(|(a, _)| a));
+                if out
+                    .iter()
+                    .any(|o| o.host_port == lo && v6(o.container_ip) == is_v6)
+                {
                     continue;
                 }
                 out.push(PublishedPort {
-                    host_ip: rule
-                        .dst
-                        .as_deref()
-                        .and_then(|d| d.trim_end_matches("/32").parse().ok()),
+                    host_ip: rule.dst.as_deref().and_then(|d| {
+                        d.trim_end_matches("/32")
+                            .trim_end_matches("/128")
+                            .parse()
+                            .ok()
+                    }),
                     host_port: lo,
                     proto: rule.proto.clone().unwrap_or_else(|| "tcp".into()),
                     container: None,
                     container_id: None,
-                    container_ip: to.map(|(a, _)| IpAddr::V4(a)),
+                    container_ip: to.map(|(a, _)| a),
                     container_port: to.and_then(|(_, p)| p).or(Some(lo)),
                     network: None,
                     source: "nat-rule",
@@ -421,6 +429,37 @@ mod tests {
         assert_eq!(ports[0].host_port, 5000);
         assert_eq!(ports[0].container_ip, Some("172.17.0.2".parse().unwrap()));
         assert_eq!(ports[0].source, "nat-rule");
+    }
+
+    #[test]
+    fn a_port_published_over_both_families_is_listed_once_per_family() {
+        use crate::observe::state::iptables::parse;
+        let snap = Snapshot {
+            iptables: vec![
+                parse(
+                    "iptables-nft",
+                    include_str!(
+                        "../observe/state/testdata/iptables-nft-save-docker-user-drop.txt"
+                    ),
+                ),
+                parse(
+                    "ip6tables-nft",
+                    include_str!("../observe/state/testdata/ip6tables-nft-save-docker-ipv6.txt"),
+                ),
+            ],
+            ..Snapshot::default()
+        };
+        let ips: Vec<_> = from_rules(&snap)
+            .into_iter()
+            .map(|p| (p.host_port, p.container_ip.map(|ip| ip.to_string())))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                (5000, Some("172.17.0.2".into())),
+                (5000, Some("fd00:17::2".into()))
+            ]
+        );
     }
 
     #[test]

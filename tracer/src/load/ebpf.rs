@@ -2,7 +2,7 @@
 //! maps and attaches. Everything it creates is owned by `Tracer`: dropping it (or the process
 //! dying, even by SIGKILL) closes the fds and the kernel detaches the programs. Nothing is
 //! pinned.
-use std::{collections::BTreeMap, fs};
+use std::{collections::BTreeMap, fs, net::IpAddr};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -10,8 +10,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, FEntry, FExit, KProbe, TracePoint},
 };
 use tracer_common::{
-    AF_INET, AddrPort, CounterKey, FlowKey, KernelOffsets, NO_FIELD, Process, RouteSample,
-    WatchConfig, stat,
+    AF_INET, AddrPort, CounterKey, FlowKey, KernelOffsets, NO_FIELD, Process, RouteKey,
+    RouteSample, WatchConfig, stat,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -154,6 +154,20 @@ const FIB_LOOKUP: TpHook = TpHook {
     }],
 };
 
+const FIB6_LOOKUP: TpHook = TpHook {
+    tracepoint: "fib6_table_lookup",
+    variants: &[TpVariant {
+        program: "fib6_table_lookup",
+        args: &[
+            "struct net *",
+            "struct fib6_result *",
+            "struct fib6_table *",
+            "struct flowi6 *",
+        ],
+        lost: None,
+    }],
+};
+
 const NET_DEV_QUEUE: TpHook = TpHook {
     tracepoint: "net_dev_queue",
     variants: &[TpVariant {
@@ -170,6 +184,7 @@ pub const TP_HOOKS: &[&TpHook] = &[
     &TCP_SEND_RESET,
     &PROCESS_EXEC,
     &FIB_LOOKUP,
+    &FIB6_LOOKUP,
     &NET_DEV_QUEUE,
 ];
 
@@ -255,6 +270,13 @@ pub const ROUTE_DECISIONS: OptionalHook = OptionalHook {
     lost: "the kernel's routing decision for the watched ports is not shown",
 };
 
+pub const ROUTE_DECISIONS6: OptionalHook = OptionalHook {
+    signal: "routing_decisions_ipv6",
+    name: "tracepoint fib6_table_lookup",
+    need: Need::Tracepoint(&FIB6_LOOKUP),
+    lost: "the kernel's IPv6 routing decision for the watched ports is not shown",
+};
+
 pub const FORWARDED_PACKETS: OptionalHook = OptionalHook {
     signal: "forwarded_packets",
     name: "tracepoint net_dev_queue",
@@ -278,6 +300,7 @@ pub const OPTIONAL_HOOKS: &[&OptionalHook] = &[
     &LEGACY_REPLACES,
     &EXEC_RECORDS,
     &ROUTE_DECISIONS,
+    &ROUTE_DECISIONS6,
     &FORWARDED_PACKETS,
 ];
 
@@ -457,6 +480,9 @@ impl Tracer {
             tracer.enable(&ROUTE_DECISIONS, |t| {
                 attach_tp_hook(&mut t.ebpf, &FIB_LOOKUP, &t.caps)
             });
+            tracer.enable(&ROUTE_DECISIONS6, |t| {
+                attach_tp_hook(&mut t.ebpf, &FIB6_LOOKUP, &t.caps)
+            });
             tracer.enable(&FORWARDED_PACKETS, |t| {
                 attach_tp_hook(&mut t.ebpf, &NET_DEV_QUEUE, &t.caps)
             });
@@ -499,25 +525,39 @@ impl Tracer {
         Ok(())
     }
 
+    /// Puts every (key, value) of `pairs` into the hash map `name`.
+    fn fill_map<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        pairs: &[(K, V)],
+    ) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Load(format!("{name}: {e}"));
+        let mut map: HashMap<_, K, V> = HashMap::try_from(self.map_mut(name)?).map_err(map_err)?;
+        for (key, value) in pairs {
+            map.insert(key, value, 0).map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     fn fill_maps(&mut self, opts: &LoadOptions) -> Result<(), Error> {
-        let map_err = |what: &str, e: aya::maps::MapError| Error::Load(format!("{what}: {e}"));
         self.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
         self.fill_set("WATCH_PORT", &opts.ports)?;
         self.fill_set("WATCH_ADDR_PORT", &opts.addr_ports)?;
-        {
-            // A container address stands for the first of its watched ports.
-            let map = self.map_mut("WATCH_DADDR")?;
-            let mut daddrs: HashMap<_, [u8; 4], u16> =
-                HashMap::try_from(map).map_err(|e| map_err("WATCH_DADDR", e))?;
-            for pair in opts.addr_ports.iter().filter(|p| p.family == AF_INET) {
+        // A container address stands for the first of its watched ports.
+        let mut v4: Vec<([u8; 4], u16)> = Vec::new();
+        let mut v6: Vec<([u8; 16], u16)> = Vec::new();
+        for pair in &opts.addr_ports {
+            if pair.family == AF_INET {
                 let addr: [u8; 4] = pair.addr[..4].try_into().expect("4 bytes");
-                if daddrs.get(&addr, 0).is_err() {
-                    daddrs
-                        .insert(&addr, &pair.port, 0)
-                        .map_err(|e| map_err("WATCH_DADDR", e))?;
+                if !v4.iter().any(|(a, _)| *a == addr) {
+                    v4.push((addr, pair.port));
                 }
+            } else if !v6.iter().any(|(a, _)| *a == pair.addr) {
+                v6.push((pair.addr, pair.port));
             }
         }
+        self.fill_map("WATCH_DADDR", &v4)?;
+        self.fill_map("WATCH_DADDR6", &v6)?;
         Ok(())
     }
 
@@ -679,10 +719,13 @@ impl Tracer {
 
     /// The last routing decision the kernel made for packets from `src` to `dst`, if one was
     /// seen in the watched namespace.
-    pub fn route(&self, src: std::net::Ipv4Addr, dst: std::net::Ipv4Addr) -> Option<RouteSample> {
+    pub fn route(&self, src: IpAddr, dst: IpAddr) -> Option<RouteSample> {
         let map = self.ebpf.map("ROUTES")?;
-        let routes: HashMap<_, u64, RouteSample> = HashMap::try_from(map).ok()?;
-        let key = (u64::from(u32::from(src)) << 32) | u64::from(u32::from(dst));
+        let routes: HashMap<_, RouteKey, RouteSample> = HashMap::try_from(map).ok()?;
+        let key = RouteKey {
+            saddr: tracer_common::addr_bytes(src),
+            daddr: tracer_common::addr_bytes(dst),
+        };
         routes.get(&key, 0).ok()
     }
 }

@@ -1,7 +1,7 @@
 //! The typed facts of one drop, as the kernel reported them: what the attribution engine
 //! reads. The `DropRecord` printed for the user is rendered from the same event; nothing here
 //! is parsed back from text.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde::Serialize;
 
@@ -112,9 +112,9 @@ pub struct DropFacts {
 /// One routing lookup as the kernel made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteFact {
-    pub src: Ipv4Addr,
+    pub src: IpAddr,
     pub sport: u16,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     /// The routing table (255 local, 254 main).
     pub table: u32,
@@ -129,10 +129,9 @@ impl RouteFact {
     /// The kernel's lookup for a drop's (source, destination), when it succeeded; the ports
     /// are the drop's (an inbound lookup carries none).
     pub fn of(sample: &tracer_common::RouteSample, d: &DropFacts) -> Option<RouteFact> {
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (d.src, d.dst) else {
-            return None;
-        };
-        let same = sample.saddr == src.octets() && sample.daddr == dst.octets();
+        let (src, dst) = (d.src, d.dst);
+        let bytes = tracer_common::addr_bytes;
+        let same = sample.saddr == bytes(src) && sample.daddr == bytes(dst);
         (sample.err == 0 && same).then(|| {
             let end = sample.dev.iter().position(|b| *b == 0).unwrap_or(16);
             RouteFact {

@@ -29,6 +29,13 @@ type Entry = (
 const BY_FUNCTION: &[Entry] = &[
     // Forwarding refused by the routing step (ip_forward or the interface's forwarding off).
     ("ip_error", "IP_INADDRERRORS", "5.10", None),
+    // The same for IPv6: forwarding off for the packet's interface.
+    (
+        "ip6_forward",
+        "IP_INADDRERRORS",
+        "not yet",
+        Some("a hop limit exceeded or a packet too big (both answered with ICMPv6)"),
+    ),
     // A netfilter verdict NF_DROP (iptables, nftables, a REJECT after its answer).
     ("nf_hook_slow", "NETFILTER_DROP", "5.10", None),
     // No socket for the segment: a closed port.

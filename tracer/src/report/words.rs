@@ -1,7 +1,7 @@
 //! Every sentence, piece of evidence and fix droptrace prints about a cause, in one place:
 //! verdicts (`explain`), `check`'s findings and the culprit's notes say the same thing the
 //! same way.
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::{
     attribute::{
@@ -314,8 +314,11 @@ fn forwarding(d: &DropFacts, ctx: &Context, key: &str, still_off: bool) -> Words
     let mut evidence = vec![evidence];
     if let Some(r) = d.route.as_ref().filter(|r| !r.local) {
         evidence.push(format!(
-            "the kernel routed {}:{} -> {}:{} via {} (table {}: a forwarding path), then {key} = 0 refused to forward it",
-            r.src, r.sport, r.dst, r.dport, r.dev, r.table
+            "the kernel routed {} -> {} via {} (table {}: a forwarding path), then {key} = 0 refused to forward it",
+            SocketAddr::new(r.src, r.sport),
+            SocketAddr::new(r.dst, r.dport),
+            r.dev,
+            r.table
         ));
     }
     let (fix, persist) = sysctl_fix(&ctx.exec_prefix, key, "1");
@@ -335,8 +338,9 @@ fn missing_chain(d: &DropFacts, ctx: &Context, m: &Missing, died: &Died) -> Word
     let mut evidence = vec![what.clone()];
     if let Some(r) = d.route.as_ref().filter(|r| r.local) {
         evidence.push(format!(
-            "the routing lookup for {}:{} chose local delivery (this host's own address, on {}): nothing had translated it to a container",
-            r.dst, r.dport, r.dev
+            "the routing lookup for {} chose local delivery (this host's own address, on {}): nothing had translated it to a container",
+            SocketAddr::new(r.dst, r.dport),
+            r.dev
         ));
     }
     let proximate = match died {

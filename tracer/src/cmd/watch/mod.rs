@@ -116,21 +116,12 @@ pub struct RunOutcome {
 }
 
 pub fn addr_port(sa: &SocketAddr) -> AddrPort {
-    let mut key = AddrPort {
+    AddrPort {
+        addr: tracer_common::addr_bytes(sa.ip()),
+        family: if sa.is_ipv4() { AF_INET } else { AF_INET6 },
+        _pad: 0,
         port: sa.port(),
-        ..Default::default()
-    };
-    match sa.ip() {
-        IpAddr::V4(v4) => {
-            key.family = AF_INET;
-            key.addr[..4].copy_from_slice(&v4.octets());
-        }
-        IpAddr::V6(v6) => {
-            key.family = AF_INET6;
-            key.addr = v6.octets();
-        }
     }
-    key
 }
 
 /// How often the event ring is drained even without a wakeup.
@@ -166,10 +157,7 @@ fn translated_tuples(snap: &Snapshot, ports: &[u16]) -> Vec<AddrPort> {
     for &port in ports {
         for dnat in snap.dnats_for(port) {
             if let Some((addr, to_port)) = dnat.to {
-                out.push(addr_port(&SocketAddr::new(
-                    IpAddr::V4(addr),
-                    to_port.unwrap_or(port),
-                )));
+                out.push(addr_port(&SocketAddr::new(addr, to_port.unwrap_or(port))));
             }
         }
         for hint in snap.published_hints(port) {

@@ -4,7 +4,6 @@
 use std::{
     collections::BTreeMap,
     io,
-    net::IpAddr,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -164,12 +163,9 @@ impl Observer<'_> {
             return a.clone();
         }
         // Read only for a new kind of drop: a storm's known drops cost no map read.
-        facts.route = match (facts.src, facts.dst) {
-            (IpAddr::V4(src), IpAddr::V4(dst)) => tracer
-                .route(src, dst)
-                .and_then(|r| RouteFact::of(&r, &facts)),
-            _ => None,
-        };
+        facts.route = tracer
+            .route(facts.src, facts.dst)
+            .and_then(|r| RouteFact::of(&r, &facts));
         if rec.reason_name() == "NETFILTER_DROP"
             && let Some(rt) = &self.rule_tracer
         {
@@ -181,7 +177,7 @@ impl Observer<'_> {
         self.refresh_snapshot().await;
         let now = &self.latest.as_ref().expect("refreshed").1;
         if let Some(r) = facts.route.as_mut() {
-            r.local |= now.is_local(&IpAddr::V4(r.dst));
+            r.local |= now.is_local(&r.dst);
         }
         let ctx = Context {
             port,

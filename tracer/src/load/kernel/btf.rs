@@ -112,6 +112,16 @@ impl KernelBtf {
             fib_tb_id: self.optional("fib_table", &["tb_id"]),
             nhc_dev: self.optional("fib_nh_common", &["nhc_dev"]),
             dev_name: self.optional("net_device", &["name"]),
+            fl6_iif: self.optional("flowi6", &["__fl_common", "flowic_iif"]),
+            fl6_proto: self.optional("flowi6", &["__fl_common", "flowic_proto"]),
+            fl6_saddr: self.optional("flowi6", &["saddr"]),
+            fl6_daddr: self.optional("flowi6", &["daddr"]),
+            fl6_sport: self.optional("flowi6", &["uli", "ports", "sport"]),
+            fl6_dport: self.optional("flowi6", &["uli", "ports", "dport"]),
+            fib6_res_nh: self.optional("fib6_result", &["nh"]),
+            fib6_res_type: self.optional("fib6_result", &["fib6_type"]),
+            fib6_tb_id: self.optional("fib6_table", &["tb6_id"]),
+            fib6_nh_common: self.optional("fib6_nh", &["nh_common"]),
         })
     }
 

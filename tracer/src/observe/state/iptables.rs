@@ -1,6 +1,6 @@
 //! `iptables-save -c` text (iptables-nft and iptables-legacy print the same format) → tables,
 //! chains, numbered rules with their packet counters.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// One backend's ruleset as `iptables-save -c` printed it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,12 +67,19 @@ impl Rule {
     }
 
     /// Container address:port of a DNAT.
-    pub fn dnat_target(&self) -> Option<(Ipv4Addr, Option<u16>)> {
+    pub fn dnat_target(&self) -> Option<(IpAddr, Option<u16>)> {
         let to = self.to_destination.as_deref()?;
-        let (addr, port) = match to.split_once(':') {
-            Some((a, p)) => (a, p.split('-').next().and_then(|p| p.parse().ok())),
+        // `172.17.0.2:5000`, `172.17.0.2`, `[fd00::2]:5000` (ip6tables), `fd00::2`; ranges
+        // (`a-b`, `p-q`) by their first.
+        let (addr, port) = match to.strip_prefix('[').and_then(|t| t.split_once(']')) {
+            Some((a, rest)) => (a, rest.strip_prefix(':')),
+            None if to.matches(':').count() == 1 => {
+                let (a, p) = to.split_once(':')?;
+                (a, Some(p))
+            }
             None => (to, None),
         };
+        let port = port.and_then(|p| p.split('-').next()?.parse().ok());
         Some((addr.split('-').next()?.parse().ok()?, port))
     }
 }
@@ -332,6 +339,40 @@ mod tests {
         assert!(drop.names_dport(5000) && !drop.names_dport(5001));
         assert!(filter.reachable("FORWARD", "DOCKER-USER"));
         assert!(!filter.reachable("INPUT", "DOCKER-USER"));
+    }
+
+    #[test]
+    fn an_ip6tables_dnat_target_is_an_ipv6_address_and_port() {
+        let rs = parse(
+            "ip6tables-nft",
+            include_str!("testdata/ip6tables-nft-save-docker-ipv6.txt"),
+        );
+        let dnat = rs
+            .table("nat")
+            .and_then(|nat| nat.chain("DOCKER"))
+            .and_then(|c| c.rules.iter().find(|r| r.target.as_deref() == Some("DNAT")))
+            .expect("DNAT");
+        assert_eq!(
+            dnat.dnat_target(),
+            Some(("fd00:17::2".parse().unwrap(), Some(5000)))
+        );
+        assert!(dnat.names_dport(5000));
+        let bare = Rule {
+            to_destination: Some("fd00:17::2".into()),
+            ..dnat.clone()
+        };
+        assert_eq!(
+            bare.dnat_target(),
+            Some(("fd00:17::2".parse().unwrap(), None))
+        );
+        let range = Rule {
+            to_destination: Some("172.17.0.2-172.17.0.3:5000-5001".into()),
+            ..dnat.clone()
+        };
+        assert_eq!(
+            range.dnat_target(),
+            Some(("172.17.0.2".parse().unwrap(), Some(5000)))
+        );
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub struct Dnat {
     pub location: String,
     pub table: String,
     pub chain: String,
-    pub to: Option<(Ipv4Addr, Option<u16>)>,
+    pub to: Option<(IpAddr, Option<u16>)>,
     /// The chain holding it is reached from nat PREROUTING.
     pub reachable: bool,
     pub packets: Option<u64>,
