@@ -157,16 +157,23 @@ pub struct WatchConfig {
     /// Non-zero: copy the first HDR_LEN bytes of each dropped packet (from its IP header)
     /// into the event, for `--pcap` / `--evidence`.
     pub capture_headers: u32,
-    /// Non-zero: a FIN or RST that TCP's receive function frees with `teardown_reason` (a late
-    /// segment of a closed connection, which TIME_WAIT answers and discards) is counted in
-    /// `stat::TEARDOWN` instead of reported as a drop.
+    /// Non-zero: frees with `teardown_reason` at a teardown site are counted in
+    /// `stat::TEARDOWN` instead of reported as drops: a FIN or RST that TCP's receive
+    /// function frees (a late segment of a closed connection, which TIME_WAIT answers and
+    /// discards), or anything a closing socket's queue purge frees (kernels before
+    /// QUEUE_PURGE give such frees no reason).
     pub skip_teardown: u32,
     /// NOT_SPECIFIED's value, or REASON_UNREPORTED on a kernel without reasons.
     pub teardown_reason: u32,
     pub _pad: u32,
-    /// [start, end) of tcp_v4_rcv, then of tcp_v6_rcv, in kernel text (zeros: unknown).
-    pub tcp_rcv: [u64; 4],
+    /// [start, end) pairs in kernel text (zeros: unknown): TEARDOWN_RCV_SITES receive
+    /// functions (FIN/RST only), then queue purges.
+    pub teardown_sites: [u64; 2 * TEARDOWN_SITES],
 }
+
+/// Teardown sites in WatchConfig: tcp_v4_rcv and tcp_v6_rcv, then four queue purges.
+pub const TEARDOWN_SITES: usize = 6;
+pub const TEARDOWN_RCV_SITES: usize = 2;
 
 impl WatchConfig {
     pub const ZERO: Self = Self {
@@ -176,7 +183,7 @@ impl WatchConfig {
         skip_teardown: 0,
         teardown_reason: 0,
         _pad: 0,
-        tcp_rcv: [0; 4],
+        teardown_sites: [0; 2 * TEARDOWN_SITES],
     };
 }
 

@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_
 use aya_log_ebpf::warn;
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, FlowKey, HDR_LEN, KernelOffsets,
-    WatchConfig, flow, kind, stat,
+    TEARDOWN_RCV_SITES, TEARDOWN_SITES, WatchConfig, flow, kind, stat,
 };
 
 use crate::maps::{
@@ -328,24 +328,30 @@ pub fn on_rst(skb: u64, reason: u32) {
     observe(skb, kind::RST_SENT, reason, 0, 0, 0);
 }
 
-/// A FIN or RST (without SYN) that TCP's receive function freed with no specific reason: a
-/// late segment of a connection already closed, which TIME_WAIT answers and then discards
-/// (tcp_v4_rcv's do_time_wait path). Normal teardown, not a drop anyone is paged for.
+/// A free at a teardown site with no specific reason (see WatchConfig::skip_teardown): a FIN
+/// or RST (without SYN) that TCP's receive function freed, a late segment of a connection
+/// already closed, which TIME_WAIT answers and then discards (tcp_v4_rcv's do_time_wait
+/// path); or what a closing socket's queue purge freed. Normal teardown, not a drop anyone
+/// is paged for.
 #[inline(always)]
 fn late_teardown(ev: &DropEvent, cfg: &WatchConfig) -> bool {
     const FIN: u8 = 0x01;
     const SYN: u8 = 0x02;
     const RST: u8 = 0x04;
-    if cfg.skip_teardown == 0
-        || ev.proto != IPPROTO_TCP
-        || ev.reason != cfg.teardown_reason
-        || ev.tcp_flags & (FIN | RST) == 0
-        || ev.tcp_flags & SYN != 0
-    {
+    if cfg.skip_teardown == 0 || ev.proto != IPPROTO_TCP || ev.reason != cfg.teardown_reason {
         return false;
     }
     let at = ev.location;
-    (cfg.tcp_rcv[0] <= at && at < cfg.tcp_rcv[1]) || (cfg.tcp_rcv[2] <= at && at < cfg.tcp_rcv[3])
+    let closing = ev.tcp_flags & (FIN | RST) != 0 && ev.tcp_flags & SYN == 0;
+    let mut i = 0;
+    while i < TEARDOWN_SITES {
+        let (start, end) = (cfg.teardown_sites[2 * i], cfg.teardown_sites[2 * i + 1]);
+        if start <= at && at < end && (i >= TEARDOWN_RCV_SITES || closing) {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Shared body of every hook: namespace filter, parse, watch filter, count, emit.

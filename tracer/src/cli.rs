@@ -139,8 +139,9 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DIR")]
     pub evidence: Option<std::path::PathBuf>,
 
-    /// Also report frees on socket teardown (QUEUE_PURGE, SOCKET_CLOSE) and late FINs/RSTs of
-    /// closed connections that TIME_WAIT discards, normally noise.
+    /// Also report frees on socket teardown (QUEUE_PURGE, SOCKET_CLOSE, or a queue purge
+    /// without a reason) and late FINs/RSTs of closed connections that TIME_WAIT discards,
+    /// normally noise.
     #[arg(long)]
     pub include_teardown: bool,
 

@@ -33,7 +33,7 @@ const BY_FUNCTION: &[Entry] = &[
     (
         "ip6_forward",
         "IP_INADDRERRORS",
-        "not yet",
+        "5.10",
         Some("a hop limit exceeded or a packet too big (both answered with ICMPv6)"),
     ),
     // A netfilter verdict NF_DROP (iptables, nftables, a REJECT after its answer).

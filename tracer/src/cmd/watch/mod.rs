@@ -362,8 +362,20 @@ fn pollable(ring: RingBuf<MapData>, what: &str) -> Result<Ring, Error> {
 /// What a kernel without drop reasons loses, for the start line.
 const NO_REASONS: &str = "this kernel reports no drop reasons (before Linux 5.17): each drop's reason is inferred from the kernel function that freed it (`inferred_reason`; `reason` is null), a function droptrace does not know is reported by its name only, and the exact counters cannot be split by reason";
 
-/// Arms the kernel's filter of late FINs and RSTs (see WatchConfig::skip_teardown), unless
-/// they are asked for or TCP's receive functions cannot be located.
+/// The kernel's teardown sites (tracer_common::TEARDOWN_SITES): TCP's receive functions
+/// (their late FINs and RSTs), then the functions a closing socket's queues are purged in
+/// (where kernels without the QUEUE_PURGE reason free with none; measured on 6.1).
+const TEARDOWN_SITES: [&str; tracer_common::TEARDOWN_SITES] = [
+    "tcp_v4_rcv",
+    "tcp_v6_rcv",
+    "sk_stream_kill_queues",
+    "inet_sock_destruct",
+    "skb_queue_purge",
+    "skb_rbtree_purge",
+];
+
+/// Arms the kernel's filter of teardown frees (see WatchConfig::skip_teardown), unless they
+/// are asked for or no teardown site can be located.
 fn teardown_filter(
     mut config: WatchConfig,
     reasons: &DropReasons,
@@ -377,11 +389,13 @@ fn teardown_filter(
     let (Some(reason), false) = (reason, include_teardown) else {
         return config;
     };
-    let ranges = kallsyms::function_ranges(&["tcp_v4_rcv", "tcp_v6_rcv"]);
-    for (i, range) in ranges.into_iter().enumerate() {
+    for (i, range) in kallsyms::function_ranges(&TEARDOWN_SITES)
+        .into_iter()
+        .enumerate()
+    {
         if let Some((start, end)) = range {
-            config.tcp_rcv[2 * i] = start;
-            config.tcp_rcv[2 * i + 1] = end;
+            config.teardown_sites[2 * i] = start;
+            config.teardown_sites[2 * i + 1] = end;
             config.skip_teardown = 1;
         }
     }
