@@ -617,3 +617,70 @@ fn ipv6_published_port_is_forwarded_then_refused_when_ipv6_forwarding_is_off() {
         );
     }
 }
+
+/// The routing decisions from the classic fib tracepoints (the fallback where the tp_btf
+/// programs cannot load, forced here): the same evidence in both families, and the start
+/// line says what the fallback cannot be sure of.
+#[test]
+fn classic_fib_tracepoints_give_the_same_routing_evidence() {
+    require_root();
+    if !common::kernel::has_forwarding_tracepoints() {
+        eprintln!("no fib tracepoints on this kernel: skipped");
+        return;
+    }
+    let mut spec = LabSpec::new("fwdtp");
+    spec.ipv6 = true;
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0").unwrap();
+    lab.sysctl(&lab.host, "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    let args = [
+        "--port",
+        "5000",
+        "--netns",
+        &lab.host,
+        "--routing-hook",
+        "tracepoint",
+    ];
+    for (target, key, ctr) in [
+        (
+            SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5000),
+            "net.ipv4.ip_forward",
+            lab::CTR_ADDR.to_string(),
+        ),
+        (
+            SocketAddr::new(IpAddr::V6(lab::HOST_ADDR6), 5000),
+            "net.ipv6.conf.all.forwarding",
+            format!("[{}]", lab::CTR_ADDR6),
+        ),
+    ] {
+        let watch = Watch::start(&args);
+        assert_eq!(
+            lab.request(&lab.ext, target, CLIENT_TIMEOUT),
+            Outcome::Timeout
+        );
+        let out = watch.stop();
+        let start = &out.of_type("start")[0];
+        assert!(
+            start["signals"].to_string().contains("routing_decisions"),
+            "{start}"
+        );
+        assert!(
+            start["notes"]
+                .to_string()
+                .contains("classic fib tracepoints"),
+            "{start}"
+        );
+        let v = the_verdict(&out);
+        assert_cause(&v, "forwarding_disabled", Some("routing"));
+        let f = common::flow_of(&out, 5000).expect("the port's flow");
+        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 1, "{f}");
+        assert!(
+            v["evidence"].to_string().contains(&format!(
+                "-> {ctr}:5000 via {} (table 254: a forwarding path), then {key} = 0 refused",
+                lab::BRIDGE
+            )),
+            "{v:#}"
+        );
+    }
+}

@@ -263,6 +263,25 @@ pub struct RouteSample {
     pub _pad: [u8; 2],
 }
 
+/// Where the fields of a classic fib tracepoint's record lie (`fib:fib_table_lookup` at
+/// index 0 of FIB_RECORDS, `fib6:fib6_table_lookup` at 1), from its format file; ABSENT for
+/// a field the record lacks. Ports are host byte order in the record; `err` is the lookup's
+/// negative errno; `name` is the chosen device's name ("-" without one).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FibRecord {
+    pub tb_id: u32,
+    pub err: u32,
+    pub iif: u32,
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u32,
+    pub dport: u32,
+    pub proto: u32,
+    pub name: u32,
+    pub _pad: u32,
+}
+
 /// An address as the kernel side keys it (AddrPort, RouteKey): IPv4 in the first four
 /// bytes, the rest zero.
 pub fn addr_bytes(ip: core::net::IpAddr) -> [u8; 16] {
@@ -508,6 +527,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::RouteSample {}
     unsafe impl aya::Pod for super::RouteKey {}
+    unsafe impl aya::Pod for super::FibRecord {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}

@@ -2,11 +2,11 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    AddrPort, CounterKey, DropEvent, FlowKey, KernelOffsets, Process, RouteKey, RouteSample,
-    WatchConfig, kind, stat,
+    AddrPort, CounterKey, DropEvent, FibRecord, FlowKey, KernelOffsets, Process, RouteKey,
+    RouteSample, WatchConfig, kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -51,6 +51,18 @@ pub static WATCH_DADDR: HashMap<[u8; 4], u16> = HashMap::with_max_entries(1024, 
 /// The same for IPv6 containers.
 #[map]
 pub static WATCH_DADDR6: HashMap<[u8; 16], u16> = HashMap::with_max_entries(1024, 0);
+
+/// The classic fib tracepoints' record layouts (index 0 IPv4, 1 IPv6), for the fallback
+/// programs; written by the loader before it attaches them.
+#[map]
+pub static FIB_RECORDS: Array<FibRecord> = Array::with_max_entries(2, 0);
+
+/// The watched namespace's interfaces, by index and by name (name → index): a classic fib
+/// record names no namespace, only interfaces.
+#[map]
+pub static WATCH_IFINDEX: HashMap<u32, u8> = HashMap::with_max_entries(256, 0);
+#[map]
+pub static WATCH_IFNAME: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256, 0);
 
 /// The program's own health counters, indexed by `tracer_common::stat`.
 #[map]

@@ -125,6 +125,11 @@ pub struct WatchArgs {
     #[arg(long, hide = true)]
     pub no_forwarding_hooks: bool,
 
+    /// Which routing-decision programs: auto (tp_btf, falling back to the classic fib
+    /// tracepoints), tp_btf, or tracepoint. For testing the fallback on kernels with both.
+    #[arg(long, value_enum, default_value_t = HookChoice::Auto, hide = true)]
+    pub routing_hook: HookChoice,
+
     /// Serve Prometheus metrics (text exposition) on ADDR, path /metrics, e.g. 0.0.0.0:9464.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
                 trace_rules: args.trace_rules,
                 kernel_log: args.kernel_log,
                 no_forwarding_hooks: args.no_forwarding_hooks,
+                routing_hook: args.routing_hook,
                 ready: None,
                 stop: None,
                 quiet: false,

@@ -12,13 +12,23 @@
 //!   TP_PROTO(const struct net *net, const struct fib6_result *res,
 //!            struct fib6_table *table, const struct flowi6 *flp) -- since 5.1.
 //!   The namespace is an argument: checked before anything else is read.
+//! tracepoints fib:fib_table_lookup and fib6:fib6_table_lookup (the fallback where the
+//!   tp_btf programs cannot load, as on a prototype droptrace has no program for): their
+//!   records (layout from the format files) name no namespace; see `on_route_record`.
 //! tp_btf net_dev_queue (optional): TP_PROTO(struct sk_buff *skb) -- every packet queued for
 //!   transmission; one that arrived on another device was forwarded (skb.rs `on_transmit`).
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
+};
 use tracer_common::{ABSENT, AF_INET, AF_INET6, AddrPort, RouteKey, RouteSample, flow};
 
 use crate::{
-    maps::{CONFIG, OFFSETS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6, WATCH_PORT},
+    maps::{
+        CONFIG, FIB_RECORDS, OFFSETS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6,
+        WATCH_IFINDEX, WATCH_IFNAME, WATCH_PORT,
+    },
     skb::{count_flow, on_transmit, read},
 };
 
@@ -50,6 +60,18 @@ pub fn fib6_table_lookup(ctx: BtfTracePointContext) -> i32 {
     let table: u64 = ctx.arg(2);
     let flp: u64 = ctx.arg(3);
     on_route6(net, res, table, flp);
+    0
+}
+
+#[tracepoint(category = "fib", name = "fib_table_lookup")]
+pub fn fib_table_lookup_tp(ctx: TracePointContext) -> u32 {
+    on_route_record(&ctx, 0, AF_INET);
+    0
+}
+
+#[tracepoint(category = "fib6", name = "fib6_table_lookup")]
+pub fn fib6_table_lookup_tp(ctx: TracePointContext) -> u32 {
+    on_route_record(&ctx, 1, AF_INET6);
     0
 }
 
@@ -106,6 +128,27 @@ fn device(dev: u64) -> (u32, u32) {
     (ifindex, inum)
 }
 
+/// One routing lookup, as any of the programs above reads it.
+struct Lookup {
+    family: u8,
+    table: u32,
+    err: i32,
+    key: RouteKey,
+    dport: u16,
+    /// The chosen device's ifindex (0 without one).
+    oif: u32,
+}
+
+impl Lookup {
+    fn kind(&self) -> u8 {
+        match self.err {
+            0 if self.table == TABLE_LOCAL => flow::ROUTED_LOCAL,
+            0 => flow::ROUTED_FORWARD,
+            _ => flow::ROUTE_FAILED,
+        }
+    }
+}
+
 /// One IPv4 routing lookup: kept when it is in the watched namespace (known from the route's
 /// device) or, failed and deviceless, about a watched destination.
 #[inline(always)]
@@ -114,11 +157,11 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     if flp == 0 || err == EAGAIN || off.fl4_daddr == ABSENT || off.fl4_saddr == ABSENT {
         return;
     }
-    let mut daddr = [0u8; 16];
+    let mut key = RouteKey::default();
     let v4: [u8; 4] = read(flp, off.fl4_daddr).unwrap_or([0; 4]);
-    daddr[..4].copy_from_slice(&v4);
+    key.daddr[..4].copy_from_slice(&v4);
     let dport = port_at(flp, off.fl4_dport);
-    let port = watched(AF_INET, &daddr, dport);
+    let port = watched(AF_INET, &key.daddr, dport);
     let dev: u64 = if nhc == 0 || off.nhc_dev == ABSENT {
         0
     } else {
@@ -134,33 +177,20 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     if !ours {
         return;
     }
-    let kind = match err {
-        0 if tb_id == TABLE_LOCAL => flow::ROUTED_LOCAL,
-        0 => flow::ROUTED_FORWARD,
-        _ => flow::ROUTE_FAILED,
-    };
-    if let Some(port) = port {
-        count_flow(port, kind, 0);
-    }
-    let mut key = RouteKey {
-        saddr: [0; 16],
-        daddr,
-    };
     let s4: [u8; 4] = read(flp, off.fl4_saddr).unwrap_or([0; 4]);
     key.saddr[..4].copy_from_slice(&s4);
     let lookup = Lookup {
         family: AF_INET,
         table: tb_id,
         err,
-        oif,
-        dev,
+        key,
         dport,
-        flp,
-        sport_at: off.fl4_sport,
-        iif_at: off.fl4_iif,
-        proto_at: off.fl4_proto,
+        oif,
     };
-    remember(&key, &lookup);
+    decided(&lookup, port, |sample| {
+        from_flowi(sample, flp, off.fl4_sport, off.fl4_iif, off.fl4_proto);
+        device_name(sample, dev);
+    });
 }
 
 /// One IPv6 routing lookup in the watched namespace. A miss in the local table is the first
@@ -192,20 +222,15 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
         // RTN_BLACKHOLE and the rest: -EINVAL
         _ => -22,
     };
-    if err == EAGAIN || (err != 0 && tb_id == TABLE_LOCAL) {
+    if skipped6(tb_id, err) {
         return;
     }
-    let daddr: [u8; 16] = read(flp, off.fl6_daddr).unwrap_or([0; 16]);
-    let dport = port_at(flp, off.fl6_dport);
-    let port = watched(AF_INET6, &daddr, dport);
-    let kind = match err {
-        0 if tb_id == TABLE_LOCAL || rtn == RTN_LOCAL => flow::ROUTED_LOCAL,
-        0 => flow::ROUTED_FORWARD,
-        _ => flow::ROUTE_FAILED,
+    let key = RouteKey {
+        saddr: read(flp, off.fl6_saddr).unwrap_or([0; 16]),
+        daddr: read(flp, off.fl6_daddr).unwrap_or([0; 16]),
     };
-    if let Some(port) = port {
-        count_flow(port, kind, 0);
-    }
+    let dport = port_at(flp, off.fl6_dport);
+    let port = watched(AF_INET6, &key.daddr, dport);
     let nh: u64 = if off.fib6_res_nh == ABSENT || off.nhc_dev == ABSENT {
         0
     } else {
@@ -216,23 +241,121 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
     } else {
         read(nh, off.fib6_nh_common + off.nhc_dev).unwrap_or(0)
     };
-    let key = RouteKey {
-        saddr: read(flp, off.fl6_saddr).unwrap_or([0; 16]),
-        daddr,
-    };
     let lookup = Lookup {
         family: AF_INET6,
         table: tb_id,
         err,
-        oif: device(dev).0,
-        dev,
+        key,
         dport,
-        flp,
-        sport_at: off.fl6_sport,
-        iif_at: off.fl6_iif,
-        proto_at: off.fl6_proto,
+        oif: device(dev).0,
     };
-    remember(&key, &lookup);
+    decided(&lookup, port, |sample| {
+        from_flowi(sample, flp, off.fl6_sport, off.fl6_iif, off.fl6_proto);
+        device_name(sample, dev);
+    });
+}
+
+/// An IPv6 lookup that decides nothing: "try the next table" (a throw, or a miss in the
+/// local table that every lookup starts with).
+#[inline(always)]
+fn skipped6(tb_id: u32, err: i32) -> bool {
+    err == EAGAIN || (err != 0 && tb_id == TABLE_LOCAL)
+}
+
+/// One lookup from a classic tracepoint's record (the fallback): the record names no
+/// namespace, so the lookup is kept when its ingress interface (by index) and its chosen
+/// device (by name) are interfaces of the watched namespace, or when it failed about a
+/// watched destination.
+#[inline(always)]
+fn on_route_record(ctx: &TracePointContext, index: u32, family: u8) {
+    let Some(f) = FIB_RECORDS.get(index) else {
+        return;
+    };
+    // SAFETY: the offsets come from this tracepoint's own format file and lie inside the
+    // record; read_at goes through bpf_probe_read_kernel, which cannot fault.
+    let field = |at: u32| -> Option<u32> {
+        (at != ABSENT).then(|| unsafe { ctx.read_at::<u32>(at as usize) }.ok())?
+    };
+    let (Some(tb_id), Some(err)) = (field(f.tb_id), field(f.err)) else {
+        return;
+    };
+    let err = err as i32;
+    if err == EAGAIN || (family == AF_INET6 && skipped6(tb_id, err)) || f.dst == ABSENT {
+        return;
+    }
+    let mut key = RouteKey {
+        saddr: [0; 16],
+        daddr: record_addr(ctx, f.dst, family),
+    };
+    let dport = record_port(ctx, f.dport);
+    let port = watched(family, &key.daddr, dport);
+    let name: [u8; 16] = if f.name == ABSENT {
+        [0; 16]
+    } else {
+        // SAFETY: as above.
+        unsafe { ctx.read_at(f.name as usize) }.unwrap_or([0; 16])
+    };
+    // SAFETY: plain values the loader wrote before attaching.
+    let oif = unsafe { WATCH_IFNAME.get(&name) }.copied().unwrap_or(0);
+    let iif = field(f.iif).unwrap_or(0);
+    let cfg = CONFIG.load();
+    let ours = if err == 0 {
+        cfg.netns == 0 || (oif != 0 && WATCH_IFINDEX.get_ptr(&iif).is_some())
+    } else {
+        port.is_some()
+    };
+    if !ours {
+        return;
+    }
+    key.saddr = record_addr(ctx, f.src, family);
+    let lookup = Lookup {
+        family,
+        table: tb_id,
+        err,
+        key,
+        dport,
+        oif,
+    };
+    decided(&lookup, port, |sample| {
+        sample.sport = record_port(ctx, f.sport);
+        sample.iif = iif;
+        if f.proto != ABSENT {
+            // SAFETY: as above.
+            sample.proto = unsafe { ctx.read_at::<u8>(f.proto as usize) }.unwrap_or(0);
+        }
+        if err == 0 {
+            sample.dev = name;
+        }
+    });
+}
+
+/// An address of a classic record, as RouteKey holds it (zeros when absent).
+#[inline(always)]
+fn record_addr(ctx: &TracePointContext, at: u32, family: u8) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if at == ABSENT {
+        return out;
+    }
+    // SAFETY: see on_route_record.
+    unsafe {
+        if family == AF_INET {
+            let v4: [u8; 4] = ctx.read_at(at as usize).unwrap_or([0; 4]);
+            out[..4].copy_from_slice(&v4);
+        } else {
+            out = ctx.read_at(at as usize).unwrap_or([0; 16]);
+        }
+    }
+    out
+}
+
+/// A port of a classic record (host byte order there), 0 when absent.
+#[inline(always)]
+fn record_port(ctx: &TracePointContext, at: u32) -> u16 {
+    if at == ABSENT {
+        return 0;
+    }
+    // SAFETY: see on_route_record.
+    unsafe { ctx.read_at::<u16>(at as usize) }.unwrap_or(0)
 }
 
 /// A port of a flowi (host byte order), 0 when this kernel has no such field.
@@ -245,56 +368,55 @@ fn port_at(flp: u64, at: u32) -> u16 {
     }
 }
 
-/// What `remember` needs of one lookup.
-struct Lookup {
-    family: u8,
-    table: u32,
-    err: i32,
-    oif: u32,
-    dev: u64,
-    dport: u16,
-    flp: u64,
-    /// Offsets in the flowi of its source port, ingress ifindex and protocol.
-    sport_at: u32,
-    iif_at: u32,
-    proto_at: u32,
+/// A sample's source port, ingress ifindex and protocol, read from the lookup's flowi.
+#[inline(always)]
+fn from_flowi(sample: &mut RouteSample, flp: u64, sport_at: u32, iif_at: u32, proto_at: u32) {
+    sample.sport = port_at(flp, sport_at);
+    if iif_at != ABSENT {
+        sample.iif = read(flp, iif_at).unwrap_or(0);
+    }
+    if proto_at != ABSENT {
+        sample.proto = read(flp, proto_at).unwrap_or(0);
+    }
 }
 
-/// Keeps the lookup's decision for its (source, destination), for a verdict's evidence.
 #[inline(always)]
-fn remember(key: &RouteKey, l: &Lookup) {
+fn device_name(sample: &mut RouteSample, dev: u64) {
+    let off = OFFSETS.load();
+    if dev != 0 && off.dev_name != ABSENT {
+        sample.dev = read(dev, off.dev_name).unwrap_or([0; 16]);
+    }
+}
+
+/// A lookup of the watched namespace: counted for its port, and its decision kept for its
+/// (source, destination), for a verdict's evidence. `fill` reads the rest of the sample.
+#[inline(always)]
+fn decided(l: &Lookup, port: Option<u16>, fill: impl FnOnce(&mut RouteSample)) {
+    if let Some(port) = port {
+        count_flow(port, l.kind(), 0);
+    }
     // Per routed packet: the same decision as last time for this pair is not written again
-    // (a map lookup instead of an LRU update and the reads below).
+    // (a map lookup instead of an LRU update and the reads `fill` makes).
     // SAFETY: a plain-data value the programs write whole.
-    if let Some(seen) = unsafe { ROUTES.get(key) }
+    if let Some(seen) = unsafe { ROUTES.get(&l.key) }
         && seen.table == l.table
         && seen.err == l.err
         && seen.oif == l.oif
     {
         return;
     }
-    let off = OFFSETS.load();
     let mut sample = RouteSample {
         // SAFETY: a helper call without arguments.
         ktime_ns: unsafe { bpf_ktime_get_ns() },
-        saddr: key.saddr,
-        daddr: key.daddr,
+        saddr: l.key.saddr,
+        daddr: l.key.daddr,
         dport: l.dport,
-        sport: port_at(l.flp, l.sport_at),
         table: l.table,
         err: l.err,
         oif: l.oif,
         family: l.family,
         ..RouteSample::default()
     };
-    if l.iif_at != ABSENT {
-        sample.iif = read(l.flp, l.iif_at).unwrap_or(0);
-    }
-    if l.proto_at != ABSENT {
-        sample.proto = read(l.flp, l.proto_at).unwrap_or(0);
-    }
-    if l.dev != 0 && off.dev_name != ABSENT {
-        sample.dev = read(l.dev, off.dev_name).unwrap_or([0; 16]);
-    }
-    let _ = ROUTES.insert(key, &sample, 0);
+    fill(&mut sample);
+    let _ = ROUTES.insert(&l.key, &sample, 0);
 }

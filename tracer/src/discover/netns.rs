@@ -118,6 +118,33 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// The namespace's interfaces (ifindex, name), as if_nameindex(3) lists them there;
+    /// empty when they cannot be listed.
+    pub fn interfaces(&self) -> Vec<(u32, String)> {
+        self.run_in(|| {
+            let mut out = Vec::new();
+            // SAFETY: if_nameindex returns a NULL-terminated array (or NULL) that is read
+            // before if_freenameindex releases it; each name is a NUL-terminated string.
+            unsafe {
+                let list = libc::if_nameindex();
+                if list.is_null() {
+                    return out;
+                }
+                let mut cur = list;
+                while (*cur).if_index != 0 && !(*cur).if_name.is_null() {
+                    let name = std::ffi::CStr::from_ptr((*cur).if_name);
+                    out.push(((*cur).if_index, name.to_string_lossy().into_owned()));
+                    cur = cur.add(1);
+                }
+                libc::if_freenameindex(list);
+            }
+            out
+        })
+        .unwrap_or_default()
+    }
+}
+
 /// ifindex → interface name inside one namespace, through a socket created there.
 pub struct IfNames {
     sock: Option<OwnedFd>,

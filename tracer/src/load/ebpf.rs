@@ -71,6 +71,12 @@ pub struct LoadOptions {
     pub kernel_log: bool,
     /// Hook the routing decision and count forwarded packets (off only to measure their cost).
     pub forwarding_hooks: bool,
+    /// Which routing-decision programs: tp_btf, else the classic tracepoints (`Tracepoint`
+    /// forces the fallback, to test it).
+    pub route_hook: HookChoice,
+    /// The watched namespace's interfaces (ifindex, name): the classic fib records name only
+    /// interfaces.
+    pub interfaces: Vec<(u32, String)>,
 }
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
@@ -214,6 +220,8 @@ pub enum Need {
     Tracepoint(&'static TpHook),
     /// The tracepoint, else a kernel function reached by fentry, else by kprobe.
     TracepointOrFunction(&'static TpHook, &'static str),
+    /// The tracepoint with a program for its prototype, else its classic record.
+    TracepointOrRecord(&'static TpHook),
     /// Netfilter links (Linux 6.4), else fentry/fexit on `nf_hook_slow`.
     NetfilterLinksOrTrampolines,
     CgroupLinks,
@@ -266,14 +274,14 @@ pub const LEGACY_REPLACES: OptionalHook = OptionalHook {
 pub const ROUTE_DECISIONS: OptionalHook = OptionalHook {
     signal: "routing_decisions",
     name: "tracepoint fib_table_lookup",
-    need: Need::Tracepoint(&FIB_LOOKUP),
+    need: Need::TracepointOrRecord(&FIB_LOOKUP),
     lost: "the kernel's routing decision for the watched ports is not shown",
 };
 
 pub const ROUTE_DECISIONS6: OptionalHook = OptionalHook {
     signal: "routing_decisions_ipv6",
     name: "tracepoint fib6_table_lookup",
-    need: Need::Tracepoint(&FIB6_LOOKUP),
+    need: Need::TracepointOrRecord(&FIB6_LOOKUP),
     lost: "the kernel's IPv6 routing decision for the watched ports is not shown",
 };
 
@@ -312,6 +320,13 @@ impl OptionalHook {
                 let args = caps.prototypes.get(tp.tracepoint).cloned().flatten();
                 tp.variant_for(args.as_deref()).err()
             }
+            Need::TracepointOrRecord(tp) => caps
+                .prototypes
+                .get(tp.tracepoint)
+                .cloned()
+                .flatten()
+                .is_none()
+                .then(|| format!("this kernel has no tracepoint {}", tp.tracepoint)),
             Need::TracepointOrFunction(tp, function) => {
                 let args = caps.prototypes.get(tp.tracepoint).cloned().flatten();
                 let tracepoint = tp.variant_for(args.as_deref()).err()?;
@@ -400,20 +415,28 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
         .map_err(|e| Error::Load(e.to_string()))
 }
 
+/// Where tracefs is: the host's mount, else one made once in droptrace's own mount
+/// namespace (the host is unchanged), then remembered in `caps`.
+fn tracefs_root(
+    caps: &mut Capabilities,
+    notes: &mut Vec<String>,
+) -> Result<std::path::PathBuf, Error> {
+    if let Some(root) = &caps.tracefs {
+        return Ok(root.clone());
+    }
+    let root = tracefs::mount_private()?;
+    notes.push(format!(
+        "tracefs is not mounted on this host: mounted it at {} in droptrace's own mount namespace for the tracepoint fallback (the host is unchanged)",
+        root.display()
+    ));
+    caps.tracefs = Some(root.clone());
+    Ok(root)
+}
+
 /// Offsets of the classic tracepoint's record fields, mounting tracefs privately if the host
 /// has it nowhere.
-fn tracepoint_offsets(caps: &Capabilities, notes: &mut Vec<String>) -> Result<[u32; 3], Error> {
-    let root = match caps.tracefs.clone() {
-        Some(root) => root,
-        None => {
-            let root = tracefs::mount_private()?;
-            notes.push(format!(
-                "tracefs is not mounted on this host: mounted it at {} in droptrace's own mount namespace for the tracepoint fallback (the host is unchanged)",
-                root.display()
-            ));
-            root
-        }
-    };
+fn tracepoint_offsets(caps: &mut Capabilities, notes: &mut Vec<String>) -> Result<[u32; 3], Error> {
+    let root = tracefs_root(caps, notes)?;
     let format_path = root.join("events/skb/kfree_skb/format");
     let format = fs::read_to_string(&format_path)
         .map_err(|e| Error::Attach(format!("{}: {e}", format_path.display())))?;
@@ -432,6 +455,7 @@ impl Tracer {
     pub fn load(opts: &LoadOptions) -> Result<Self, Error> {
         raise_memlock();
         let mut notes = Vec::new();
+        let mut caps = opts.caps.clone();
 
         let mut ebpf = open_object(opts, &opts.offsets)?;
         let tried = match opts.hook {
@@ -450,7 +474,7 @@ impl Tracer {
                 notes.push(format!(
                     "tp_btf/kfree_skb unavailable ({why}); using the classic skb:kfree_skb tracepoint"
                 ));
-                let [skbaddr, location, reason] = tracepoint_offsets(&opts.caps, &mut notes)?;
+                let [skbaddr, location, reason] = tracepoint_offsets(&mut caps, &mut notes)?;
                 let offsets = KernelOffsets {
                     tp_skbaddr: skbaddr,
                     tp_location: location,
@@ -470,19 +494,20 @@ impl Tracer {
             signals: Vec::new(),
             hook_probes: None,
             notes,
-            caps: opts.caps.clone(),
+            caps,
         };
         tracer.enable(&ICMP_SIGNAL, |t| attach_icmp(&mut t.ebpf, &t.caps));
         tracer.enable(&RST_SIGNAL, |t| {
             attach_tp_hook(&mut t.ebpf, &TCP_SEND_RESET, &t.caps)
         });
         if opts.forwarding_hooks {
-            tracer.enable(&ROUTE_DECISIONS, |t| {
-                attach_tp_hook(&mut t.ebpf, &FIB_LOOKUP, &t.caps)
-            });
-            tracer.enable(&ROUTE_DECISIONS6, |t| {
-                attach_tp_hook(&mut t.ebpf, &FIB6_LOOKUP, &t.caps)
-            });
+            tracer.fill_interfaces(&opts.interfaces)?;
+            for (hook, record) in [
+                (&ROUTE_DECISIONS, &FIB_RECORD),
+                (&ROUTE_DECISIONS6, &FIB6_RECORD),
+            ] {
+                tracer.enable(hook, |t| t.attach_route_hook(record, opts.route_hook));
+            }
             tracer.enable(&FORWARDED_PACKETS, |t| {
                 attach_tp_hook(&mut t.ebpf, &NET_DEV_QUEUE, &t.caps)
             });
@@ -800,6 +825,96 @@ fn attach_tp_hook(
     let variant = hook.variant_for(args.as_deref())?;
     attach_tp_btf(ebpf, variant.program, hook.tracepoint)?;
     Ok(variant.lost)
+}
+
+/// A routing-decision tracepoint's classic form, the fallback of its tp_btf program.
+struct ClassicRecord {
+    hook: &'static TpHook,
+    /// tracefs directory under events/, the program, and its record's index in FIB_RECORDS.
+    event: &'static str,
+    program: &'static str,
+    index: u32,
+}
+
+const FIB_RECORD: ClassicRecord = ClassicRecord {
+    hook: &FIB_LOOKUP,
+    event: "fib/fib_table_lookup",
+    program: "fib_table_lookup_tp",
+    index: 0,
+};
+
+const FIB6_RECORD: ClassicRecord = ClassicRecord {
+    hook: &FIB6_LOOKUP,
+    event: "fib6/fib6_table_lookup",
+    program: "fib6_table_lookup_tp",
+    index: 1,
+};
+
+/// What the classic fallback cannot be sure of, for the start line's notes.
+const CLASSIC_ROUTES: &str = "the routing decisions come from the classic fib tracepoints, whose records name no namespace: lookups are matched to the watched namespace by interface (ingress index and chosen device name), so another namespace with the same interfaces and the same container addresses would be counted too";
+
+impl Tracer {
+    /// The routing-decision program for this kernel: tp_btf, else the classic tracepoint.
+    fn attach_route_hook(
+        &mut self,
+        classic: &ClassicRecord,
+        choice: HookChoice,
+    ) -> Result<Option<&'static str>, String> {
+        let btf = match choice {
+            HookChoice::Tracepoint => Err("not requested".to_string()),
+            _ => attach_tp_hook(&mut self.ebpf, classic.hook, &self.caps),
+        };
+        let why = match btf {
+            Ok(lost) => return Ok(lost),
+            Err(why) if choice == HookChoice::TpBtf => return Err(why),
+            Err(why) => why,
+        };
+        self.attach_route_record(classic)
+            .map(|()| Some(CLASSIC_ROUTES))
+            .map_err(|e| format!("tp_btf: {why}; tracepoint: {e}"))
+    }
+
+    fn attach_route_record(&mut self, classic: &ClassicRecord) -> Result<(), String> {
+        let root = tracefs_root(&mut self.caps, &mut self.notes).map_err(|e| e.to_string())?;
+        let path = root.join("events").join(classic.event).join("format");
+        let format = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let record = tracefs::fib_record(&format)
+            .ok_or_else(|| format!("{} is not a layout droptrace knows", path.display()))?;
+        let map = self.map_mut("FIB_RECORDS").map_err(|e| e.to_string())?;
+        let mut records: aya::maps::Array<_, tracer_common::FibRecord> =
+            aya::maps::Array::try_from(map).map_err(|e| e.to_string())?;
+        records
+            .set(classic.index, &record, 0)
+            .map_err(|e| e.to_string())?;
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(classic.program)
+            .ok_or_else(|| format!("program {} missing", classic.program))?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        program.load().map_err(|e| error_chain(&e))?;
+        let (category, name) = classic.event.split_once('/').expect("category/name");
+        program
+            .attach(category, name)
+            .map(drop)
+            .map_err(|e| error_chain(&e))
+    }
+
+    /// The watched namespace's interfaces, for the classic fib records.
+    fn fill_interfaces(&mut self, interfaces: &[(u32, String)]) -> Result<(), Error> {
+        let names: Vec<([u8; 16], u32)> = interfaces
+            .iter()
+            .map(|(index, name)| {
+                let mut raw = [0u8; 16];
+                let n = name.len().min(15);
+                raw[..n].copy_from_slice(&name.as_bytes()[..n]);
+                (raw, *index)
+            })
+            .collect();
+        let indexes: Vec<u32> = interfaces.iter().map(|(i, _)| *i).collect();
+        self.fill_set("WATCH_IFINDEX", &indexes)?;
+        self.fill_map("WATCH_IFNAME", &names)
+    }
 }
 
 /// The sentence of a refusal worth a note: aya's error, or the verifier's last words (its

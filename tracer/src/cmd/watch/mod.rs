@@ -67,6 +67,8 @@ pub struct WatchRequest {
     pub kernel_log: bool,
     /// Leave the routing and forwarding hooks out (to measure what they cost).
     pub no_forwarding_hooks: bool,
+    /// Which routing-decision programs (`Tracepoint` forces the classic fallback).
+    pub routing_hook: HookChoice,
     /// Container engine socket (a path or a `unix://` URL) to discover published ports from
     /// (default: $DOCKER_HOST, $CONTAINER_HOST, Docker's socket, Podman's; when no --port is
     /// given).
@@ -432,6 +434,8 @@ fn load(
         caps: caps.clone(),
         kernel_log: req.kernel_log,
         forwarding_hooks: !req.no_forwarding_hooks,
+        route_hook: req.routing_hook,
+        interfaces: found.netns.interfaces(),
     };
     drop(btf);
     let mut tracer = Tracer::load(&opts)?;

@@ -58,6 +58,8 @@ pub fn field_offsets(format: &str, fields: &[&str]) -> Option<Vec<u32>> {
                 let line = line.trim();
                 let decl = line.strip_prefix("field:")?.split(';').next()?;
                 let name = decl.split_whitespace().last()?.trim_start_matches('*');
+                // An array field (`__u8 dst[4]`) by its name alone.
+                let name = name.split('[').next()?;
                 if name != *want {
                     return None;
                 }
@@ -68,9 +70,47 @@ pub fn field_offsets(format: &str, fields: &[&str]) -> Option<Vec<u32>> {
         .collect()
 }
 
+/// The layout of a classic fib tracepoint's record (`fib:fib_table_lookup`,
+/// `fib6:fib6_table_lookup`); None without the fields every lookup needs.
+pub fn fib_record(format: &str) -> Option<tracer_common::FibRecord> {
+    let at = |name: &str| field_offsets(format, &[name]).map_or(tracer_common::ABSENT, |o| o[0]);
+    let record = tracer_common::FibRecord {
+        tb_id: at("tb_id"),
+        err: at("err"),
+        iif: at("iif"),
+        src: at("src"),
+        dst: at("dst"),
+        sport: at("sport"),
+        dport: at("dport"),
+        proto: at("proto"),
+        name: at("name"),
+        _pad: 0,
+    };
+    let needed = [
+        record.tb_id,
+        record.err,
+        record.iif,
+        record.dst,
+        record.name,
+    ];
+    (!needed.contains(&tracer_common::ABSENT)).then_some(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fib_records_of_6_18_are_read_from_their_formats() {
+        let v4 = fib_record(include_str!("testdata/fib_table_lookup-6.18.format")).unwrap();
+        assert_eq!((v4.tb_id, v4.err, v4.iif), (8, 12, 20));
+        assert_eq!((v4.src, v4.dst, v4.sport, v4.dport), (28, 32, 56, 58));
+        assert_eq!((v4.proto, v4.name), (24, 60));
+        let v6 = fib_record(include_str!("testdata/fib6_table_lookup-6.18.format")).unwrap();
+        assert_eq!((v6.src, v6.dst, v6.sport, v6.dport), (31, 47, 64, 66));
+        assert_eq!((v6.proto, v6.name), (68, 70));
+        assert_eq!(fib_record(KFREE_SKB_FORMAT), None);
+    }
 
     // Captured with `cat /sys/kernel/tracing/events/skb/kfree_skb/format` on Linux 6.18.44.
     const KFREE_SKB_FORMAT: &str = include_str!("testdata/kfree_skb-6.18.format");
