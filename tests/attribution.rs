@@ -674,7 +674,11 @@ fn classic_fib_tracepoints_give_the_same_routing_evidence() {
         let v = the_verdict(&out);
         assert_cause(&v, "forwarding_disabled", Some("routing"));
         let f = common::flow_of(&out, 5000).expect("the port's flow");
-        assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 1, "{f}");
+        assert!(
+            f["routed_forward"].as_u64().unwrap_or(0) >= 1,
+            "{f}: {}",
+            out.dump()
+        );
         assert!(
             v["evidence"].to_string().contains(&format!(
                 "-> {ctr}:5000 via {} (table 254: a forwarding path), then {key} = 0 refused",

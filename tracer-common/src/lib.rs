@@ -279,7 +279,9 @@ pub struct FibRecord {
     pub dport: u32,
     pub proto: u32,
     pub name: u32,
-    pub _pad: u32,
+    /// Non-zero: `name` is a `__data_loc` word (length << 16 | offset of the string in the
+    /// record), as before the field became a fixed array.
+    pub name_data_loc: u32,
 }
 
 /// An address as the kernel side keys it (AddrPort, RouteKey): IPv4 in the first four

@@ -22,7 +22,7 @@ use aya_ebpf::{
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{ABSENT, AF_INET, AF_INET6, AddrPort, RouteKey, RouteSample, flow};
+use tracer_common::{ABSENT, AF_INET, AF_INET6, AddrPort, FibRecord, RouteKey, RouteSample, flow};
 
 use crate::{
     maps::{
@@ -289,12 +289,7 @@ fn on_route_record(ctx: &TracePointContext, index: u32, family: u8) {
     };
     let dport = record_port(ctx, f.dport);
     let port = watched(family, &key.daddr, dport);
-    let name: [u8; 16] = if f.name == ABSENT {
-        [0; 16]
-    } else {
-        // SAFETY: as above.
-        unsafe { ctx.read_at(f.name as usize) }.unwrap_or([0; 16])
-    };
+    let name = record_name(ctx, f);
     // SAFETY: plain values the loader wrote before attaching.
     let oif = unsafe { WATCH_IFNAME.get(&name) }.copied().unwrap_or(0);
     let iif = field(f.iif).unwrap_or(0);
@@ -346,6 +341,30 @@ fn record_addr(ctx: &TracePointContext, at: u32, family: u8) -> [u8; 16] {
         }
     }
     out
+}
+
+/// The chosen device's name in a classic record, NUL-padded as WATCH_IFNAME keys it.
+#[inline(always)]
+fn record_name(ctx: &TracePointContext, f: &FibRecord) -> [u8; 16] {
+    let mut at = f.name;
+    if at == ABSENT {
+        return [0; 16];
+    }
+    if f.name_data_loc != 0 {
+        // SAFETY: see on_route_record.
+        let loc = unsafe { ctx.read_at::<u32>(at as usize) }.unwrap_or(0);
+        at = loc & 0xffff;
+    }
+    // SAFETY: as above; a string shorter than 16 bytes may be followed by anything.
+    let mut name: [u8; 16] = unsafe { ctx.read_at(at as usize) }.unwrap_or([0; 16]);
+    let mut ended = false;
+    for b in name.iter_mut() {
+        ended |= *b == 0;
+        if ended {
+            *b = 0;
+        }
+    }
+    name
 }
 
 /// A port of a classic record (host byte order there), 0 when absent.

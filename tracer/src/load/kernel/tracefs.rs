@@ -84,7 +84,11 @@ pub fn fib_record(format: &str) -> Option<tracer_common::FibRecord> {
         dport: at("dport"),
         proto: at("proto"),
         name: at("name"),
-        _pad: 0,
+        name_data_loc: u32::from(
+            format
+                .lines()
+                .any(|l| l.contains("__data_loc") && l.contains(" name;")),
+        ),
     };
     let needed = [
         record.tb_id,
@@ -105,7 +109,7 @@ mod tests {
         let v4 = fib_record(include_str!("testdata/fib_table_lookup-6.18.format")).unwrap();
         assert_eq!((v4.tb_id, v4.err, v4.iif), (8, 12, 20));
         assert_eq!((v4.src, v4.dst, v4.sport, v4.dport), (28, 32, 56, 58));
-        assert_eq!((v4.proto, v4.name), (24, 60));
+        assert_eq!((v4.proto, v4.name, v4.name_data_loc), (24, 60, 0));
         let v6 = fib_record(include_str!("testdata/fib6_table_lookup-6.18.format")).unwrap();
         assert_eq!((v6.src, v6.dst, v6.sport, v6.dport), (31, 47, 64, 66));
         assert_eq!((v6.proto, v6.name), (68, 70));
