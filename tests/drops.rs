@@ -150,6 +150,10 @@ fn unwatched_port_produces_no_event() {
 #[test]
 fn healthy_published_port_produces_no_drop() {
     let lab = lab("healthy");
+    // The ground truth for "forwarded": what reached the container from the client.
+    let counted = ["INPUT", "-s", "198.51.100.2", "-p", "tcp", "--dport", "5000"];
+    lab.exec(&lab.ctr, &[&["iptables", "-A"][..], &counted].concat())
+        .expect("iptables in the container");
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
     for _ in 0..3 {
         assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
@@ -161,9 +165,19 @@ fn healthy_published_port_produces_no_drop() {
         out.dump()
     );
     assert_eq!(out.summary()["drops"], 0);
-    // The other half of the answer: the packets were forwarded, and routed to do so.
+    // The other half of the answer: the packets were forwarded (each once, though the
+    // bridge queues it again on the container's veth), and routed to do so.
     if let Some(f) = common::flow_of(&out, 5000) {
-        assert!(f["forwarded"].as_u64().unwrap_or(0) >= 3, "{f}");
+        let save = lab.exec(&lab.ctr, &["iptables-save", "-c"]).unwrap();
+        let received: u64 = save
+            .lines()
+            .find(|l| l.contains("-A INPUT -s 198.51.100.2/32"))
+            .and_then(|l| l.strip_prefix('['))
+            .and_then(|l| l.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in {save}"));
+        assert!(received >= 3, "{save}");
+        assert_eq!(f["forwarded"], received, "{f}");
         assert!(f["routed_forward"].as_u64().unwrap_or(0) >= 3, "{f}");
         assert_eq!(f["dropped"], 0, "{f}");
     }

@@ -89,6 +89,10 @@ pub struct KernelOffsets {
     pub fib6_res_type: u32,
     pub fib6_tb_id: u32,
     pub fib6_nh_common: u32,
+    /// `net_device.priv_flags` (ABSENT when missing) and IFF_BRIDGE_PORT's value there (0
+    /// when unknown): a bridge's delivery to its port is not a second forwarding.
+    pub dev_priv_flags: u32,
+    pub iff_bridge_port: u32,
 }
 
 /// Offset value meaning "this kernel has no such field": the program skips the read.
@@ -143,6 +147,8 @@ impl KernelOffsets {
         fib6_res_type: 0,
         fib6_tb_id: 0,
         fib6_nh_common: 0,
+        dev_priv_flags: 0,
+        iff_bridge_port: 0,
     };
 }
 

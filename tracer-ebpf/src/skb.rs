@@ -278,7 +278,10 @@ pub fn on_transmit(skb: u64) {
     let off = OFFSETS.load();
     let cfg = CONFIG.load();
     let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
-    if dev == 0 || (cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns) {
+    if dev == 0 || bridge_port(dev, &off) {
+        return;
+    }
+    if cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns {
         return;
     }
     // Locally generated packets have no ingress device.
@@ -304,6 +307,17 @@ pub fn on_transmit(skb: u64) {
     if let Some(port) = matched_dport(ev) {
         count_flow(port, flow::FORWARDED, ev.proto);
     }
+}
+
+/// Whether `dev` is a bridge's port: a packet queued there was already counted when the
+/// IP layer queued it on the bridge (a container behind docker0 would count twice).
+#[inline(always)]
+fn bridge_port(dev: u64, off: &KernelOffsets) -> bool {
+    if off.dev_priv_flags == ABSENT || off.iff_bridge_port == 0 {
+        return false;
+    }
+    let flags: u32 = read(dev, off.dev_priv_flags).unwrap_or(0);
+    flags & off.iff_bridge_port != 0
 }
 
 /// kfree_skb: a packet freed with a drop reason.

@@ -122,6 +122,21 @@ impl KernelBtf {
             fib6_res_type: self.optional("fib6_result", &["fib6_type"]),
             fib6_tb_id: self.optional("fib6_table", &["tb6_id"]),
             fib6_nh_common: self.optional("fib6_nh", &["nh_common"]),
+            dev_priv_flags: self.optional("net_device", &["priv_flags"]),
+            iff_bridge_port: self
+                .enum_value("netdev_priv_flags", "IFF_BRIDGE_PORT")
+                .unwrap_or(0),
+        })
+    }
+
+    /// The value of `member` in `enum name`, when this kernel has both.
+    pub fn enum_value(&self, name: &str, member: &str) -> Option<u32> {
+        let types = self.btf.resolve_types_by_name(name).ok()?;
+        types.into_iter().find_map(|t| match t {
+            Type::Enum(e) => e.members.iter().find_map(|m| {
+                (self.btf.resolve_name(m).ok()? == member).then(|| m.val())
+            }),
+            _ => None,
         })
     }
 
