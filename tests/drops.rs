@@ -151,7 +151,15 @@ fn unwatched_port_produces_no_event() {
 fn healthy_published_port_produces_no_drop() {
     let lab = lab("healthy");
     // The ground truth for "forwarded": what reached the container from the client.
-    let counted = ["INPUT", "-s", "198.51.100.2", "-p", "tcp", "--dport", "5000"];
+    let counted = [
+        "INPUT",
+        "-s",
+        "198.51.100.2",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+    ];
     lab.exec(&lab.ctr, &[&["iptables", "-A"][..], &counted].concat())
         .expect("iptables in the container");
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);

@@ -269,6 +269,18 @@ pub struct RouteSample {
     pub _pad: [u8; 2],
 }
 
+/// The netfilter hooks the packet a CPU is processing passed (NF_TRAIL's one per-CPU slot):
+/// a packet's hooks, routing and a drop inside them run in one call chain on one CPU, so
+/// the slot of the CPU that frees it holds its trail, when `skb` is that packet's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Trail {
+    pub skb: u64,
+    /// `nfprobe::bit` values.
+    pub bits: u32,
+    pub _pad: u32,
+}
+
 /// Where the fields of a classic fib tracepoint's record lie (`fib:fib_table_lookup` at
 /// index 0 of FIB_RECORDS, `fib6:fib6_table_lookup` at 1), from its format file; ABSENT for
 /// a field the record lacks. Ports are host byte order in the record; `err` is the lookup's
@@ -536,6 +548,7 @@ mod pod {
     unsafe impl aya::Pod for super::RouteSample {}
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::FibRecord {}
+    unsafe impl aya::Pod for super::Trail {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}

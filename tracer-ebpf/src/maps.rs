@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AddrPort, CounterKey, DropEvent, FibRecord, FlowKey, KernelOffsets, Process, RouteKey,
-    RouteSample, WatchConfig, kind, stat,
+    RouteSample, Trail, WatchConfig, kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -52,6 +52,11 @@ pub static WATCH_DADDR: HashMap<[u8; 4], u16> = HashMap::with_max_entries(1024, 
 #[map]
 pub static WATCH_DADDR6: HashMap<[u8; 16], u16> = HashMap::with_max_entries(1024, 0);
 
+/// The watched namespace's own addresses (IPv4 in the first four bytes): routing lookups
+/// toward them are kept as evidence.
+#[map]
+pub static WATCH_LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
 /// The classic fib tracepoints' record layouts (index 0 IPv4, 1 IPv6), for the fallback
 /// programs; written by the loader before it attaches them.
 #[map]
@@ -68,10 +73,12 @@ pub static WATCH_IFNAME: HashMap<[u8; 16], u32> = HashMap::with_max_entries(256,
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// skb address → netfilter hook probes it passed (written by the loader's hand-assembled
-/// BPF_PROG_TYPE_NETFILTER probes, see tracer/src/load/nfprobe.rs; read and cleared on drop).
+/// The netfilter hook probes the CPU's current packet passed (see `Trail`; written by the
+/// loader's hand-assembled BPF_PROG_TYPE_NETFILTER probes, tracer/src/load/nfprobe.rs, or the
+/// nf_hook_slow trampolines; read and cleared on drop). One slot per CPU: no lock, no
+/// allocation per packet, where a hash keyed by skb took an LRU insert per packet.
 #[map]
-pub static NF_TRAIL: LruHashMap<u64, u32> = LruHashMap::with_max_entries(65536, 0);
+pub static NF_TRAIL: PerCpuArray<Trail> = PerCpuArray::with_max_entries(1, 0);
 
 /// Drop events for userspace. The loader may resize it (`map_max_entries`).
 #[map]

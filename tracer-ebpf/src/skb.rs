@@ -277,17 +277,18 @@ pub fn on_transmit(skb: u64) {
     }
     let off = OFFSETS.load();
     let cfg = CONFIG.load();
+    // Cheapest tests first: this runs for every packet every namespace sends.
+    // Locally generated packets have no ingress device.
+    let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
+    if iif == 0 {
+        return;
+    }
     let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
     if dev == 0 || bridge_port(dev, &off) {
         return;
     }
-    if cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns {
-        return;
-    }
-    // Locally generated packets have no ingress device.
-    let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
     let ifindex: u32 = read(dev, off.dev_ifindex).unwrap_or(0);
-    if iif == 0 || iif == ifindex {
+    if iif == ifindex || (cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns) {
         return;
     }
     let Some(slot) = DROP_SCRATCH.get_ptr_mut(kind::TRANSMIT as u32) else {
@@ -320,26 +321,44 @@ fn bridge_port(dev: u64, off: &KernelOffsets) -> bool {
     flags & off.iff_bridge_port != 0
 }
 
+/// The netfilter trail of `skb` if this CPU's slot holds it, taken: the slot is cleared on
+/// every free, watched or not, so no later packet at the same address inherits it.
+#[inline(always)]
+fn take_trail(skb: u64) -> u16 {
+    let Some(slot) = NF_TRAIL.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot (see tracer_common::Trail).
+    unsafe {
+        if (*slot).skb != skb {
+            return 0;
+        }
+        (*slot).skb = 0;
+        (*slot).bits as u16
+    }
+}
+
 /// kfree_skb: a packet freed with a drop reason.
 #[inline(always)]
 pub fn on_drop(skb: u64, location: u64, reason: u32) {
+    let trail = take_trail(skb);
     // SAFETY: lookups in a map that only the loader writes, before the program is attached.
     if unsafe { IGNORED_REASONS.get(&reason) }.is_some() {
         return;
     }
-    observe(skb, kind::DROP, reason, location, 0, 0);
+    observe(skb, kind::DROP, reason, location, trail, 0, 0);
 }
 
 /// icmp_send: the kernel answers `skb` with an ICMP error (a REJECT, or a routing error).
 #[inline(always)]
 pub fn on_icmp_send(skb: u64, icmp_type: u8, icmp_code: u8) {
-    observe(skb, kind::ICMP_SENT, 0, 0, icmp_type, icmp_code);
+    observe(skb, kind::ICMP_SENT, 0, 0, 0, icmp_type, icmp_code);
 }
 
 /// tcp_send_reset: the TCP stack answers `skb` with a RST (`reason`: enum sk_rst_reason).
 #[inline(always)]
 pub fn on_rst(skb: u64, reason: u32) {
-    observe(skb, kind::RST_SENT, reason, 0, 0, 0);
+    observe(skb, kind::RST_SENT, reason, 0, 0, 0, 0);
 }
 
 /// A free at a teardown site with no specific reason (see WatchConfig::skip_teardown): a FIN
@@ -370,7 +389,15 @@ fn late_teardown(ev: &DropEvent, cfg: &WatchConfig) -> bool {
 
 /// Shared body of every hook: namespace filter, parse, watch filter, count, emit.
 #[inline(always)]
-fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, icmp_code: u8) {
+fn observe(
+    skb: u64,
+    event_kind: u8,
+    reason: u32,
+    location: u64,
+    trail: u16,
+    icmp_type: u8,
+    icmp_code: u8,
+) {
     if skb == 0 {
         return;
     }
@@ -422,12 +449,7 @@ fn observe(skb: u64, event_kind: u8, reason: u32, location: u64, icmp_type: u8, 
             return;
         }
         count(reason, port, ev.proto);
-        // SAFETY: the value is a plain u32 written by the probes; a concurrent update can at
-        // worst give a stale trail, never an invalid read.
-        if let Some(trail) = unsafe { NF_TRAIL.get(&skb) } {
-            ev.nf_trail = *trail as u16;
-            let _ = NF_TRAIL.remove(&skb);
-        }
+        ev.nf_trail = trail;
     } else {
         ev.icmp_type = icmp_type;
         ev.icmp_code = icmp_code;

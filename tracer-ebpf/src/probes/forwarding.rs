@@ -27,7 +27,7 @@ use tracer_common::{ABSENT, AF_INET, AF_INET6, AddrPort, FibRecord, RouteKey, Ro
 use crate::{
     maps::{
         CONFIG, FIB_RECORDS, OFFSETS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6,
-        WATCH_IFINDEX, WATCH_IFNAME, WATCH_PORT,
+        WATCH_IFINDEX, WATCH_IFNAME, WATCH_LOCAL, WATCH_PORT,
     },
     skb::{count_flow, on_transmit, read},
 };
@@ -111,6 +111,29 @@ fn watched(family: u8, daddr: &[u8; 16], dport: u16) -> Option<u16> {
     }
 }
 
+/// Whether a source is a watched container (its replies' decisions are evidence too).
+#[inline(always)]
+fn from_watched(family: u8, saddr: &[u8; 16]) -> bool {
+    if family == AF_INET {
+        let v4 = [saddr[0], saddr[1], saddr[2], saddr[3]];
+        WATCH_DADDR.get_ptr(&v4).is_some()
+    } else {
+        WATCH_DADDR6.get_ptr(saddr).is_some()
+    }
+}
+
+/// A successful lookup that neither reaches a watched container nor delivers to this
+/// namespace, for traffic of no watched container (replies from elsewhere, other hosts):
+/// nothing a verdict cites, nothing counted.
+#[inline(always)]
+fn unrelated(port: Option<u16>, err: i32, tb_id: u32, family: u8, key: &RouteKey) -> bool {
+    port.is_none()
+        && err == 0
+        && tb_id != TABLE_LOCAL
+        && WATCH_LOCAL.get_ptr(&key.daddr).is_none()
+        && !from_watched(family, &key.saddr)
+}
+
 /// A device's ifindex and namespace inode (0s when it cannot be read).
 #[inline(always)]
 fn device(dev: u64) -> (u32, u32) {
@@ -162,6 +185,12 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     key.daddr[..4].copy_from_slice(&v4);
     let dport = port_at(flp, off.fl4_dport);
     let port = watched(AF_INET, &key.daddr, dport);
+    let s4: [u8; 4] = read(flp, off.fl4_saddr).unwrap_or([0; 4]);
+    key.saddr[..4].copy_from_slice(&s4);
+    // Decided before any device is read: this runs per routed packet.
+    if unrelated(port, err, tb_id, AF_INET, &key) {
+        return;
+    }
     let dev: u64 = if nhc == 0 || off.nhc_dev == ABSENT {
         0
     } else {
@@ -177,8 +206,6 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     if !ours {
         return;
     }
-    let s4: [u8; 4] = read(flp, off.fl4_saddr).unwrap_or([0; 4]);
-    key.saddr[..4].copy_from_slice(&s4);
     let lookup = Lookup {
         family: AF_INET,
         table: tb_id,
@@ -231,6 +258,9 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
     };
     let dport = port_at(flp, off.fl6_dport);
     let port = watched(AF_INET6, &key.daddr, dport);
+    if unrelated(port, err, tb_id, AF_INET6, &key) {
+        return;
+    }
     let nh: u64 = if off.fib6_res_nh == ABSENT || off.nhc_dev == ABSENT {
         0
     } else {
@@ -283,12 +313,15 @@ fn on_route_record(ctx: &TracePointContext, index: u32, family: u8) {
     if err == EAGAIN || (family == AF_INET6 && skipped6(tb_id, err)) || f.dst == ABSENT {
         return;
     }
-    let mut key = RouteKey {
-        saddr: [0; 16],
+    let key = RouteKey {
+        saddr: record_addr(ctx, f.src, family),
         daddr: record_addr(ctx, f.dst, family),
     };
     let dport = record_port(ctx, f.dport);
     let port = watched(family, &key.daddr, dport);
+    if unrelated(port, err, tb_id, family, &key) {
+        return;
+    }
     let name = record_name(ctx, f);
     // SAFETY: plain values the loader wrote before attaching.
     let oif = unsafe { WATCH_IFNAME.get(&name) }.copied().unwrap_or(0);
@@ -302,7 +335,6 @@ fn on_route_record(ctx: &TracePointContext, index: u32, family: u8) {
     if !ours {
         return;
     }
-    key.saddr = record_addr(ctx, f.src, family);
     let lookup = Lookup {
         family,
         table: tb_id,

@@ -48,8 +48,14 @@ fn watched_hook(skb: u64, state: u64) -> Option<u8> {
 pub fn nf_hook_enter(ctx: FEntryContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let state: u64 = ctx.arg(1);
-    if let Some((entered, _)) = watched_hook(skb, state).and_then(bits) {
-        let _ = NF_TRAIL.insert(&skb, &entered, 0);
+    if let Some((entered, _)) = watched_hook(skb, state).and_then(bits)
+        && let Some(slot) = NF_TRAIL.get_ptr_mut(0)
+    {
+        // SAFETY: this CPU's slot; programs on one CPU do not interleave inside it.
+        unsafe {
+            (*slot).skb = skb;
+            (*slot).bits = entered;
+        }
     }
     0
 }
@@ -63,11 +69,14 @@ pub fn nf_hook_exit(ctx: FExitContext) -> i32 {
         return 0;
     }
     if let Some((_, left)) = watched_hook(skb, state).and_then(bits)
-        && let Some(trail) = NF_TRAIL.get_ptr_mut(&skb)
+        && let Some(slot) = NF_TRAIL.get_ptr_mut(0)
     {
-        // SAFETY: a per-entry u32 this program and the drop program share; a racing update
-        // can at worst lose a bit, never read out of bounds.
-        unsafe { *trail |= left };
+        // SAFETY: as in nf_hook_enter.
+        unsafe {
+            if (*slot).skb == skb {
+                (*slot).bits |= left;
+            }
+        }
     }
     0
 }

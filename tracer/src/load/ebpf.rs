@@ -77,6 +77,9 @@ pub struct LoadOptions {
     /// The watched namespace's interfaces (ifindex, name): the classic fib records name only
     /// interfaces.
     pub interfaces: Vec<(u32, String)>,
+    /// The watched namespace's own addresses: a routing lookup toward one is kept as
+    /// evidence (local delivery of a published port nothing translated).
+    pub local_addrs: Vec<IpAddr>,
 }
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
@@ -583,6 +586,12 @@ impl Tracer {
         }
         self.fill_map("WATCH_DADDR", &v4)?;
         self.fill_map("WATCH_DADDR6", &v6)?;
+        let local: Vec<[u8; 16]> = opts
+            .local_addrs
+            .iter()
+            .map(|ip| tracer_common::addr_bytes(*ip))
+            .collect();
+        self.fill_set("WATCH_LOCAL", &local)?;
         Ok(())
     }
 
@@ -660,7 +669,7 @@ impl Tracer {
                 ));
             }
             let fd = match t.ebpf.map("NF_TRAIL") {
-                Some(aya::maps::Map::LruHashMap(data)) => data.fd().as_fd().as_raw_fd(),
+                Some(aya::maps::Map::PerCpuArray(data)) => data.fd().as_fd().as_raw_fd(),
                 _ => return Err("map NF_TRAIL missing from the eBPF object".into()),
             };
             t.hook_probes = Some(HookProbes::attach(ns, fd)?);

@@ -1,7 +1,7 @@
 //! Netfilter hook probes: BPF_PROG_TYPE_NETFILTER programs linked on both sides of the tables
 //! of PRE_ROUTING, LOCAL_IN and FORWARD (IPv4 and IPv6) inside the watched namespace. Each
-//! probe ORs its bit into NF_TRAIL[skb]; the kfree_skb program reads the trail, so a packet
-//! seen entering a hook and never leaving it died in that hook.
+//! probe ORs its bit into the CPU's NF_TRAIL slot for the skb; the kfree_skb program reads
+//! the trail, so a packet seen entering a hook and never leaving it died in that hook.
 //!
 //! Why this module exists: aya (0.16, and its HEAD as of 2026-11) has no netfilter program
 //! type, and aya-obj rejects an object with a `netfilter` section as a whole. The probes are
@@ -84,8 +84,6 @@ const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 const R0: u8 = 0;
 const R1: u8 = 1;
 const R2: u8 = 2;
-const R3: u8 = 3;
-const R4: u8 = 4;
 const R6: u8 = 6;
 const R10: u8 = 10;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -98,45 +96,45 @@ fn ld_map(dst: u8, map_fd: RawFd) -> [Insn; 2] {
     ]
 }
 
-/// The probe program:
+/// The probe program (the map is NF_TRAIL, one `Trail { skb, bits }` slot per CPU):
 /// ```text
 ///   r6 = ctx->skb                       ; struct bpf_nf_ctx { state; skb; }
-///   *(u64 *)(r10 - 8) = r6              ; key: the skb's address
-///   [first probe] value = BIT, update   ; a new packet: forget a reused address's trail
-///   [others]      p = lookup(key); if p: *p |= BIT else value = BIT, update
+///   slot = lookup(key 0); if !slot: return
+///   [first probe] reset                 ; a new packet: its trail starts here
+///   [others]      if slot.skb == r6: slot.bits |= BIT else reset
+///   reset: slot.skb = r6, slot.bits = BIT
 ///   return NF_ACCEPT
 /// ```
 fn program(map_fd: RawFd, bit: u16, first: bool) -> Vec<Insn> {
     let bit = bit as i32;
-    let mut p = vec![
-        insn(0x79, R6, R1, 8, 0),   // r6 = *(u64 *)(r1 + 8)
-        insn(0x7b, R10, R6, -8, 0), // *(u64 *)(r10 - 8) = r6
+    let reset = [
+        insn(0x7b, R0, R6, 0, 0),  // *(u64 *)(r0 + 0) = r6
+        insn(0x62, R0, 0, 8, bit), // *(u32 *)(r0 + 8) = bit
     ];
+    let mut body = Vec::new();
     if !first {
-        p.extend(ld_map(R1, map_fd));
-        p.extend([
-            insn(0xbf, R2, R10, 0, 0), // r2 = r10
-            insn(0x07, R2, 0, 0, -8),  // r2 += -8
-            insn(0x85, 0, 0, 0, 1),    // call bpf_map_lookup_elem
-            insn(0x15, R0, 0, 4, 0),   // if r0 == 0 goto +4 (the insert path)
-            insn(0x61, R1, R0, 0, 0),  // r1 = *(u32 *)(r0 + 0)
+        body.extend([
+            insn(0x79, R1, R0, 0, 0),  // r1 = *(u64 *)(r0 + 0)
+            insn(0x5d, R1, R6, 4, 0),  // if r1 != r6 goto +4 (reset)
+            insn(0x61, R1, R0, 8, 0),  // r1 = *(u32 *)(r0 + 8)
             insn(0x44, R1, 0, 0, bit), // w1 |= bit
-            insn(0x63, R0, R1, 0, 0),  // *(u32 *)(r0 + 0) = r1
-            insn(0x05, 0, 0, 9, 0),    // goto +9 (the return)
+            insn(0x63, R0, R1, 8, 0),  // *(u32 *)(r0 + 8) = r1
+            insn(0x05, 0, 0, 2, 0),    // goto +2 (the return)
         ]);
     }
-    // insert path: 9 instructions
-    p.push(insn(0x62, R10, 0, -16, bit)); // *(u32 *)(r10 - 16) = bit
+    body.extend(reset);
+    let mut p = vec![
+        insn(0x79, R6, R1, 8, 0),  // r6 = *(u64 *)(r1 + 8)
+        insn(0x62, R10, 0, -4, 0), // *(u32 *)(r10 - 4) = 0
+    ];
     p.extend(ld_map(R1, map_fd));
     p.extend([
-        insn(0xbf, R2, R10, 0, 0), // r2 = r10
-        insn(0x07, R2, 0, 0, -8),  // r2 += -8
-        insn(0xbf, R3, R10, 0, 0), // r3 = r10
-        insn(0x07, R3, 0, 0, -16), // r3 += -16
-        insn(0xb7, R4, 0, 0, 0),   // r4 = BPF_ANY
-        insn(0x85, 0, 0, 0, 2),    // call bpf_map_update_elem
+        insn(0xbf, R2, R10, 0, 0),               // r2 = r10
+        insn(0x07, R2, 0, 0, -4),                // r2 += -4
+        insn(0x85, 0, 0, 0, 1),                  // call bpf_map_lookup_elem
+        insn(0x15, R0, 0, body.len() as i16, 0), // if r0 == 0 goto the return
     ]);
-    // return
+    p.extend(body);
     p.extend([
         insn(0xb7, R0, 0, 0, 1), // r0 = NF_ACCEPT
         insn(0x95, 0, 0, 0, 0),  // exit

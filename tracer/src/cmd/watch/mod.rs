@@ -436,6 +436,7 @@ fn load(
         forwarding_hooks: !req.no_forwarding_hooks,
         route_hook: req.routing_hook,
         interfaces: found.netns.interfaces(),
+        local_addrs: found.before.local_addrs.clone(),
     };
     drop(btf);
     let mut tracer = Tracer::load(&opts)?;

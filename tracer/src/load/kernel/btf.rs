@@ -133,9 +133,10 @@ impl KernelBtf {
     pub fn enum_value(&self, name: &str, member: &str) -> Option<u32> {
         let types = self.btf.resolve_types_by_name(name).ok()?;
         types.into_iter().find_map(|t| match t {
-            Type::Enum(e) => e.members.iter().find_map(|m| {
-                (self.btf.resolve_name(m).ok()? == member).then(|| m.val())
-            }),
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .find_map(|m| (self.btf.resolve_name(m).ok()? == member).then(|| m.val())),
             _ => None,
         })
     }
