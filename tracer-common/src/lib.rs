@@ -172,12 +172,18 @@ pub struct WatchConfig {
     /// NOT_SPECIFIED's value, or REASON_UNREPORTED on a kernel without reasons.
     pub teardown_reason: u32,
     pub _pad: u32,
-    /// [start, end) pairs in kernel text (zeros: unknown): TEARDOWN_RCV_SITES receive
-    /// functions (FIN/RST only), then queue purges.
-    pub teardown_sites: [u64; 2 * TEARDOWN_SITES],
 }
 
-/// Teardown sites in WatchConfig: tcp_v4_rcv and tcp_v6_rcv, then four queue purges.
+/// Where the teardown sites lie in kernel text (the TEARDOWN map's one entry, written once
+/// /proc/kallsyms has been read): [start, end) pairs, zeros while unknown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TeardownSites {
+    /// TEARDOWN_RCV_SITES receive functions (FIN/RST only), then queue purges.
+    pub ranges: [u64; 2 * TEARDOWN_SITES],
+}
+
+/// Teardown sites: tcp_v4_rcv and tcp_v6_rcv, then four queue purges.
 pub const TEARDOWN_SITES: usize = 6;
 pub const TEARDOWN_RCV_SITES: usize = 2;
 
@@ -189,7 +195,6 @@ impl WatchConfig {
         skip_teardown: 0,
         teardown_reason: 0,
         _pad: 0,
-        teardown_sites: [0; 2 * TEARDOWN_SITES],
     };
 }
 
@@ -549,6 +554,7 @@ mod pod {
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::FibRecord {}
     unsafe impl aya::Pod for super::Trail {}
+    unsafe impl aya::Pod for super::TeardownSites {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}

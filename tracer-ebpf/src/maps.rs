@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracer_common::{
     AddrPort, CounterKey, DropEvent, FibRecord, FlowKey, KernelOffsets, Process, RouteKey,
-    RouteSample, Trail, WatchConfig, kind, stat,
+    RouteSample, TeardownSites, Trail, WatchConfig, kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -56,6 +56,11 @@ pub static WATCH_DADDR6: HashMap<[u8; 16], u16> = HashMap::with_max_entries(1024
 /// toward them are kept as evidence.
 #[map]
 pub static WATCH_LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
+
+/// Where the teardown sites are (see WatchConfig::skip_teardown); zeros until the loader has
+/// read /proc/kallsyms.
+#[map]
+pub static TEARDOWN: Array<TeardownSites> = Array::with_max_entries(1, 0);
 
 /// The classic fib tracepoints' record layouts (index 0 IPv4, 1 IPv6), for the fallback
 /// programs; written by the loader before it attaches them.

@@ -13,7 +13,7 @@ use tracer_common::{
 };
 
 use crate::maps::{
-    CONFIG, COUNTERS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS,
+    CONFIG, COUNTERS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS, TEARDOWN,
     WATCH_ADDR_PORT, WATCH_PORT, bump,
 };
 
@@ -374,11 +374,14 @@ fn late_teardown(ev: &DropEvent, cfg: &WatchConfig) -> bool {
     if cfg.skip_teardown == 0 || ev.proto != IPPROTO_TCP || ev.reason != cfg.teardown_reason {
         return false;
     }
+    let Some(sites) = TEARDOWN.get(0) else {
+        return false;
+    };
     let at = ev.location;
     let closing = ev.tcp_flags & (FIN | RST) != 0 && ev.tcp_flags & SYN == 0;
     let mut i = 0;
     while i < TEARDOWN_SITES {
-        let (start, end) = (cfg.teardown_sites[2 * i], cfg.teardown_sites[2 * i + 1]);
+        let (start, end) = (sites.ranges[2 * i], sites.ranges[2 * i + 1]);
         if start <= at && at < end && (i >= TEARDOWN_RCV_SITES || closing) {
             return true;
         }

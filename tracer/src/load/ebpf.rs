@@ -909,6 +909,25 @@ impl Tracer {
             .map_err(|e| error_chain(&e))
     }
 
+    /// Where the teardown sites are (see WatchConfig::skip_teardown), once known.
+    pub fn set_teardown_sites(&mut self, ranges: &[Option<(u64, u64)>]) -> Result<(), Error> {
+        let mut sites = tracer_common::TeardownSites::default();
+        for (i, range) in ranges
+            .iter()
+            .take(tracer_common::TEARDOWN_SITES)
+            .enumerate()
+        {
+            if let Some((start, end)) = range {
+                sites.ranges[2 * i] = *start;
+                sites.ranges[2 * i + 1] = *end;
+            }
+        }
+        let map_err = |e: aya::maps::MapError| Error::Load(format!("TEARDOWN: {e}"));
+        let mut map: aya::maps::Array<_, tracer_common::TeardownSites> =
+            aya::maps::Array::try_from(self.map_mut("TEARDOWN")?).map_err(map_err)?;
+        map.set(0, &sites, 0).map_err(map_err)
+    }
+
     /// The watched namespace's interfaces, for the classic fib records.
     fn fill_interfaces(&mut self, interfaces: &[(u32, String)]) -> Result<(), Error> {
         let names: Vec<([u8; 16], u32)> = interfaces

@@ -304,23 +304,31 @@ mod tests {
     }
 
     #[test]
-    fn jumps_land_on_the_insert_path_and_the_return() {
-        let p = program(3, bit::FORWARD_IN, false);
-        // lookup's null check skips the 4 hit-path instructions to the insert path
-        let jeq = p.iter().position(|i| i.code == 0x15).unwrap();
-        assert_eq!(
-            p[jeq + 1 + p[jeq].off as usize].code,
-            0x62,
-            "insert path starts with st"
-        );
-        let ja = p.iter().position(|i| i.code == 0x05).unwrap();
-        assert_eq!(p[ja + 1 + p[ja].off as usize].code, 0xb7, "return sets r0");
-        assert_eq!(p[ja + 1 + p[ja].off as usize].imm, 1);
-        assert_eq!(p.last().unwrap().code, 0x95);
-        let first = program(3, bit::PRE_IN, true);
-        assert!(
-            first.iter().all(|i| i.code != 0x15),
-            "the first probe never looks up"
-        );
+    fn jumps_land_on_the_reset_path_and_the_return() {
+        let target = |p: &[Insn], at: usize| at + 1 + p[at].off as usize;
+        for first in [false, true] {
+            let p = program(3, bit::FORWARD_IN, first);
+            // A missing slot goes straight to the return.
+            let jeq = p.iter().position(|i| i.code == 0x15).unwrap();
+            assert_eq!(p[target(&p, jeq)].code, 0xb7, "return sets r0");
+            assert_eq!(p[target(&p, jeq)].imm, 1, "NF_ACCEPT");
+            assert_eq!(p.last().unwrap().code, 0x95);
+            // The reset path: the skb, then the bit, into the slot.
+            let reset = p.len() - 4;
+            assert_eq!((p[reset].code, p[reset + 1].code), (0x7b, 0x62));
+            assert_eq!(p[reset + 1].imm, bit::FORWARD_IN as i32);
+            if first {
+                assert!(
+                    p.iter().all(|i| i.code != 0x5d),
+                    "the first probe always resets"
+                );
+                continue;
+            }
+            // Another packet in the slot: reset; the same packet: OR the bit, then return.
+            let jne = p.iter().position(|i| i.code == 0x5d).unwrap();
+            assert_eq!(target(&p, jne), reset);
+            let ja = p.iter().position(|i| i.code == 0x05).unwrap();
+            assert_eq!(target(&p, ja), p.len() - 2);
+        }
     }
 }

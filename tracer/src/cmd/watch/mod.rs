@@ -377,7 +377,7 @@ const TEARDOWN_SITES: [&str; tracer_common::TEARDOWN_SITES] = [
 ];
 
 /// Arms the kernel's filter of teardown frees (see WatchConfig::skip_teardown), unless they
-/// are asked for or no teardown site can be located.
+/// are asked for; its sites follow once /proc/kallsyms is read (`teardown_sites`).
 fn teardown_filter(
     mut config: WatchConfig,
     reasons: &DropReasons,
@@ -388,21 +388,23 @@ fn teardown_filter(
     } else {
         Some(tracer_common::REASON_UNREPORTED)
     };
-    let (Some(reason), false) = (reason, include_teardown) else {
-        return config;
-    };
-    for (i, range) in kallsyms::function_ranges(&TEARDOWN_SITES)
-        .into_iter()
-        .enumerate()
-    {
-        if let Some((start, end)) = range {
-            config.teardown_sites[2 * i] = start;
-            config.teardown_sites[2 * i + 1] = end;
-            config.skip_teardown = 1;
-        }
+    if let (Some(reason), false) = (reason, include_teardown) {
+        config.skip_teardown = 1;
+        config.teardown_reason = reason;
     }
-    config.teardown_reason = reason;
     config
+}
+
+/// How long the start may wait for the teardown sites: reading /proc/kallsyms takes about a
+/// second in an emulated guest, and runs while the programs load.
+const TEARDOWN_SITES_WAIT: Duration = Duration::from_secs(10);
+
+/// Reads where the teardown sites are on a thread of its own, started before the programs
+/// load.
+fn teardown_sites() -> std::sync::mpsc::Receiver<Vec<Option<(u64, u64)>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(kallsyms::function_ranges(&TEARDOWN_SITES)));
+    rx
 }
 
 /// Load: the kernel side for this kernel (its capabilities inspected once), attached, with
@@ -411,6 +413,7 @@ fn load(
     req: &WatchRequest,
     found: &Found,
 ) -> Result<(Tracer, Ring, Ring, Capabilities, DropReasons), Error> {
+    let sites = (!req.include_teardown).then(teardown_sites);
     let btf = KernelBtf::from_sys()?;
     let reasons = btf.drop_reasons();
     let tracepoints: Vec<&'static str> = ebpf::TP_HOOKS.iter().map(|h| h.tracepoint).collect();
@@ -445,6 +448,14 @@ fn load(
     }
     if req.kernel_log {
         tracer.forward_kernel_log()?;
+    }
+    if let Some(sites) = sites {
+        match sites.recv_timeout(TEARDOWN_SITES_WAIT) {
+            Ok(ranges) => tracer.set_teardown_sites(&ranges)?,
+            Err(_) => tracer.notes.push(
+                "reading /proc/kallsyms took too long: late FINs and socket-close purges are reported as drops".into(),
+            ),
+        }
     }
     tracer.attach_hook_probes(&found.netns);
     tracer.attach_change_probes();

@@ -132,11 +132,15 @@ impl KernelBtf {
     /// The value of `member` in `enum name`, when this kernel has both.
     pub fn enum_value(&self, name: &str, member: &str) -> Option<u32> {
         let types = self.btf.resolve_types_by_name(name).ok()?;
+        let named = |m: &dyn BtfType| self.btf.resolve_name(m).is_ok_and(|n| n == member);
+        // An enum with a member past 32 bits is an ENUM64 (6.1's netdev_priv_flags).
         types.into_iter().find_map(|t| match t {
-            Type::Enum(e) => e
+            Type::Enum(e) => e.members.iter().find(|m| named(*m)).map(|m| m.val()),
+            Type::Enum64(e) => e
                 .members
                 .iter()
-                .find_map(|m| (self.btf.resolve_name(m).ok()? == member).then(|| m.val())),
+                .find(|m| named(*m))
+                .and_then(|m| u32::try_from(m.val()).ok()),
             _ => None,
         })
     }
@@ -365,6 +369,20 @@ mod tests {
 
     fn kernel() -> Option<KernelBtf> {
         KernelBtf::from_sys().ok()
+    }
+
+    #[test]
+    fn a_bridge_port_is_told_by_its_priv_flags() {
+        let btf = kernel().expect("the tests need this kernel's BTF at /sys/kernel/btf/vmlinux");
+        // IFF_BRIDGE_PORT has been 1 << 9 since 2.6 (an ENUM64 member on 6.1).
+        assert_eq!(
+            btf.enum_value("netdev_priv_flags", "IFF_BRIDGE_PORT"),
+            Some(512)
+        );
+        assert_eq!(btf.enum_value("netdev_priv_flags", "NO_SUCH_FLAG"), None);
+        let offsets = btf.kernel_offsets().expect("offsets");
+        assert_ne!(offsets.dev_priv_flags, ABSENT);
+        assert_eq!(offsets.iff_bridge_port, 512);
     }
 
     #[test]

@@ -70,40 +70,47 @@ fn scan_kallsyms(addr: u64) -> Option<(u64, String)> {
 }
 
 /// [start, end) in kernel text of each named function (None when absent or addresses are
-/// hidden): from its symbol to the next text symbol.
+/// hidden): from its symbol to the next text symbol. One streaming pass over /proc/kallsyms
+/// (≈10 MB: holding it would double droptrace's peak memory), ended once every function is
+/// placed.
 pub fn function_ranges(names: &[&str]) -> Vec<Option<(u64, u64)>> {
-    let text = fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    ranges_in(&text, names)
+    use std::io::BufRead;
+    let Ok(file) = fs::File::open("/proc/kallsyms") else {
+        return vec![None; names.len()];
+    };
+    let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
+    ranges_of(lines, names)
 }
 
-fn ranges_in(text: &str, names: &[&str]) -> Vec<Option<(u64, u64)>> {
-    let mut starts: Vec<u64> = Vec::new();
-    let mut found: Vec<Option<u64>> = vec![None; names.len()];
-    for line in text.lines() {
-        let mut parts = line.split_ascii_whitespace();
-        let (Some(a), Some(kind), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+/// A kallsyms line's text symbol: (address, name); None for data, hidden addresses, junk.
+fn text_symbol(line: &str) -> Option<(u64, &str)> {
+    let mut parts = line.split_ascii_whitespace();
+    let (addr, kind, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let addr = u64::from_str_radix(addr, 16).ok()?;
+    (addr != 0 && matches!(kind, "t" | "T" | "w" | "W")).then_some((addr, name))
+}
+
+/// kallsyms lists the kernel's text in address order: a function ends at the first text
+/// symbol after it with a higher address.
+fn ranges_of(lines: impl Iterator<Item = String>, names: &[&str]) -> Vec<Option<(u64, u64)>> {
+    let mut ranges: Vec<(Option<u64>, Option<u64>)> = vec![(None, None); names.len()];
+    for line in lines {
+        let Some((addr, name)) = text_symbol(&line) else {
             continue;
         };
-        let Ok(addr) = u64::from_str_radix(a, 16) else {
-            continue;
-        };
-        if addr == 0 || !matches!(kind, "t" | "T" | "w" | "W") {
-            continue;
+        for (start, end) in ranges.iter_mut() {
+            if end.is_none() && start.is_some_and(|s| addr > s) {
+                *end = Some(addr);
+            }
         }
-        starts.push(addr);
         if let Some(i) = names.iter().position(|n| *n == name) {
-            found[i].get_or_insert(addr);
+            ranges[i].0.get_or_insert(addr);
+        }
+        if ranges.iter().all(|(s, e)| s.is_some() && e.is_some()) {
+            break;
         }
     }
-    starts.sort_unstable();
-    found
-        .into_iter()
-        .map(|start| {
-            let start = start?;
-            let next = starts[starts.partition_point(|a| *a <= start)..].first()?;
-            Some((start, *next))
-        })
-        .collect()
+    ranges.into_iter().map(|(s, e)| Some((s?, e?))).collect()
 }
 
 impl Symbols {
@@ -195,7 +202,10 @@ ffffffffc0000000 t nft_do_chain\t[nf_tables]
     #[test]
     fn a_function_spans_up_to_the_next_text_symbol() {
         assert_eq!(
-            ranges_in(SAMPLE, &["ip_error", "nft_do_chain", "absent", "some_data"]),
+            ranges_of(
+                SAMPLE.lines().map(String::from),
+                &["ip_error", "nft_do_chain", "absent", "some_data"]
+            ),
             vec![
                 Some((0xffffffff81a00000, 0xffffffff81a00100)),
                 None,
