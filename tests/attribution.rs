@@ -665,11 +665,13 @@ fn classic_fib_tracepoints_give_the_same_routing_evidence() {
             start["signals"].to_string().contains("routing_decisions"),
             "{start}"
         );
-        assert!(
+        assert_eq!(
             start["notes"]
                 .to_string()
-                .contains("classic fib tracepoints"),
-            "{start}"
+                .matches("classic fib tracepoints")
+                .count(),
+            1,
+            "said once for both families: {start}"
         );
         let v = the_verdict(&out);
         assert_cause(&v, "forwarding_disabled", Some("routing"));

@@ -533,6 +533,8 @@ impl Tracer {
         match attach(self) {
             Ok(lost) => {
                 self.signals.push(hook.signal);
+                // Both routing hooks on the classic fallback say the same: once.
+                let lost = lost.filter(|l| !self.notes.iter().any(|n| n == l));
                 self.notes.extend(lost.map(str::to_string));
             }
             Err(why) => self.notes.push(hook.unavailable(&refusal(&why))),
