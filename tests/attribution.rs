@@ -690,3 +690,65 @@ fn classic_fib_tracepoints_give_the_same_routing_evidence() {
         );
     }
 }
+
+/// Human output: the verdict block once, when it begins; at the end one totals line per
+/// verdict under the summary, not the block again.
+#[test]
+fn human_output_shows_each_verdict_once_and_totals_them_at_the_end() {
+    use std::io::{BufRead, BufReader, Read};
+    let lab = lab("human", Backend::IptablesNft);
+    lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0").unwrap();
+    let mut child = std::process::Command::new(&*common::DROPTRACE)
+        .args([
+            "watch",
+            "--port",
+            "5000",
+            "--netns",
+            &lab.host,
+            "--duration",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn droptrace");
+    // The banner (stderr) says it is attached; the rest of stderr is drained, not closed.
+    let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("watching port 5000") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("droptrace's banner within 20 s");
+    assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("stdout");
+    assert!(child.wait().expect("exit").success(), "{out}");
+    assert_eq!(
+        out.matches("\nVERDICT port 5000/tcp: forwarding_disabled")
+            .count(),
+        1,
+        "{out}"
+    );
+    let (_, tail) = out.split_once("-- summary:").expect("summary");
+    assert!(
+        tail.contains("verdicts (each shown above when it began):"),
+        "{out}"
+    );
+    let row = tail
+        .lines()
+        .find(|l| l.trim_start().starts_with("forwarding_disabled"))
+        .unwrap_or_else(|| panic!("no totals row: {out}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], "5000/tcp", "{row}");
+    assert!(cols[2].parse::<u64>().unwrap_or(0) >= 1, "{row}");
+}

@@ -100,6 +100,9 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     header_done: bool,
+    /// Human mode: the closing verdicts, printed as one table under the summary (their
+    /// blocks were shown as they happened).
+    totals: Vec<VerdictRecord>,
 }
 
 impl<W: Write> Printer<W> {
@@ -108,6 +111,7 @@ impl<W: Write> Printer<W> {
             out,
             format,
             header_done: false,
+            totals: Vec::new(),
         }
     }
 
@@ -151,15 +155,14 @@ impl<W: Write> Printer<W> {
     pub fn verdict(&mut self, v: &VerdictRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(v).and_then(|_| self.out.flush()),
+            Format::Human | Format::HumanQuiet if v.is_final => {
+                self.totals.push(v.clone());
+                Ok(())
+            }
             Format::Human | Format::HumanQuiet => {
-                let head = if v.is_final {
-                    "VERDICT (total)"
-                } else {
-                    "VERDICT"
-                };
                 writeln!(
                     self.out,
-                    "\n{head} port {}/{}: {} — {}",
+                    "\nVERDICT port {}/{}: {} — {}",
                     v.port, v.proto, v.cause, v.sentence
                 )?;
                 writeln!(
@@ -288,6 +291,31 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    /// The run's verdicts with their exact totals, one line each (human mode).
+    fn verdict_totals(&mut self) -> io::Result<()> {
+        if self.totals.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            self.out,
+            "  verdicts (each shown above when it began):\n    {:<22} {:<11} {:>10}  {:<12}  {}",
+            "CAUSE", "PORT", "PACKETS", "FIRST", "LAST"
+        )?;
+        let time = |t: &str| t.get(11..23).unwrap_or(t).to_string();
+        for v in std::mem::take(&mut self.totals) {
+            writeln!(
+                self.out,
+                "    {:<22} {:<11} {:>10}  {:<12}  {}",
+                v.cause,
+                format!("{}/{}", v.port, v.proto),
+                v.packets,
+                time(&v.first),
+                time(&v.last)
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn summary(&mut self, sum: &SummaryRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(sum).and_then(|_| self.out.flush()),
@@ -328,6 +356,7 @@ impl<W: Write> Printer<W> {
                         sum.teardown
                     )?;
                 }
+                self.verdict_totals()?;
                 if sum.lost > 0 {
                     writeln!(
                         self.out,
