@@ -298,8 +298,8 @@ impl<W: Write> Printer<W> {
         }
         writeln!(
             self.out,
-            "  verdicts (each shown above when it began):\n    {:<22} {:<11} {:>10}  {:<12}  {}",
-            "CAUSE", "PORT", "PACKETS", "FIRST", "LAST"
+            "  verdicts (each shown above when it began):\n    {:<22} {:<11} {:>10}  {:<12}  LAST",
+            "CAUSE", "PORT", "PACKETS", "FIRST"
         )?;
         let time = |t: &str| t.get(11..23).unwrap_or(t).to_string();
         for v in std::mem::take(&mut self.totals) {
