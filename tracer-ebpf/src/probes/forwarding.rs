@@ -101,25 +101,20 @@ fn watched(family: u8, daddr: &[u8; 16], dport: u16) -> Option<u16> {
             return Some(dport);
         }
     }
+    container_port(family, daddr)
+}
+
+/// The watched port of a container address (WATCH_DADDR, WATCH_DADDR6), if it is one.
+#[inline(always)]
+fn container_port(family: u8, addr: &[u8; 16]) -> Option<u16> {
     // SAFETY: plain u16 values the loader wrote before attaching.
     unsafe {
         if family == AF_INET {
-            let v4 = [daddr[0], daddr[1], daddr[2], daddr[3]];
+            let v4 = [addr[0], addr[1], addr[2], addr[3]];
             WATCH_DADDR.get(&v4).copied()
         } else {
-            WATCH_DADDR6.get(daddr).copied()
+            WATCH_DADDR6.get(addr).copied()
         }
-    }
-}
-
-/// Whether a source is a watched container (its replies' decisions are evidence too).
-#[inline(always)]
-fn from_watched(family: u8, saddr: &[u8; 16]) -> bool {
-    if family == AF_INET {
-        let v4 = [saddr[0], saddr[1], saddr[2], saddr[3]];
-        WATCH_DADDR.get_ptr(&v4).is_some()
-    } else {
-        WATCH_DADDR6.get_ptr(saddr).is_some()
     }
 }
 
@@ -132,7 +127,8 @@ fn unrelated(port: Option<u16>, err: i32, tb_id: u32, family: u8, key: &RouteKey
         && err == 0
         && tb_id != TABLE_LOCAL
         && WATCH_LOCAL.get_ptr(&key.daddr).is_none()
-        && !from_watched(family, &key.saddr)
+        // A watched container's replies: their decisions are evidence too.
+        && container_port(family, &key.saddr).is_none()
 }
 
 /// A device's ifindex and namespace inode (0s when it cannot be read).
