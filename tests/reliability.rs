@@ -144,8 +144,22 @@ fn with_kernel_log_the_kernel_side_reports_its_full_ring() {
     );
 }
 
-/// A burst of UDP datagrams to a closed port through a 4 KiB event ring: each is a NO_SOCKET
-/// drop in the host, most of them lost from the ring but every one counted.
+/// Sends `n` UDP datagrams from one client socket to the host's closed port 5001: each is a
+/// NO_SOCKET drop in the host, all of one flow.
+fn udp_burst(lab: &Lab, n: u64) {
+    let ns = Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
+        for _ in 0..n {
+            sock.send_to(b"storm", to).unwrap();
+        }
+    })
+    .unwrap();
+}
+
+/// A burst of drops with one line per packet (`--every-drop`) through a 4 KiB event ring:
+/// most of them lost from the ring but every one counted.
 fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
     let lab = lab(label);
     let mut args = vec![
@@ -155,19 +169,12 @@ fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
         &lab.host,
         "--ring-bytes",
         "4096",
+        "--every-drop",
     ];
     args.extend_from_slice(extra);
     let watch = Watch::start(&args);
     const SENT: u64 = 3000;
-    let ns = Netns::resolve(&lab.ext).unwrap();
-    ns.run_in(|| {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
-        for _ in 0..SENT {
-            sock.send_to(b"storm", to).unwrap();
-        }
-    })
-    .unwrap();
+    udp_burst(&lab, SENT);
     std::thread::sleep(Duration::from_millis(500));
     let out = watch.stop();
     let s = out.summary();
@@ -188,6 +195,67 @@ fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
     );
     assert_eq!(s["by_reason"][common::counted_as("NO_SOCKET")], SENT);
     out
+}
+
+/// By default a storm is counted in the kernel: a few drop lines, then flow lines whose
+/// counts, with the lines, account for every drop the exact counter saw.
+#[test]
+fn a_storm_is_counted_in_the_kernel_and_every_drop_accounted_for() {
+    let lab = lab("flowstorm");
+    let watch = Watch::start(&["--port", "5001", "--netns", &lab.host]);
+    const SENT: u64 = 20_000;
+    udp_burst(&lab, SENT);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = watch.stop();
+    let s = out.summary();
+    let lines = out.drops().len() as u64;
+    let (aggregated, lost) = (
+        s["aggregated"].as_u64().unwrap(),
+        s["lost"].as_u64().unwrap(),
+    );
+    assert_eq!(s["drops"], SENT, "exact counter: {s}");
+    assert_eq!(s["drop_events"], lines, "{s}");
+    assert_eq!(lines + lost + aggregated, SENT, "lines + lost + flows: {s}");
+    assert_eq!(s["flow_map_full"], 0, "{s}");
+    assert_eq!(s["drop_flows"], 1, "one client socket, one flow: {s}");
+    // A few lines per second and CPU, not one per packet.
+    assert!(lines >= 1 && lines < 100, "{lines} drop lines: {s}");
+    let flows = out.of_type("flow");
+    assert!(!flows.is_empty(), "no flow line: {}", out.dump());
+    let new: u64 = flows.iter().map(|f| f["new"].as_u64().unwrap()).sum();
+    assert_eq!(new, aggregated, "flow lines add up to the summary's: {s}");
+    let last = flows.last().unwrap();
+    assert_eq!(last["packets"], SENT, "{last}");
+    assert_eq!(last["lines"].as_u64().unwrap(), lines + lost, "{last}");
+    assert_eq!(last["port"], 5001);
+    assert_eq!(last["src"], lab::EXT_ADDR.to_string());
+    assert_eq!(last["proto"], "udp");
+    common::assert_reason(last, "NO_SOCKET");
+    let verdicts = out.of_type("verdict");
+    let closing = verdicts
+        .iter()
+        .find(|v| v["final"] == true)
+        .expect("a verdict");
+    assert_eq!(last["cause"], closing["cause"], "{last}");
+    assert_eq!(closing["packets"], SENT, "{closing}");
+}
+
+/// `--every-drop` keeps one line per packet: with a ring that holds them all, every drop is
+/// a line.
+#[test]
+fn every_drop_prints_each_packet_of_a_burst() {
+    let lab = lab("everydrop");
+    let watch = Watch::start(&["--port", "5001", "--netns", &lab.host, "--every-drop"]);
+    const SENT: u64 = 2000;
+    udp_burst(&lab, SENT);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = watch.stop();
+    let s = out.summary();
+    assert_eq!(s["drops"], SENT, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["aggregated"], 0, "{s}");
+    assert_eq!(out.drops().len() as u64, SENT, "{s}");
+    assert!(out.of_type("flow").is_empty());
 }
 
 #[test]

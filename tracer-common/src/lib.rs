@@ -171,7 +171,84 @@ pub struct WatchConfig {
     pub skip_teardown: u32,
     /// NOT_SPECIFIED's value, or REASON_UNREPORTED on a kernel without reasons.
     pub teardown_reason: u32,
-    pub _pad: u32,
+    /// In-kernel aggregation: events each flow (`DropFlowKey`) may send per CPU in each
+    /// FLOW_INTERVAL_NS; the rest are only counted in DROP_FLOWS. 0 sends every event
+    /// (`--every-drop`).
+    pub flow_burst: u32,
+}
+
+/// The aggregation interval of `WatchConfig::flow_burst`.
+pub const FLOW_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Key of the DROP_FLOWS per-CPU counters: what makes two drops (or two ICMP errors/RSTs
+/// sent) "the same" in a storm. The client's port is left out on purpose: a client that
+/// retries from a new port each time is still one flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DropFlowKey {
+    /// IPv4 in the first four bytes.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Where the packet was freed (drops; 0 for signals).
+    pub location: u64,
+    /// `DropEvent::reason`.
+    pub reason: u32,
+    pub netns: u32,
+    /// The watched port the packet matched (host byte order).
+    pub port: u16,
+    /// Netfilter hook trail (`DropEvent::nf_trail`).
+    pub nf_trail: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `kind::*`
+    pub kind: u8,
+    /// 0 not through conntrack, 1 conntrack without DNAT, 2 DNATed.
+    pub dnat: u8,
+    /// 1 when `port` is the packet's source port (a reply), else its destination port.
+    pub port_is_source: u8,
+    pub _pad: [u8; 7],
+}
+
+impl DropFlowKey {
+    /// The flow of an event (`port` already set): one derivation for both sides, so
+    /// userspace finds the flow of each event it is sent.
+    #[inline(always)]
+    pub fn of(ev: &DropEvent) -> Self {
+        Self {
+            saddr: ev.saddr,
+            daddr: ev.daddr,
+            location: ev.location,
+            reason: ev.reason,
+            netns: ev.netns,
+            port: ev.port,
+            nf_trail: ev.nf_trail,
+            proto: ev.proto,
+            family: ev.family,
+            kind: ev.kind,
+            dnat: match (ev.has_ct, ev.ct_status & ct::IPS_DST_NAT) {
+                (0, _) => 0,
+                (_, 0) => 1,
+                _ => 2,
+            },
+            port_is_source: (ev.port != ev.dport) as u8,
+            _pad: [0; 7],
+        }
+    }
+}
+
+/// Value of DROP_FLOWS, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropFlowCount {
+    /// Every packet of the flow (exact).
+    pub packets: u64,
+    /// Of which handed to the event ring (each became an event, or a counted ring loss).
+    pub sent: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Start of the current interval, and events sent in it.
+    pub window_ns: u64,
+    pub window_sent: u64,
 }
 
 /// Where the teardown sites lie in kernel text (the TEARDOWN map's one entry, written once
@@ -194,7 +271,7 @@ impl WatchConfig {
         capture_headers: 0,
         skip_teardown: 0,
         teardown_reason: 0,
-        _pad: 0,
+        flow_burst: 0,
     };
 }
 
@@ -347,7 +424,10 @@ pub mod stat {
     pub const SIGNALS_LOST: u32 = 4;
     /// Late FINs and RSTs of closed connections, not reported (see WatchConfig::skip_teardown).
     pub const TEARDOWN: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Drops (or signals) counted in no flow because DROP_FLOWS was full: each was sent as
+    /// an event of its own instead.
+    pub const FLOW_FULL: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// What a ring event reports.
@@ -426,13 +506,20 @@ pub struct DropEvent {
     pub orig_daddr: [u8; 16],
     /// Valid bytes of `hdr` (0 unless header capture is on).
     pub hdr_len: u16,
-    pub _pad3: [u8; 6],
+    /// The watched port the kernel matched the packet on (its destination port, else its
+    /// source port), as in its flow (`DropFlowKey`).
+    pub port: u16,
+    pub _pad3: [u8; 4],
     /// The packet from its IP header on: IPv6 (40) + the largest TCP header (60) nearly fit.
     pub hdr: [u8; HDR_LEN],
 }
 
 /// Bytes of each dropped packet captured for pcap, from the IP header.
 pub const HDR_LEN: usize = 96;
+
+/// A DropEvent without its header bytes: what the ring carries when no header is captured
+/// (half the ring space per event in a storm). `hdr` is the last field.
+pub const EVENT_HEAD: usize = core::mem::size_of::<DropEvent>() - HDR_LEN;
 
 impl Default for DropEvent {
     fn default() -> Self {
@@ -461,7 +548,8 @@ impl Default for DropEvent {
             daddr: [0; 16],
             orig_daddr: [0; 16],
             hdr_len: 0,
-            _pad3: [0; 6],
+            port: 0,
+            _pad3: [0; 4],
             hdr: [0; HDR_LEN],
         }
     }
@@ -550,6 +638,8 @@ mod pod {
     unsafe impl aya::Pod for super::AddrPort {}
     unsafe impl aya::Pod for super::CounterKey {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::DropFlowKey {}
+    unsafe impl aya::Pod for super::DropFlowCount {}
     unsafe impl aya::Pod for super::RouteSample {}
     unsafe impl aya::Pod for super::RouteKey {}
     unsafe impl aya::Pod for super::FibRecord {}
@@ -565,4 +655,6 @@ mod pod {
 // updating both sides fails the build here instead of garbling events.
 const _: () = assert!(core::mem::size_of::<DropEvent>() == 208);
 const _: () = assert!(core::mem::size_of::<Process>() == 376);
+const _: () = assert!(core::mem::size_of::<DropFlowKey>() == 64);
+const _: () = assert!(core::mem::offset_of!(DropEvent, hdr) == EVENT_HEAD);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 488);

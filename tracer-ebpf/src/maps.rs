@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tracer_common::{
-    AddrPort, CounterKey, DropEvent, FibRecord, FlowKey, KernelOffsets, Process, RouteKey,
-    RouteSample, TeardownSites, Trail, WatchConfig, kind, stat,
+    AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey, FibRecord, FlowKey, KernelOffsets,
+    Process, RouteKey, RouteSample, TeardownSites, Trail, WatchConfig, kind, stat,
 };
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
@@ -33,6 +33,14 @@ pub static IGNORED_REASONS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
 /// Exact drop counts per (reason, port, proto), kept whether or not the ring took the event.
 #[map]
 pub static COUNTERS: PerCpuHashMap<CounterKey, u64> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Per flow of drops (and of ICMP errors/RSTs sent), per CPU: exact counts, and how many
+/// events the flow sent in the current interval (see WatchConfig::flow_burst). Bounded: a
+/// flow that finds it full is counted in stat::FLOW_FULL and sends every event instead.
+/// Per-CPU, so a storm driven from several cores never contends on a counter.
+#[map]
+pub static DROP_FLOWS: PerCpuHashMap<DropFlowKey, DropFlowCount> =
+    PerCpuHashMap::with_max_entries(4096, 0);
 
 /// What the kernel did with the watched ports' packets: forwarded, routed (per `flow::*`).
 #[map]

@@ -8,13 +8,14 @@
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
 use aya_log_ebpf::warn;
 use tracer_common::{
-    ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, FlowKey, HDR_LEN, KernelOffsets,
-    TEARDOWN_RCV_SITES, TEARDOWN_SITES, WatchConfig, flow, kind, stat,
+    ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey,
+    EVENT_HEAD, FLOW_INTERVAL_NS, FlowKey, HDR_LEN, KernelOffsets, TEARDOWN_RCV_SITES,
+    TEARDOWN_SITES, WatchConfig, flow, kind, stat,
 };
 
 use crate::maps::{
-    CONFIG, COUNTERS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS, TEARDOWN,
-    WATCH_ADDR_PORT, WATCH_PORT, bump,
+    CONFIG, COUNTERS, DROP_FLOWS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS,
+    TEARDOWN, WATCH_ADDR_PORT, WATCH_PORT, bump,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -29,8 +30,6 @@ const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;
 const NEXTHDR_DEST: u8 = 60;
 const BPF_NOEXIST: u64 = 1;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_AVAIL_DATA: u64 = 0;
 
 /// Reads a `T` at `base + off` in kernel memory.
 #[inline(always)]
@@ -390,6 +389,62 @@ fn late_teardown(ev: &DropEvent, cfg: &WatchConfig) -> bool {
     false
 }
 
+/// In-kernel aggregation: counts the event in its flow and says whether it may still go to
+/// the ring (the first `burst` of the flow on this CPU in each FLOW_INTERVAL_NS). A flow the
+/// full map cannot take is counted in stat::FLOW_FULL and sends every event.
+#[inline(always)]
+fn admit(ev: &DropEvent, burst: u32) -> bool {
+    let key = DropFlowKey::of(ev);
+    let now = ev.ktime_ns;
+    if let Some(v) = DROP_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value of the flow (see `next_in_flow`).
+        return next_in_flow(unsafe { &mut *v }, now, burst);
+    }
+    let first = DropFlowCount {
+        packets: 1,
+        sent: 1,
+        first_ns: now,
+        last_ns: now,
+        window_ns: now,
+        window_sent: 1,
+    };
+    if DROP_FLOWS.insert(&key, &first, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // Another CPU created the key between our lookup and insert (its other CPUs' values are
+    // zeros): count in this CPU's value.
+    match DROP_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: as above.
+        Some(v) => next_in_flow(unsafe { &mut *v }, now, burst),
+        None => {
+            bump(stat::FLOW_FULL);
+            true
+        }
+    }
+}
+
+/// One more packet of a flow on this CPU; whether it may go to the ring. The value is this
+/// CPU's: the kernel never nests a program inside itself on a CPU, and the key's kind keeps
+/// the drop and signal programs (which can nest) on different values.
+#[inline(always)]
+fn next_in_flow(v: &mut DropFlowCount, now: u64, burst: u32) -> bool {
+    v.packets += 1;
+    v.last_ns = now;
+    if v.first_ns == 0 {
+        v.first_ns = now;
+    }
+    if now.wrapping_sub(v.window_ns) >= FLOW_INTERVAL_NS {
+        v.window_ns = now;
+        v.window_sent = 0;
+    }
+    if v.window_sent >= burst as u64 {
+        return false;
+    }
+    v.window_sent += 1;
+    v.sent += 1;
+    true
+}
+
 /// Shared body of every hook: namespace filter, parse, watch filter, count, emit.
 #[inline(always)]
 fn observe(
@@ -458,13 +513,19 @@ fn observe(
         ev.icmp_code = icmp_code;
     }
 
+    read_conntrack(skb, &off, ev);
+    // SAFETY: a helper call without arguments.
+    ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    ev.port = port;
+    if cfg.flow_burst != 0 && !admit(ev, cfg.flow_burst) {
+        return;
+    }
     if dev != 0 {
         ev.dev_ifindex = read(dev, off.dev_ifindex).unwrap_or(0);
     }
     let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
     ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
     ev.len = read(skb, off.skb_len).unwrap_or(0);
-    read_conntrack(skb, &off, ev);
     if cfg.capture_headers != 0 && event_kind == kind::DROP {
         // A fixed-size read keeps the verifier's bounds simple; a packet shorter than HDR_LEN
         // still has its head buffer there, and hdr_len says how much is the packet.
@@ -477,17 +538,20 @@ fn observe(
             };
         }
     }
-    // SAFETY: a helper call without arguments.
-    ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
-
-    // Wake the reader only for the first unread event: in a storm one wakeup serves a whole
-    // batch (userspace also drains on a short timer, so a raced event waits at most a tick).
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > 0 {
-        BPF_RB_NO_WAKEUP
+    // Default wakeup policy: the kernel wakes the reader only when it had caught up with this
+    // record, checked at commit, so a storm costs one wakeup per batch and none is lost (a
+    // query of pending data before the output, as before, raced the reader and left events
+    // waiting for its timer while the ring filled).
+    let sent = if cfg.capture_headers != 0 {
+        EVENTS.output(ev, 0)
     } else {
-        0
+        // SAFETY: the event's first EVENT_HEAD bytes, inside its own scratch slot.
+        let head = unsafe {
+            core::slice::from_raw_parts((ev as *const DropEvent).cast::<u8>(), EVENT_HEAD)
+        };
+        EVENTS.output(head, 0)
     };
-    if EVENTS.output(ev, flags).is_ok() {
+    if sent.is_ok() {
         bump(stat::EVENTS);
     } else if event_kind != kind::DROP {
         bump(stat::SIGNALS_LOST);

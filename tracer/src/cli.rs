@@ -106,7 +106,8 @@ pub struct WatchArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
 
-    /// JSON Lines on stdout: a "start" object, one "drop" object per packet, a "summary".
+    /// JSON Lines on stdout: a "start" object, "drop" objects (and "flow" objects counting a
+    /// storm's repeats), verdicts, a "summary".
     #[arg(long)]
     pub json: bool,
 
@@ -149,6 +150,12 @@ pub struct WatchArgs {
     /// normally noise.
     #[arg(long)]
     pub include_teardown: bool,
+
+    /// One line per dropped packet, as the kernel reports it. By default the kernel counts a
+    /// storm's repeats: each flow (reason, place, addresses, port) prints its first few drops
+    /// each second, and one "×N" line per second (JSON: "type":"flow") with the exact rest.
+    #[arg(long)]
+    pub every_drop: bool,
 
     /// Size of the kernel event ring in bytes (power of two, >= 4096). Counters stay exact
     /// whatever its size; a small ring only loses event lines.

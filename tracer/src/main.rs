@@ -20,6 +20,7 @@ fn main() -> ExitCode {
                 duration: args.duration,
                 json: args.json,
                 include_teardown: args.include_teardown,
+                every_drop: args.every_drop,
                 ring_bytes: args.ring_bytes,
                 hook: args.drop_hook,
                 trace_rules: args.trace_rules,

@@ -144,6 +144,17 @@ impl Book {
         Some(v)
     }
 
+    /// Drops the kernel counted without sending (a storm's repeats of a flow whose first
+    /// drops made this (port, cause) verdict), the latest at `last`.
+    pub fn add_counted(&mut self, port: u16, cause: Cause, packets: u64, last: &str) {
+        if let Some(v) = self.groups.get_mut(&(port, cause)) {
+            v.packets += packets;
+            if last > v.last.as_str() {
+                v.last = last.to_string();
+            }
+        }
+    }
+
     /// The closing verdicts. `exact` gives the kernel's exact count per (reason, port): a group
     /// that is the only one counted under its reason on its port takes it (events may have
     /// been lost).

@@ -10,8 +10,8 @@ use aya::{
     programs::{BtfTracePoint, CgroupAttachMode, FEntry, FExit, KProbe, TracePoint},
 };
 use tracer_common::{
-    AF_INET, AddrPort, CounterKey, FlowKey, KernelOffsets, NO_FIELD, Process, RouteKey,
-    RouteSample, WatchConfig, stat,
+    AF_INET, AddrPort, CounterKey, DropFlowCount, DropFlowKey, FlowKey, KernelOffsets, NO_FIELD,
+    Process, RouteKey, RouteSample, WatchConfig, stat,
 };
 
 use std::os::fd::{AsFd, AsRawFd};
@@ -386,6 +386,8 @@ pub struct Totals {
     pub events: u64,
     pub counter_full: u64,
     pub read_errors: u64,
+    /// Drops and signals counted in no flow (DROP_FLOWS full), each sent as an event.
+    pub flow_full: u64,
 }
 
 fn raise_memlock() {
@@ -732,6 +734,7 @@ impl Tracer {
         totals.read_errors = read(stat::READ_ERRORS)?;
         totals.signals_lost = read(stat::SIGNALS_LOST)?;
         totals.teardown = read(stat::TEARDOWN)?;
+        totals.flow_full = read(stat::FLOW_FULL)?;
         totals.flows = self.flows()?;
         Ok(totals)
     }
@@ -749,6 +752,33 @@ impl Tracer {
         for item in flows.iter() {
             let (key, values) = item.map_err(map_err)?;
             *out.entry((key.port, key.kind, key.proto)).or_default() += values.iter().sum::<u64>();
+        }
+        Ok(out)
+    }
+
+    /// The in-kernel aggregation's flows, each summed over CPUs (first and last: the earliest
+    /// and latest any CPU saw).
+    pub fn drop_flows(&self) -> Result<Vec<(DropFlowKey, DropFlowCount)>, Error> {
+        let map_err = |e: aya::maps::MapError| Error::Io(format!("reading DROP_FLOWS: {e}"));
+        let map = self
+            .ebpf
+            .map("DROP_FLOWS")
+            .ok_or_else(|| Error::Load("map DROP_FLOWS missing".into()))?;
+        let flows: PerCpuHashMap<_, DropFlowKey, DropFlowCount> =
+            PerCpuHashMap::try_from(map).map_err(map_err)?;
+        let mut out = Vec::new();
+        for item in flows.iter() {
+            let (key, values) = item.map_err(map_err)?;
+            let mut sum = DropFlowCount::default();
+            for v in values.iter().filter(|v| v.packets > 0) {
+                sum.packets += v.packets;
+                sum.sent += v.sent;
+                if sum.first_ns == 0 || v.first_ns < sum.first_ns {
+                    sum.first_ns = v.first_ns;
+                }
+                sum.last_ns = sum.last_ns.max(v.last_ns);
+            }
+            out.push((key, sum));
         }
         Ok(out)
     }

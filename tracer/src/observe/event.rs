@@ -17,15 +17,21 @@ use crate::{
     },
 };
 
-/// Decodes one ring-buffer record. None when its size is not a DropEvent's (a mismatched
-/// object, never expected; counted by the caller).
+/// Decodes one ring-buffer record: a whole DropEvent, or its first EVENT_HEAD bytes (no
+/// header captured; `hdr` stays zero). None when it is shorter (a mismatched object, never
+/// expected).
 pub fn decode(bytes: &[u8]) -> Option<DropEvent> {
-    if bytes.len() < size_of::<DropEvent>() {
+    if bytes.len() < tracer_common::EVENT_HEAD {
         return None;
     }
-    // SAFETY: the length was checked; DropEvent is plain data valid for any bit pattern, and
-    // read_unaligned does not require the ring's alignment.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DropEvent>()) })
+    let mut ev = DropEvent::default();
+    let n = bytes.len().min(size_of::<DropEvent>());
+    // SAFETY: at most size_of::<DropEvent>() bytes into the event; DropEvent is plain data
+    // valid for any bit pattern, and a byte copy needs no alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut ev).cast::<u8>(), n);
+    }
+    Some(ev)
 }
 
 /// Decodes one CHANGES ring record.

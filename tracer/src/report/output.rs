@@ -79,6 +79,51 @@ pub struct SummaryRecord {
     /// Late FINs and RSTs of connections already closed (TIME_WAIT answers and discards
     /// them): counted here, not reported as drops, unless `--include-teardown`.
     pub teardown: u64,
+    /// Drop events delivered (one "drop" line each).
+    pub drop_events: u64,
+    /// Drops the kernel only counted (in-kernel aggregation), reported in "flow" lines:
+    /// `drops` = `drop_events` + `lost` + `aggregated` (+ `uncounted`).
+    pub aggregated: u64,
+    /// Flows of drops the kernel aggregated.
+    pub drop_flows: u64,
+    /// Drops and answers counted in no flow (the flow map was full): each was sent as an
+    /// event of its own.
+    pub flow_map_full: u64,
+}
+
+/// `{"type":"flow",…}`: a flow's drops the kernel counted without sending each (a storm's
+/// repeats), emitted about once a second while it grows. `packets` is the flow's exact
+/// total so far; `lines` of them were drop lines of their own; `new` more since its last
+/// flow line.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowLine {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// The flow's latest drop, and its first.
+    pub time: String,
+    pub first: String,
+    pub netns: u32,
+    pub family: &'static str,
+    pub proto: String,
+    pub src: String,
+    pub dst: String,
+    /// The watched port, and whether it is the packets' source (replies) or destination.
+    pub port: u16,
+    pub port_is_source: bool,
+    pub reason: Option<String>,
+    pub reason_code: u32,
+    pub inferred_reason: Option<crate::observe::infer::Inferred>,
+    pub location: String,
+    pub function: Option<String>,
+    pub nf_hook: Option<&'static str>,
+    pub dnat: Option<bool>,
+    /// The verdict cause of the flow's drops (from its first drop line).
+    pub cause: Option<String>,
+    pub container: Option<String>,
+    pub packets: u64,
+    pub lines: u64,
+    pub aggregated: u64,
+    pub new: u64,
 }
 
 /// One watched port's traffic over the run: forwarded to the container (exact, from the
@@ -242,24 +287,54 @@ impl<W: Write> Printer<W> {
         }
     }
 
+    fn header(&mut self) -> io::Result<()> {
+        if !std::mem::replace(&mut self.header_done, true) {
+            writeln!(
+                self.out,
+                "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} LOCATION",
+                "TIME", "NETNS", "IFACE", "PROTO", "SOURCE -> DESTINATION", "FLAGS", "REASON"
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A flow's repeats: in the drop table, `×N` in the IFACE column (N more drops like the
+    /// lines above), its total at the end.
+    pub fn flow_line(&mut self, f: &FlowLine) -> io::Result<()> {
+        if self.format == Format::Json {
+            return self.json(f);
+        }
+        self.header()?;
+        let (src, dst) = if f.port_is_source {
+            (endpoint(&f.src, f.port), f.dst.clone())
+        } else {
+            (f.src.clone(), endpoint(&f.dst, f.port))
+        };
+        writeln!(
+            self.out,
+            "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} {} ({} in all)",
+            f.time.get(11..26).unwrap_or(&f.time),
+            f.netns,
+            format!("×{}", f.new),
+            f.proto,
+            format!("{src} -> {dst}"),
+            "-",
+            f.reason.clone().unwrap_or_else(|| format!(
+                "~{}",
+                f.inferred_reason
+                    .as_ref()
+                    .map_or(crate::load::kernel::btf::UNREPORTED, |i| i.reason)
+            )),
+            f.location,
+            f.packets
+        )
+    }
+
     pub fn drop_line(&mut self, rec: &DropRecord) -> io::Result<()> {
         match self.format {
             Format::Json => self.json(rec),
             Format::Human | Format::HumanQuiet => {
-                if !self.header_done {
-                    writeln!(
-                        self.out,
-                        "{:<15} {:<10} {:<10} {:<5} {:<45} {:<9} {:<20} LOCATION",
-                        "TIME",
-                        "NETNS",
-                        "IFACE",
-                        "PROTO",
-                        "SOURCE -> DESTINATION",
-                        "FLAGS",
-                        "REASON"
-                    )?;
-                    self.header_done = true;
-                }
+                self.header()?;
                 let time = rec.time.get(11..26).unwrap_or(&rec.time);
                 let flow = format!(
                     "{} -> {}",
@@ -334,6 +409,13 @@ impl<W: Write> Printer<W> {
                 }
                 if sum.drops == 0 {
                     writeln!(self.out, "  no watched packet was dropped")?;
+                }
+                if sum.aggregated > 0 {
+                    writeln!(
+                        self.out,
+                        "  {} drop(s) of {} flow(s) counted in the kernel and shown as ×N lines (--every-drop prints each)",
+                        sum.aggregated, sum.drop_flows
+                    )?;
                 }
                 for f in &sum.flows {
                     writeln!(

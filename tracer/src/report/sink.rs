@@ -11,7 +11,7 @@ use tracer_common::DropEvent;
 use super::{
     evidence::{Bundle, PcapSink},
     metrics::{Exporter, MetricsSnapshot},
-    output::{Printer, StartRecord, SummaryRecord},
+    output::{FlowLine, Printer, StartRecord, SummaryRecord},
 };
 use crate::{
     attribute::verdict::VerdictRecord,
@@ -47,6 +47,10 @@ pub trait Sink {
         Ok(())
     }
     fn dropped(&mut self, _: &Dropped) -> io::Result<()> {
+        Ok(())
+    }
+    /// A storm's repeats of one flow, counted in the kernel (×N).
+    fn flow(&mut self, _: &FlowLine) -> io::Result<()> {
         Ok(())
     }
     fn verdict(&mut self, _: &VerdictRecord) -> io::Result<()> {
@@ -97,6 +101,9 @@ impl Sink for Sinks<'_> {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.dropped(d))
     }
+    fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.flow(r))
+    }
     fn verdict(&mut self, r: &VerdictRecord) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.verdict(r))
     }
@@ -126,6 +133,9 @@ impl<W: Write> Sink for Printer<W> {
     }
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.drop_line(d.rec)
+    }
+    fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
+        self.flow_line(r)
     }
     fn verdict(&mut self, r: &VerdictRecord) -> io::Result<()> {
         Printer::verdict(self, r)
@@ -166,6 +176,9 @@ impl Sink for Bundle {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.record(d.rec)?;
         self.pcap.write(d.ev, d.rec, d.wall_ns)
+    }
+    fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
+        self.record(r)
     }
     fn verdict(&mut self, r: &VerdictRecord) -> io::Result<()> {
         self.record(r)

@@ -60,6 +60,8 @@ pub struct WatchRequest {
     pub duration: Option<Duration>,
     pub json: bool,
     pub include_teardown: bool,
+    /// One event per drop: no in-kernel aggregation (see WatchConfig::flow_burst).
+    pub every_drop: bool,
     pub ring_bytes: Option<u32>,
     pub hook: HookChoice,
     pub trace_rules: bool,
@@ -125,6 +127,15 @@ pub fn addr_port(sa: &SocketAddr) -> AddrPort {
         port: sa.port(),
     }
 }
+
+/// Events each flow sends per CPU per second before the kernel only counts it: enough for
+/// the first verdict and a few examples, few enough that a storm costs almost nothing.
+const FLOW_BURST: u32 = 5;
+
+/// The event ring with `--every-drop`: at this machine's flood rate (150k drops/s of
+/// 112-byte events) about a second of a storm, which covers a verdict's diagnosis (state
+/// read, waiting for the nftables monitor) while the ring is not drained.
+const EVERY_DROP_RING: u32 = 16 << 20;
 
 /// How often the event ring is drained even without a wakeup.
 const DRAIN_TICK: Duration = Duration::from_millis(50);
@@ -287,7 +298,7 @@ async fn observe(
             // burst, not per drop); this tick bounds the latency of an event that raced a drain.
             _ = tokio::time::sleep(DRAIN_TICK) => {
                 drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
-                obs.tick(tracer, started, false);
+                obs.tick(tracer, started, false).map_err(io_err)?;
             }
         }
     }
@@ -424,6 +435,7 @@ fn load(
             WatchConfig {
                 netns: found.netns.inode,
                 capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
+                flow_burst: if req.every_drop { 0 } else { FLOW_BURST },
                 ..WatchConfig::ZERO
             },
             &reasons,
@@ -432,7 +444,7 @@ fn load(
         ports: found.ports.clone(),
         addr_ports: found.addr_ports.clone(),
         ignored_reasons: reasons.ignored(req.include_teardown),
-        ring_bytes: req.ring_bytes,
+        ring_bytes: req.ring_bytes.or(req.every_drop.then_some(EVERY_DROP_RING)),
         hook: req.hook,
         caps: caps.clone(),
         kernel_log: req.kernel_log,
@@ -576,6 +588,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         delivered: 0,
         drops_seen: 0,
         ticked: Instant::now(),
+        flows: observer::FlowTally::new(!req.every_drop),
         netns: found.netns,
         stopping: stopping.clone(),
     };

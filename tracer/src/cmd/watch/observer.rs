@@ -2,19 +2,19 @@
 //! diagnose each new kind of drop against fresh state, group it into verdicts with their
 //! culprit, and hand every record to the sinks.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tracer_common::{DropEvent, flow};
+use tracer_common::{DropEvent, DropFlowCount, DropFlowKey, ct, flow, kind};
 
 use super::changes::ChangeLog;
 use crate::{
     attribute::{
-        Attribution, Context, DropFacts, attribute,
+        Attribution, Cause, Context, DropFacts, attribute,
         culprit::{culprit_for, needs_culprit},
         verdict::{Book, Signature, VerdictRecord},
     },
@@ -31,7 +31,7 @@ use crate::{
     report::{
         evidence,
         metrics::MetricsSnapshot,
-        output::{CounterRecord, FlowRecord, SummaryRecord},
+        output::{CounterRecord, FlowLine, FlowRecord, SummaryRecord},
         sink::{Dropped, Sink, Sinks, Tally},
         words,
     },
@@ -81,6 +81,30 @@ pub(super) struct Observer<'w> {
     pub delivered: u64,
     pub drops_seen: u64,
     pub ticked: Instant,
+    /// In-kernel aggregation: on unless `--every-drop`.
+    pub flows: FlowTally,
+}
+
+/// What the kernel's flows have reported so far (see `Observer::report_flows`).
+#[derive(Default)]
+pub(super) struct FlowTally {
+    pub on: bool,
+    /// Each flow's verdict (port, cause) and container, learnt from its first drop line.
+    causes: HashMap<DropFlowKey, (u16, Cause, Option<String>)>,
+    /// Each flow's count without lines, as last reported.
+    shown: HashMap<DropFlowKey, u64>,
+    /// Drops reported only in flow lines, and the flows of drops.
+    aggregated: u64,
+    drop_flows: u64,
+}
+
+impl FlowTally {
+    pub fn new(on: bool) -> Self {
+        Self {
+            on,
+            ..Self::default()
+        }
+    }
 }
 
 impl Observer<'_> {
@@ -116,6 +140,12 @@ impl Observer<'_> {
             .find(|p| p.host_port == port)
             .and_then(|p| p.container.clone());
         rec.cause = Some(attribution.cause.name().to_string());
+        if self.flows.on {
+            self.flows
+                .causes
+                .entry(DropFlowKey::of(ev))
+                .or_insert_with(|| (port, attribution.cause, rec.container.clone()));
+        }
         let wall_ns = self.namer.clock.wall_ns(ev.ktime_ns);
         self.sinks.dropped(&Dropped {
             rec: &rec,
@@ -244,13 +274,95 @@ impl Observer<'_> {
         }
     }
 
-    /// Ticks the sinks about once a second (`force`: now), with the kernel's exact counters
-    /// when a sink wants them.
-    pub fn tick(&mut self, tracer: &Tracer, started: Instant, force: bool) {
+    /// The kernel's flows that counted drops (or answers) without sending them since the
+    /// last report: one flow line each, their counts added to their verdict (and answers to
+    /// their port's).
+    pub fn report_flows(&mut self, tracer: &Tracer) -> io::Result<()> {
+        if !self.flows.on {
+            return Ok(());
+        }
+        let flows = tracer
+            .drop_flows()
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        self.flows.drop_flows = flows.iter().filter(|(k, _)| k.kind == kind::DROP).count() as u64;
+        for (key, count) in flows {
+            let aggregated = count.packets.saturating_sub(count.sent);
+            let shown = self.flows.shown.entry(key).or_insert(0);
+            let new = aggregated.saturating_sub(*shown);
+            if new == 0 {
+                continue;
+            }
+            *shown = aggregated;
+            if key.kind != kind::DROP {
+                let at = (self.published_port(key.port), event::proto_name(key.proto));
+                *self.answered.entry(at).or_default() += new;
+                continue;
+            }
+            self.flows.aggregated += new;
+            let line = self.flow_line(&key, &count, new);
+            if let Some((port, cause, _)) = self.flows.causes.get(&key) {
+                self.book.add_counted(*port, *cause, new, &line.time);
+            }
+            self.sinks.flow(&line)?;
+        }
+        Ok(())
+    }
+
+    /// A flow's line, named as its drops' lines are.
+    fn flow_line(&mut self, key: &DropFlowKey, count: &DropFlowCount, new: u64) -> FlowLine {
+        let ev = DropEvent {
+            ktime_ns: count.last_ns,
+            location: key.location,
+            reason: key.reason,
+            netns: key.netns,
+            family: key.family,
+            proto: key.proto,
+            kind: key.kind,
+            has_ct: u8::from(key.dnat > 0),
+            ct_status: if key.dnat == 2 { ct::IPS_DST_NAT } else { 0 },
+            nf_trail: key.nf_trail,
+            port: key.port,
+            saddr: key.saddr,
+            daddr: key.daddr,
+            ..DropEvent::default()
+        };
+        let rec = self.namer.record(&ev);
+        let learnt = self.flows.causes.get(key);
+        FlowLine {
+            kind: "flow",
+            time: rec.time,
+            first: event::rfc3339(self.namer.clock.wall(count.first_ns)),
+            netns: key.netns,
+            family: rec.family,
+            proto: rec.proto,
+            src: rec.src,
+            dst: rec.dst,
+            port: key.port,
+            port_is_source: key.port_is_source != 0,
+            reason: rec.reason,
+            reason_code: key.reason,
+            inferred_reason: rec.inferred_reason,
+            location: rec.location,
+            function: rec.function,
+            nf_hook: rec.nf_hook,
+            dnat: rec.dnat,
+            cause: learnt.map(|(_, c, _)| c.name().to_string()),
+            container: learnt.and_then(|(_, _, c)| c.clone()),
+            packets: count.packets,
+            lines: count.sent,
+            aggregated: count.packets.saturating_sub(count.sent),
+            new,
+        }
+    }
+
+    /// Ticks the sinks about once a second (`force`: now), after the flows' report, with the
+    /// kernel's exact counters when a sink wants them.
+    pub fn tick(&mut self, tracer: &Tracer, started: Instant, force: bool) -> io::Result<()> {
         if !force && self.ticked.elapsed() < TICK {
-            return;
+            return Ok(());
         }
         self.ticked = Instant::now();
+        self.report_flows(tracer)?;
         let counters = if self.sinks.wants_counters() {
             tracer.totals().ok().map(|t| self.counters(&t))
         } else {
@@ -264,6 +376,7 @@ impl Observer<'_> {
             counters,
         };
         self.sinks.tick(&tally);
+        Ok(())
     }
 
     /// The kernel's counters, named and labelled with the cause of their verdict.
@@ -316,6 +429,8 @@ impl Observer<'_> {
     /// the summary.
     pub async fn finish(&mut self, tracer: &Tracer, started: Instant) -> Result<Closing, Error> {
         let io_err = |e: io::Error| Error::Io(format!("writing output: {e}"));
+        // The flows' last counts first: the closing verdicts include them.
+        self.report_flows(tracer).map_err(io_err)?;
         let totals = tracer.totals()?;
         let summary = self.summarize(&totals, started.elapsed(), tracer.hook.name());
         let exact: BTreeMap<(String, u16), u64> =
@@ -327,7 +442,7 @@ impl Observer<'_> {
         for verdict in &verdicts {
             self.sinks.verdict(verdict).map_err(io_err)?;
         }
-        self.tick(tracer, started, true);
+        self.tick(tracer, started, true).map_err(io_err)?;
         self.sinks.summary(&summary).map_err(io_err)?;
         self.sinks.flush().map_err(io_err)?;
         drop(self.rule_tracer.take());
@@ -374,6 +489,10 @@ impl Observer<'_> {
             hook,
             flows,
             teardown: totals.teardown,
+            drop_events: self.drops_seen,
+            aggregated: self.flows.aggregated,
+            drop_flows: self.flows.drop_flows,
+            flow_map_full: totals.flow_full,
         }
     }
 
