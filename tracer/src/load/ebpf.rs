@@ -59,8 +59,6 @@ pub enum HookChoice {
 pub struct LoadOptions {
     pub offsets: KernelOffsets,
     pub config: WatchConfig,
-    pub ports: Vec<u16>,
-    pub addr_ports: Vec<AddrPort>,
     pub ignored_reasons: Vec<u32>,
     /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
     pub ring_bytes: Option<u32>,
@@ -77,9 +75,6 @@ pub struct LoadOptions {
     /// The watched namespace's interfaces (ifindex, name): the classic fib records name only
     /// interfaces.
     pub interfaces: Vec<(u32, String)>,
-    /// The watched namespace's own addresses: a routing lookup toward one is kept as
-    /// evidence (local delivery of a published port nothing translated).
-    pub local_addrs: Vec<IpAddr>,
 }
 
 /// A tp_btf program, and the leading tracepoint arguments (C types) it reads: the verifier
@@ -415,6 +410,10 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
+    // The same parse the attach functions use, not one more of the loader's own.
+    if let Ok(btf) = aya_btf() {
+        loader.btf(btf);
+    }
     loader
         .load(EBPF_OBJECT)
         .map_err(|e| Error::Load(e.to_string()))
@@ -517,7 +516,7 @@ impl Tracer {
                 attach_tp_hook(&mut t.ebpf, &NET_DEV_QUEUE, &t.caps)
             });
         }
-        tracer.fill_maps(opts)?;
+        tracer.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
         Ok(tracer)
     }
 
@@ -571,14 +570,24 @@ impl Tracer {
         Ok(())
     }
 
-    fn fill_maps(&mut self, opts: &LoadOptions) -> Result<(), Error> {
-        self.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
-        self.fill_set("WATCH_PORT", &opts.ports)?;
-        self.fill_set("WATCH_ADDR_PORT", &opts.addr_ports)?;
+    /// What to watch, given once the namespace's state is read (the programs load while it
+    /// is): until then the programs match nothing.
+    /// - `ports`: watched ports; `addr_ports`: watched (address, port) pairs, the containers'
+    ///   among them;
+    /// - `local_addrs`: the namespace's own addresses (a routing lookup toward one is kept
+    ///   as evidence: local delivery of a published port nothing translated).
+    pub fn watch(
+        &mut self,
+        ports: &[u16],
+        addr_ports: &[AddrPort],
+        local_addrs: &[IpAddr],
+    ) -> Result<(), Error> {
+        self.fill_set("WATCH_PORT", ports)?;
+        self.fill_set("WATCH_ADDR_PORT", addr_ports)?;
         // A container address stands for the first of its watched ports.
         let mut v4: Vec<([u8; 4], u16)> = Vec::new();
         let mut v6: Vec<([u8; 16], u16)> = Vec::new();
-        for pair in &opts.addr_ports {
+        for pair in addr_ports {
             if pair.family == AF_INET {
                 let addr: [u8; 4] = pair.addr[..4].try_into().expect("4 bytes");
                 if !v4.iter().any(|(a, _)| *a == addr) {
@@ -590,8 +599,7 @@ impl Tracer {
         }
         self.fill_map("WATCH_DADDR", &v4)?;
         self.fill_map("WATCH_DADDR6", &v6)?;
-        let local: Vec<[u8; 16]> = opts
-            .local_addrs
+        let local: Vec<[u8; 16]> = local_addrs
             .iter()
             .map(|ip| tracer_common::addr_bytes(*ip))
             .collect();
@@ -853,6 +861,14 @@ fn aya_btf() -> Result<&'static Btf, String> {
     BTF.get_or_init(|| Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}")))
         .as_ref()
         .map_err(Clone::clone)
+}
+
+/// Parses aya's BTF on a thread of its own, while the caller reads the kernel's offsets and
+/// capabilities: it is needed only when the programs load.
+pub fn parse_btf_early() {
+    std::thread::spawn(|| {
+        let _ = aya_btf();
+    });
 }
 
 /// Loads and attaches the program written for this kernel's prototype of `hook`; returns

@@ -10,30 +10,38 @@ pub const ANSWER_WINDOW_NS: u64 = 50_000_000;
 /// few microseconds matter).
 const KEPT: usize = 256;
 
-type Flow = (IpAddr, u16, IpAddr, u16);
+pub type Flow = (IpAddr, u16, IpAddr, u16);
 
-/// The kernel's recent answers, newest last.
+/// The kernel's last KEPT answers, in order, and the newest of each flow among them: a
+/// storm's drop finds its answer in one lookup.
 #[derive(Default)]
 pub struct Answers {
-    recent: VecDeque<(Flow, u64, Answer)>,
+    recent: VecDeque<(Flow, u64)>,
+    newest: foldhash::HashMap<Flow, (u64, Answer)>,
 }
 
 impl Answers {
     pub fn remember(&mut self, flow: Flow, ktime_ns: u64, answer: Answer) {
-        if self.recent.len() >= KEPT {
-            self.recent.pop_front();
+        if self.recent.len() >= KEPT
+            && let Some((old, at)) = self.recent.pop_front()
+            && self.newest.get(&old).is_some_and(|(t, _)| *t == at)
+        {
+            self.newest.remove(&old);
         }
-        self.recent.push_back((flow, ktime_ns, answer));
+        self.recent.push_back((flow, ktime_ns));
+        self.newest.insert(flow, (ktime_ns, answer));
     }
 
     /// The newest answer to this drop's flow within the window before it.
     pub fn to_drop(&self, d: &DropFacts, ktime_ns: u64) -> Option<Answer> {
-        let flow = (d.src, d.sport, d.dst, d.dport);
-        self.recent
-            .iter()
-            .rev()
-            .find(|(f, at, _)| *f == flow && ktime_ns.saturating_sub(*at) < ANSWER_WINDOW_NS)
-            .map(|(_, _, a)| *a)
+        self.to_flow(&(d.src, d.sport, d.dst, d.dport), ktime_ns)
+    }
+
+    pub fn to_flow(&self, flow: &Flow, ktime_ns: u64) -> Option<Answer> {
+        self.newest
+            .get(flow)
+            .filter(|(at, _)| ktime_ns.saturating_sub(*at) < ANSWER_WINDOW_NS)
+            .map(|(_, a)| *a)
     }
 }
 

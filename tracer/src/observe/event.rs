@@ -119,7 +119,7 @@ pub fn tcp_flags(flags: u8) -> String {
     }
 }
 
-fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+pub fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(*raw))
     } else {

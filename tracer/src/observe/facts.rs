@@ -39,7 +39,7 @@ impl Hook {
 }
 
 /// What the kernel answered the packet with, just before dropping it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Answer {
     /// An ICMP error: type, code and the name firewall configurations use (`host-prohibited`).
     Icmp {

@@ -7,6 +7,7 @@ use std::{
 
 use serde::Serialize;
 
+use super::fastline::{Template, TimeText, Vars};
 use crate::{
     attribute::verdict::VerdictRecord,
     observe::changes::ChangeRecord,
@@ -145,6 +146,11 @@ pub struct Printer<W: Write> {
     out: W,
     format: Format,
     header_done: bool,
+    /// Drop-line templates of a storm's flows (see `fastline`), the clock text and the
+    /// buffer they are written with.
+    templates: Vec<Option<Template>>,
+    clock: TimeText,
+    scratch: Vec<u8>,
     /// Human mode: the closing verdicts, printed as one table under the summary (their
     /// blocks were shown as they happened).
     totals: Vec<VerdictRecord>,
@@ -157,6 +163,9 @@ impl<W: Write> Printer<W> {
             format,
             header_done: false,
             totals: Vec::new(),
+            templates: Vec::new(),
+            clock: TimeText::default(),
+            scratch: Vec::with_capacity(1024),
         }
     }
 
@@ -328,6 +337,26 @@ impl<W: Write> Printer<W> {
             f.location,
             f.packets
         )
+    }
+
+    /// Learns the template of lines like `rec`'s (its id is the count learnt before).
+    pub fn learn(&mut self, rec: &DropRecord) -> bool {
+        let t = match self.format {
+            Format::Json => Template::json(rec),
+            Format::Human | Format::HumanQuiet => Some(Template::human(rec)),
+        };
+        let ok = t.is_some();
+        self.templates.push(t);
+        ok
+    }
+
+    /// A drop line from template `id` (learnt after the line of the flow's first drop, so the
+    /// header is out).
+    pub fn templated_line(&mut self, id: usize, v: &Vars) -> io::Result<()> {
+        match self.templates.get(id) {
+            Some(Some(t)) => t.write(&mut self.out, v, &mut self.clock, &mut self.scratch),
+            _ => Err(io::Error::other(format!("no drop-line template {id}"))),
+        }
     }
 
     pub fn drop_line(&mut self, rec: &DropRecord) -> io::Result<()> {

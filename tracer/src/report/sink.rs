@@ -10,6 +10,7 @@ use tracer_common::DropEvent;
 
 use super::{
     evidence::{Bundle, PcapSink},
+    fastline::Vars,
     metrics::{Exporter, MetricsSnapshot},
     output::{FlowLine, Printer, StartRecord, SummaryRecord},
 };
@@ -47,6 +48,20 @@ pub trait Sink {
         Ok(())
     }
     fn dropped(&mut self, _: &Dropped) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether this sink needs every drop's record and raw event (the pcap, the bundle):
+    /// then no drop line is written from a template.
+    fn needs_records(&self) -> bool {
+        false
+    }
+    /// Learns the template of the lines of drops like `rec` (the next id, counted from 0 by
+    /// every sink alike); false when this sink cannot write them from it.
+    fn learn(&mut self, _: &DropRecord) -> bool {
+        true
+    }
+    /// A drop like the one template `id` was learnt from, with these values.
+    fn templated(&mut self, _: usize, _: &Vars) -> io::Result<()> {
         Ok(())
     }
     /// A storm's repeats of one flow, counted in the kernel (×N).
@@ -88,6 +103,11 @@ impl<'w> Sinks<'w> {
     pub fn wants_counters(&self) -> bool {
         self.0.iter().any(|s| s.wants_counters())
     }
+
+    /// Whether drop lines may be written from templates (no sink needs the records).
+    pub fn take_templates(&self) -> bool {
+        !self.0.iter().any(|s| s.needs_records())
+    }
 }
 
 /// `Sinks` is a sink that hands each record to every sink, stopping at the first error.
@@ -100,6 +120,15 @@ impl Sink for Sinks<'_> {
     }
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.dropped(d))
+    }
+    fn learn(&mut self, rec: &DropRecord) -> bool {
+        // Every sink learns it (no short circuit), so ids stay aligned even when one cannot
+        // use it.
+        let learnt: Vec<bool> = self.0.iter_mut().map(|s| s.learn(rec)).collect();
+        learnt.into_iter().all(|ok| ok)
+    }
+    fn templated(&mut self, id: usize, v: &Vars) -> io::Result<()> {
+        self.0.iter_mut().try_for_each(|s| s.templated(id, v))
     }
     fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
         self.0.iter_mut().try_for_each(|s| s.flow(r))
@@ -134,6 +163,12 @@ impl<W: Write> Sink for Printer<W> {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.drop_line(d.rec)
     }
+    fn learn(&mut self, rec: &DropRecord) -> bool {
+        Printer::learn(self, rec)
+    }
+    fn templated(&mut self, id: usize, v: &Vars) -> io::Result<()> {
+        self.templated_line(id, v)
+    }
     fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
         self.flow_line(r)
     }
@@ -154,6 +189,9 @@ impl<W: Write> Sink for Printer<W> {
 impl Sink for PcapSink {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.write(d.ev, d.rec, d.wall_ns)
+    }
+    fn needs_records(&self) -> bool {
+        true
     }
     fn summary(&mut self, _: &SummaryRecord) -> io::Result<()> {
         PcapSink::flush(self)
@@ -176,6 +214,9 @@ impl Sink for Bundle {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.record(d.rec)?;
         self.pcap.write(d.ev, d.rec, d.wall_ns)
+    }
+    fn needs_records(&self) -> bool {
+        true
     }
     fn flow(&mut self, r: &FlowLine) -> io::Result<()> {
         self.record(r)

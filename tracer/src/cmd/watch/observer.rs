@@ -24,12 +24,13 @@ use crate::{
     observe::{
         correlate::Answers,
         event::{self, DropRecord, Namer, Observed},
-        facts::RouteFact,
+        facts::{Answer, RouteFact},
         state::{self, Snapshot},
         tracerules::RuleTracer,
     },
     report::{
         evidence,
+        fastline::Vars,
         metrics::MetricsSnapshot,
         output::{CounterRecord, FlowLine, FlowRecord, SummaryRecord},
         sink::{Dropped, Sink, Sinks, Tally},
@@ -83,6 +84,60 @@ pub(super) struct Observer<'w> {
     pub ticked: Instant,
     /// In-kernel aggregation: on unless `--every-drop`.
     pub flows: FlowTally,
+    /// Drop lines written from templates.
+    pub fast: FastLines,
+}
+
+/// A flow's drops after its first, in everything the printed line and the verdict depend
+/// on but time, ports and length: `tracer_common::DropFlowKey` plus the rest of the event's
+/// fields the record shows, and the answer the kernel sent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    flow: DropFlowKey,
+    ifindex: u32,
+    tcp_flags: u8,
+    icmp: (u8, u8),
+    orig: ([u8; 16], u16),
+    answered: Option<Answer>,
+}
+
+impl Shape {
+    fn of(ev: &DropEvent, answered: Option<Answer>) -> Self {
+        Shape {
+            flow: DropFlowKey::of(ev),
+            ifindex: ev.ifindex,
+            tcp_flags: ev.tcp_flags,
+            icmp: (ev.icmp_type, ev.icmp_code),
+            orig: (ev.orig_daddr, ev.orig_dport),
+            answered,
+        }
+    }
+}
+
+/// How many shapes get a template: a storm has a few; spoofed sources beyond this take the
+/// ordinary path.
+const SHAPES: usize = 4096;
+
+/// The drop lines written from templates (`report::fastline`): each shape's template id and
+/// verdict, and the drops not yet added to their verdicts.
+#[derive(Default)]
+pub(super) struct FastLines {
+    on: bool,
+    // foldhash: every drop of a storm is looked up here; SipHash was 6% of the profile.
+    shapes: foldhash::HashMap<Shape, (usize, u16, Cause)>,
+    learnt: usize,
+    /// (port, cause) → (drops, the latest's ktime), added to the book on each tick.
+    pending: foldhash::HashMap<(u16, Cause), (u64, u64)>,
+}
+
+impl FastLines {
+    /// On unless a sink needs each drop's record.
+    pub fn new(on: bool) -> Self {
+        Self {
+            on,
+            ..Self::default()
+        }
+    }
 }
 
 /// What the kernel's flows have reported so far (see `Observer::report_flows`).
@@ -110,6 +165,9 @@ impl FlowTally {
 impl Observer<'_> {
     pub async fn handle(&mut self, ev: &DropEvent, tracer: &Tracer) -> io::Result<()> {
         self.delivered += 1;
+        if ev.kind == kind::DROP && self.templated(ev)? {
+            return Ok(());
+        }
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
                 self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
@@ -118,6 +176,68 @@ impl Observer<'_> {
                 self.sinks.signal(&sig)
             }
             Observed::Drop(rec, facts) => self.dropped(ev, rec, facts, tracer).await,
+        }
+    }
+
+    /// A drop of a shape already seen, written from its template: no record is built.
+    fn templated(&mut self, ev: &DropEvent) -> io::Result<bool> {
+        if self.fast.shapes.is_empty() {
+            return Ok(false);
+        }
+        let (src, dst) = (
+            event::addr(ev.family, &ev.saddr),
+            event::addr(ev.family, &ev.daddr),
+        );
+        let answered = self
+            .answers
+            .to_flow(&(src, ev.sport, dst, ev.dport), ev.ktime_ns);
+        let Some(&(id, port, cause)) = self.fast.shapes.get(&Shape::of(ev, answered)) else {
+            return Ok(false);
+        };
+        let vars = Vars {
+            wall_ns: self.namer.clock.wall_ns(ev.ktime_ns),
+            sport: ev.sport,
+            dport: ev.dport,
+            len: ev.len,
+        };
+        self.sinks.templated(id, &vars)?;
+        self.drops_seen += 1;
+        let pending = self.fast.pending.entry((port, cause)).or_default();
+        pending.0 += 1;
+        pending.1 = pending.1.max(ev.ktime_ns);
+        Ok(true)
+    }
+
+    /// Learns the template of the lines of drops shaped like `ev`, whose record `rec` went
+    /// out the ordinary way.
+    fn learn_shape(
+        &mut self,
+        ev: &DropEvent,
+        rec: &DropRecord,
+        answer: Option<Answer>,
+        port: u16,
+        cause: Cause,
+    ) {
+        if !self.fast.on || self.fast.shapes.len() >= SHAPES {
+            return;
+        }
+        let shape = Shape::of(ev, answer);
+        if self.fast.shapes.contains_key(&shape) {
+            return;
+        }
+        // Every sink learns every template, so the id is the count learnt before.
+        let id = self.fast.learnt;
+        self.fast.learnt += 1;
+        if self.sinks.learn(rec) {
+            self.fast.shapes.insert(shape, (id, port, cause));
+        }
+    }
+
+    /// The templated drops' counts and times, added to their verdicts.
+    fn settle_templated(&mut self) {
+        for ((port, cause), (n, ktime)) in std::mem::take(&mut self.fast.pending) {
+            let last = event::rfc3339(self.namer.clock.wall(ktime));
+            self.book.add_counted(port, cause, n, &last);
         }
     }
 
@@ -130,6 +250,7 @@ impl Observer<'_> {
     ) -> io::Result<()> {
         self.drops_seen += 1;
         facts.answered = self.answers.to_drop(&facts, rec.ktime_ns);
+        let facts_answered = facts.answered;
         rec.answered = facts.answered.as_ref().map(words::answered);
         let port = self.watched_port(&rec);
         let attribution = self.attribution(port, &rec, facts, tracer).await;
@@ -152,7 +273,9 @@ impl Observer<'_> {
             ev,
             wall_ns,
         })?;
-        match self.book.add(port, &rec, &attribution) {
+        let verdict = self.book.add(port, &rec, &attribution);
+        self.learn_shape(ev, &rec, facts_answered, port, attribution.cause);
+        match verdict {
             Some(verdict) => self.new_verdict(port, verdict, &attribution, tracer).await,
             None => Ok(()),
         }
@@ -362,6 +485,7 @@ impl Observer<'_> {
             return Ok(());
         }
         self.ticked = Instant::now();
+        self.settle_templated();
         self.report_flows(tracer)?;
         let counters = if self.sinks.wants_counters() {
             tracer.totals().ok().map(|t| self.counters(&t))
@@ -430,6 +554,7 @@ impl Observer<'_> {
     pub async fn finish(&mut self, tracer: &Tracer, started: Instant) -> Result<Closing, Error> {
         let io_err = |e: io::Error| Error::Io(format!("writing output: {e}"));
         // The flows' last counts first: the closing verdicts include them.
+        self.settle_templated();
         self.report_flows(tracer).map_err(io_err)?;
         let totals = tracer.totals()?;
         let summary = self.summarize(&totals, started.elapsed(), tracer.hook.name());

@@ -1,7 +1,11 @@
 //! Facts read from the running kernel's BTF (/sys/kernel/btf/vmlinux): the struct field
 //! offsets the eBPF programs need, and the names of `enum skb_drop_reason`, which change from
 //! one kernel version to the next and so are never compiled in.
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
 use btf_rs::{Btf, BtfType, Type};
 use tracer_common::{ABSENT, KernelOffsets};
@@ -17,7 +21,12 @@ const CONNTRACK_MODULE_BTF: &str = "/sys/kernel/btf/nf_conntrack";
 pub struct KernelBtf {
     btf: Btf,
     conntrack: Option<Btf>,
+    /// Structs found by name, per object (vmlinux, conntrack): a lookup by name scans every
+    /// type of the mapped BTF (~2 ms), and the offsets ask for the same few structs ~45 times.
+    structs: [StructCache; 2],
 }
+
+type StructCache = RefCell<HashMap<String, Option<btf_rs::Struct>>>;
 
 impl KernelBtf {
     pub fn from_sys() -> Result<Self, Error> {
@@ -41,14 +50,18 @@ impl KernelBtf {
             .exists()
             .then(|| Btf::from_split_file(CONNTRACK_MODULE_BTF, &btf).ok())
             .flatten();
-        Ok(Self { btf, conntrack })
+        Ok(Self {
+            btf,
+            conntrack,
+            structs: Default::default(),
+        })
     }
 
     /// Byte offset of `path` (e.g. `["__sk_common", "skc_net"]`) inside `struct name`,
     /// looking through anonymous structs and unions on the way; an array member is entered
     /// at its first element.
     pub fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, Error> {
-        Lookup(&self.btf).field_offset(name, path)
+        Lookup(&self.btf, &self.structs[0]).field_offset(name, path)
     }
 
     /// An offset only an optional hook needs: ABSENT when this kernel lacks it (the hook then
@@ -63,7 +76,7 @@ impl KernelBtf {
         let module = self
             .conntrack
             .as_ref()
-            .and_then(|m| Lookup(m).field_offset(name, path).ok());
+            .and_then(|m| Lookup(m, &self.structs[1]).field_offset(name, path).ok());
         module
             .or_else(|| self.field_offset(name, path).ok())
             .unwrap_or(ABSENT)
@@ -225,8 +238,9 @@ impl KernelBtf {
     }
 }
 
-/// Type lookups over one BTF object (vmlinux, or a module's split BTF).
-struct Lookup<'a>(&'a Btf);
+/// Type lookups over one BTF object (vmlinux, or a module's split BTF), with its structs
+/// found so far.
+struct Lookup<'a>(&'a Btf, &'a StructCache);
 
 impl Lookup<'_> {
     fn field_offset(&self, name: &str, path: &[&str]) -> Result<u32, Error> {
@@ -250,6 +264,15 @@ impl Lookup<'_> {
     }
 
     fn named_struct(&self, name: &str) -> Option<btf_rs::Struct> {
+        if let Some(found) = self.1.borrow().get(name) {
+            return found.clone();
+        }
+        let found = self.find_struct(name);
+        self.1.borrow_mut().insert(name.to_string(), found.clone());
+        found
+    }
+
+    fn find_struct(&self, name: &str) -> Option<btf_rs::Struct> {
         self.0
             .resolve_types_by_name(name)
             .ok()?

@@ -16,12 +16,27 @@ pub struct Symbols {
 #[derive(Debug, Default)]
 pub struct LiveSymbols {
     cache: std::collections::HashMap<u64, Option<(u64, String)>>,
+    /// [start, end) of the functions drops usually come from, found while the programs
+    /// loaded: the first verdict need not wait for a scan (≈30 ms).
+    known: Vec<(u64, u64, String)>,
 }
 
 impl LiveSymbols {
+    /// Functions whose place in kernel text is already known: (name, [start, end)).
+    pub fn with_known(known: impl IntoIterator<Item = (String, (u64, u64))>) -> Self {
+        Self {
+            cache: Default::default(),
+            known: known.into_iter().map(|(n, (s, e))| (s, e, n)).collect(),
+        }
+    }
+
     fn lookup(&mut self, addr: u64) -> Option<(u64, String)> {
         if let Some(hit) = self.cache.get(&addr) {
             return hit.clone();
+        }
+        if let Some((start, _, name)) = self.known.iter().find(|(s, e, _)| *s <= addr && addr < *e)
+        {
+            return Some((*start, name.clone()));
         }
         let found = scan_kallsyms(addr);
         if self.cache.len() < 4096 {
@@ -69,17 +84,18 @@ fn scan_kallsyms(addr: u64) -> Option<(u64, String)> {
     best
 }
 
-/// [start, end) in kernel text of each named function (None when absent or addresses are
-/// hidden): from its symbol to the next text symbol. One streaming pass over /proc/kallsyms
-/// (≈10 MB: holding it would double droptrace's peak memory), ended once every function is
-/// placed.
-pub fn function_ranges(names: &[&str]) -> Vec<Option<(u64, u64)>> {
+/// Where each named function lies in kernel text: its name there (a compiler's clone,
+/// `ip_rcv_finish_core.constprop.0`, stands for the function) and [start, end), from its
+/// symbol to the next text symbol; None when absent or addresses are hidden. One streaming
+/// pass over /proc/kallsyms (≈10 MB: holding it would double droptrace's peak memory), ended
+/// once every function is placed.
+pub fn function_places(names: &[&str]) -> Vec<Option<(String, (u64, u64))>> {
     use std::io::BufRead;
     let Ok(file) = fs::File::open("/proc/kallsyms") else {
         return vec![None; names.len()];
     };
     let lines = std::io::BufReader::new(file).lines().map_while(Result::ok);
-    ranges_of(lines, names)
+    places_of(lines, names)
 }
 
 /// A kallsyms line's text symbol: (address, name); None for data, hidden addresses, junk.
@@ -92,25 +108,42 @@ fn text_symbol(line: &str) -> Option<(u64, &str)> {
 
 /// kallsyms lists the kernel's text in address order: a function ends at the first text
 /// symbol after it with a higher address.
-fn ranges_of(lines: impl Iterator<Item = String>, names: &[&str]) -> Vec<Option<(u64, u64)>> {
-    let mut ranges: Vec<(Option<u64>, Option<u64>)> = vec![(None, None); names.len()];
+fn places_of(
+    lines: impl Iterator<Item = String>,
+    names: &[&str],
+) -> Vec<Option<(String, (u64, u64))>> {
+    // Per name: (its symbol's name and start, once seen; its end, once the next is seen).
+    type Seen = (Option<(String, u64)>, Option<u64>);
+    let mut places: Vec<Seen> = vec![(None, None); names.len()];
     for line in lines {
         let Some((addr, name)) = text_symbol(&line) else {
             continue;
         };
-        for (start, end) in ranges.iter_mut() {
-            if end.is_none() && start.is_some_and(|s| addr > s) {
+        for (start, end) in places.iter_mut() {
+            if end.is_none() && start.as_ref().is_some_and(|(_, s)| addr > *s) {
                 *end = Some(addr);
             }
         }
-        if let Some(i) = names.iter().position(|n| *n == name) {
-            ranges[i].0.get_or_insert(addr);
+        // The compiler's clones (`.constprop.0`, `.isra.0`) count as the function; its split
+        // cold part (`.cold`, elsewhere in the text) does not.
+        let base = match name.split_once('.') {
+            Some((base, rest)) if !rest.starts_with("cold") => base,
+            _ => name,
+        };
+        if let Some(i) = names.iter().position(|n| *n == name || *n == base) {
+            places[i].0.get_or_insert((name.to_string(), addr));
         }
-        if ranges.iter().all(|(s, e)| s.is_some() && e.is_some()) {
+        if places.iter().all(|(s, e)| s.is_some() && e.is_some()) {
             break;
         }
     }
-    ranges.into_iter().map(|(s, e)| Some((s?, e?))).collect()
+    places
+        .into_iter()
+        .map(|(s, e)| {
+            let (name, start) = s?;
+            Some((name, (start, e?)))
+        })
+        .collect()
 }
 
 impl Symbols {
@@ -202,16 +235,43 @@ ffffffffc0000000 t nft_do_chain\t[nf_tables]
     #[test]
     fn a_function_spans_up_to_the_next_text_symbol() {
         assert_eq!(
-            ranges_of(
+            places_of(
                 SAMPLE.lines().map(String::from),
                 &["ip_error", "nft_do_chain", "absent", "some_data"]
             ),
             vec![
-                Some((0xffffffff81a00000, 0xffffffff81a00100)),
+                Some((
+                    "ip_error".to_string(),
+                    (0xffffffff81a00000, 0xffffffff81a00100)
+                )),
                 None,
                 None,
                 None
             ]
+        );
+    }
+
+    #[test]
+    fn a_functions_clone_is_the_function_and_its_cold_part_is_not() {
+        let sample = "\
+ffffffff81000100 t ip_rcv_finish_core.cold
+ffffffff81a00000 t ip_rcv_finish_core.constprop.0
+ffffffff81a00200 T ip_forward
+";
+        assert_eq!(
+            places_of(sample.lines().map(String::from), &["ip_rcv_finish_core"]),
+            vec![Some((
+                "ip_rcv_finish_core.constprop.0".to_string(),
+                (0xffffffff81a00000, 0xffffffff81a00200)
+            ))]
+        );
+        let mut live = LiveSymbols::with_known([(
+            "ip_rcv_finish_core.constprop.0".to_string(),
+            (0xffffffff81a00000, 0xffffffff81a00200),
+        )]);
+        assert_eq!(
+            live.resolve(0xffffffff81a00010),
+            "ip_rcv_finish_core.constprop.0+0x10"
         );
     }
 

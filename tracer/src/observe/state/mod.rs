@@ -303,7 +303,7 @@ impl Snapshot {
     }
 }
 
-/// Runs a read-only tool inside the namespace (`nsenter --net=PATH CMD…`). None when the tool
+/// Runs a read-only tool inside the namespace (see `Netns::tool_output`). None when the tool
 /// is missing or fails; the reason goes to `problems`.
 fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<String> {
     match ns.tool_output(args) {
@@ -325,8 +325,18 @@ fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<Strin
             problems.push(format!("`{}` {e}: its evidence is missing", args.join(" ")));
             None
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            problems.push(format!(
+                "{} is not installed: install it for rule-level evidence",
+                args[0]
+            ));
+            None
+        }
         Err(e) => {
-            problems.push(format!("cannot run nsenter ({e}): install util-linux"));
+            problems.push(format!(
+                "cannot run `{}` in the namespace: {e}",
+                args.join(" ")
+            ));
             None
         }
     }
@@ -394,11 +404,47 @@ fn parse_ip_addr_json(text: &str) -> Vec<IpAddr> {
 
 /// Takes a snapshot of the namespace. Never fails: what cannot be read is in `problems`.
 pub fn capture(ns: &Netns) -> Snapshot {
-    let mut snap = Snapshot::default();
-    let (sysctls, interfaces) = read_sysctls(ns);
-    snap.sysctls = sysctls;
-    snap.interfaces = interfaces;
-    if let Some(text) = run_in(ns, &["ip", "-j", "addr", "show"], &mut snap.problems) {
+    // The tools run at once, each on a thread of its own: they spend their time starting
+    // (fork, exec, dynamic linking), and one after the other they were most of the time
+    // to the first verdict.
+    const TOOLS: [&[&str]; 6] = [
+        &["ip", "-j", "addr", "show"],
+        &["iptables-nft-save", "-c"],
+        &["iptables-legacy-save", "-c"],
+        &["ip6tables-nft-save", "-c"],
+        &["ip6tables-legacy-save", "-c"],
+        &["nft", "-j", "list", "ruleset"],
+    ];
+    let (outputs, (sysctls, interfaces)) = std::thread::scope(|scope| {
+        let runs: Vec<_> = TOOLS
+            .iter()
+            .map(|args| {
+                scope.spawn(move || {
+                    let mut problems = Vec::new();
+                    (run_in(ns, args, &mut problems), problems)
+                })
+            })
+            .collect();
+        let sysctls = read_sysctls(ns);
+        let outputs: Vec<(Option<String>, Vec<String>)> = runs
+            .into_iter()
+            .map(|r| {
+                r.join()
+                    .unwrap_or((None, vec!["a tool's reader failed".into()]))
+            })
+            .collect();
+        (outputs, sysctls)
+    });
+    let mut snap = Snapshot {
+        sysctls,
+        interfaces,
+        ..Snapshot::default()
+    };
+    let mut outputs = outputs.into_iter();
+    let mut next = || outputs.next().unwrap_or_default();
+    let (addrs, problems) = next();
+    snap.problems.extend(problems);
+    if let Some(text) = addrs {
         snap.local_addrs = parse_ip_addr_json(&text);
     }
     for backend in [
@@ -407,9 +453,8 @@ pub fn capture(ns: &Netns) -> Snapshot {
         "ip6tables-nft",
         "ip6tables-legacy",
     ] {
-        let save = format!("{backend}-save");
-        let mut problems = Vec::new();
-        if let Some(text) = run_in(ns, &[&save, "-c"], &mut problems) {
+        let (text, problems) = next();
+        if let Some(text) = text {
             let rs = iptables::parse(backend, &text);
             if !rs.is_empty() {
                 snap.iptables.push(rs);
@@ -418,7 +463,9 @@ pub fn capture(ns: &Netns) -> Snapshot {
             snap.problems.extend(problems);
         }
     }
-    if let Some(text) = run_in(ns, &["nft", "-j", "list", "ruleset"], &mut snap.problems) {
+    let (nft_text, problems) = next();
+    snap.problems.extend(problems);
+    if let Some(text) = nft_text {
         match nft::parse(&text) {
             Ok(rs) => snap.nft = rs,
             Err(e) => snap.problems.push(e),
