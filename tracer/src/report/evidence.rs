@@ -299,7 +299,7 @@ pub fn read_records(dir: &Path) -> Result<Vec<Value>, Error> {
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["type"] != "drop" && v["type"] != "signal")
+        .filter(|v| !matches!(v["type"].as_str(), Some("drop" | "signal" | "flow")))
         .collect())
 }
 
