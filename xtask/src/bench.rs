@@ -590,22 +590,37 @@ fn p3_first_verdict(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
     }))
 }
 
-/// The busiest eBPF program `pid` holds (in a storm: the drop program) as (runs, ns per
-/// run), from its fds' fdinfo (kernel.bpf_stats_enabled must be on).
-fn busiest_program(pid: u32) -> Option<(u64, f64)> {
+/// The drop program `pid` holds (kfree_skb's) as (runs, ns per run), from its fds' fdinfo
+/// (kernel.bpf_stats_enabled must be on) and bpftool's name for each program id. Not the
+/// busiest program: the routing hook runs several times per dropped packet.
+fn drop_program(pid: u32) -> Option<(u64, f64)> {
     let field = |info: &str, key: &str| -> Option<u64> {
         info.lines()
             .find_map(|l| l.strip_prefix(key))
             .and_then(|v| v.trim().parse().ok())
     };
+    let name_of = |id: u64| -> Option<String> {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string(), "--json"])
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["name"].as_str().map(str::to_string)
+    };
     std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .ok()?
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| Some((field(&info, "run_cnt:")?, field(&info, "run_time_ns:")?)))
-        .filter(|(runs, _)| *runs > 0)
-        .max_by_key(|(runs, _)| *runs)
-        .map(|(runs, ns)| (runs, ns as f64 / runs as f64))
+        .filter_map(|info| {
+            Some((
+                field(&info, "prog_id:")?,
+                field(&info, "run_cnt:")?,
+                field(&info, "run_time_ns:")?,
+            ))
+        })
+        .filter(|(_, runs, _)| *runs > 0)
+        .find(|(id, _, _)| name_of(*id).is_some_and(|n| n.starts_with("kfree_skb")))
+        .map(|(_, runs, ns)| (runs, ns as f64 / runs as f64))
 }
 
 /// P5: what aya-log costs the drop program per drop, with `--kernel-log` off (the default:
@@ -621,7 +636,7 @@ fn p5_kernel_log(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
         args.extend(extra);
         let dt = start_droptrace(bin, &args)?;
         flood(lab, Duration::from_secs(1))?;
-        let busiest = busiest_program(dt.child.id());
+        let busiest = drop_program(dt.child.id());
         dt.stop()?;
         Ok(busiest.map(|(_, ns)| ns))
     };
