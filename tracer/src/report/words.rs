@@ -145,7 +145,7 @@ fn blamed_text(b: &Blamed) -> String {
 fn reason(reason: &str) -> (&'static str, &'static str) {
     match reason {
         "NO_SOCKET" => (
-            "nothing listens on the destination port (the kernel answered with a RST)",
+            "nothing listens on the destination port (TCP answers it with a RST, UDP with an ICMP port unreachable)",
             "start the service, or check that it listens on this address and port (ss -ltnp)",
         ),
         "IP_RPFILTER" => (
