@@ -31,8 +31,8 @@ APT_PACKAGES=(
   docker.io firewalld dbus netavark
   # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
   iperf3 bpftrace
-  # reading droptrace's pcapng and validating its metrics in the tests
-  tshark prometheus
+  # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages
+  tshark prometheus man-db bash-completion
   # build: C toolchain for -sys crates, git for cargo
   build-essential pkg-config git ca-certificates
   # cargo xtask vm, the kernel matrix: guests under QEMU, their bookworm userland, and the
@@ -87,6 +87,18 @@ fi
 say "cargo build --release (the eBPF object is built by tracer/build.rs)"
 cargo build --release --locked -p tracer || die "build failed: see the compiler output above"
 say "built: $(pwd)/target/release/droptrace"
+say "installing droptrace: /usr/local/bin, bash/zsh/fish completions, man pages (man droptrace)"
+install -m 0755 target/release/droptrace /usr/local/bin/droptrace \
+  || die "cannot install /usr/local/bin/droptrace: is /usr/local writable?"
+for completion in bash:/usr/share/bash-completion/completions/droptrace \
+  zsh:/usr/share/zsh/vendor-completions/_droptrace \
+  fish:/usr/share/fish/vendor_completions.d/droptrace.fish; do
+  shell=${completion%%:*} file=${completion#*:}
+  mkdir -p "$(dirname "$file")" && target/release/droptrace completions "$shell" >"$file" \
+    || die "cannot write the $shell completion to $file"
+done
+target/release/droptrace manpages /usr/local/share/man/man1 >/dev/null \
+  || die "cannot write the man pages to /usr/local/share/man/man1"
 say "cargo xtask dist (the static binary, for any x86_64 Linux)"
 cargo xtask dist >/dev/null || die "the static build failed: see the compiler output above"
 say "built: $(pwd)/target/dist/droptrace (static: copy it to any x86_64 host)"

@@ -11,8 +11,9 @@ pub use crate::load::ebpf::HookChoice;
     version,
     about = "Why are packets to my published port being dropped, and who caused it?",
     long_about = "droptrace watches the kernel's drop path (kfree_skb with drop reasons) for the ports you name, \
-inside the network namespace you name, and prints every dropped packet with the reason and the place \
-the kernel dropped it."
+inside the network namespace you name, and prints the dropped packets with the reason and the place \
+the kernel dropped it (a storm's repeats counted in the kernel), then the cause, the fix and who made \
+the change behind it."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -21,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print every dropped packet to or from the watched ports, then a summary.
+    /// Print the dropped packets to or from the watched ports, their verdicts, then a summary.
     Watch(WatchArgs),
     /// Render the report of an evidence bundle (any machine, no root needed).
     Report(ReportArgs),
@@ -33,6 +34,52 @@ pub enum Command {
     /// Replay the incident in throwaway network namespaces and show droptrace's verdict for
     /// each step (a self-test of this kernel). Exit 0 when every step is attributed right.
     Demo(DemoArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages into DIR: droptrace.1 and one per subcommand (droptrace-watch.1…).
+    Manpages(ManpagesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManpagesArgs {
+    /// Where to write them, e.g. /usr/local/share/man/man1.
+    #[arg(value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+/// The shell completion script for `shell`, from the CLI's own definition.
+pub fn completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "droptrace",
+        out,
+    );
+}
+
+/// Writes the man pages, from the CLI's own definition, into `dir` (created if needed); the
+/// files written.
+pub fn manpages(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, crate::error::Error> {
+    let unwritable = |e: std::io::Error| crate::error::Error::Unwritable {
+        path: dir.display().to_string(),
+        why: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(unwritable)?;
+    let cmd = <Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(cmd.clone(), dir).map_err(unwritable)?;
+    let mut written = vec![dir.join("droptrace.1")];
+    written.extend(
+        cmd.get_subcommands()
+            .filter(|s| !s.is_hide_set())
+            .map(|s| dir.join(format!("droptrace-{}.1", s.get_name()))),
+    );
+    Ok(written)
 }
 
 #[derive(Debug, Args)]

@@ -66,6 +66,15 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Completions(args) => {
+            tracer::cli::completions(args.shell, &mut std::io::stdout().lock());
+            Ok(())
+        }
+        Command::Manpages(args) => tracer::cli::manpages(&args.dir).map(|written| {
+            for path in written {
+                println!("{}", path.display());
+            }
+        }),
         Command::Demo(args) => {
             match block_on(demo::run(args.drop_hook)).and_then(|r| r) {
                 Ok(true) => Ok(()),
