@@ -33,8 +33,8 @@ APT_PACKAGES=(
   iperf3 bpftrace
   # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages
   tshark prometheus man-db bash-completion
-  # build: C toolchain for -sys crates, git for cargo
-  build-essential pkg-config git ca-certificates
+  # build: C toolchain for -sys crates, git for cargo; a virtualenv for the Python test tools
+  build-essential pkg-config git ca-certificates python3-venv
   # cargo xtask vm, the kernel matrix: guests under QEMU, their bookworm userland, and the
   # tools that unpack Debian's kernel modules
   qemu-system-x86 debootstrap xz-utils zstd
@@ -83,6 +83,18 @@ if ! cargo "+$TOOLCHAIN" fuzz --version >/dev/null 2>&1; then
   cargo "+$TOOLCHAIN" install cargo-fuzz@0.13.2 --locked >/dev/null 2>"$llvm_prefix/cargo-fuzz-install.log" \
     || die "installing cargo-fuzz failed (log: $llvm_prefix/cargo-fuzz-install.log)"
 fi
+
+# The tests validate deploy/daemonset.yaml against the Kubernetes schema with this validator
+# (PyPI), in a virtualenv of its own so the system's Python stays untouched.
+TOOLS_VENV=/opt/droptrace-tools/venv
+if ! "$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx 1.37.0; then
+  say "kubernetes-validate 1.37.0 (PyPI) in $TOOLS_VENV"
+  python3 -m venv "$TOOLS_VENV" \
+    || die "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"
+  "$TOOLS_VENV/bin/pip" install --quiet kubernetes-validate==1.37.0 \
+    || die "pip could not install kubernetes-validate: check access to PyPI"
+fi
+ln -sf "$TOOLS_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
 
 say "cargo build --release (the eBPF object is built by tracer/build.rs)"
 cargo build --release --locked -p tracer || die "build failed: see the compiler output above"
