@@ -68,7 +68,9 @@ impl DockerHost {
         std::fs::create_dir_all(&dir).expect("state dir");
         let d = dir.display();
         // dockerd needs cgroup hierarchies in its mount namespace (`ip netns exec` remounts
-        // /sys): cgroup v1 controllers on hybrid hosts, cgroup2 on unified ones.
+        // /sys): cgroup v1 controllers on hybrid hosts (with the unified hierarchy beside
+        // them, as such hosts have it: a container given /sys/fs/cgroup finds cgroup v2
+        // there), cgroup2 on unified ones.
         write_script(
             &dir.join("start-dockerd"),
             &format!(
@@ -80,6 +82,7 @@ impl DockerHost {
                      mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || true\n\
                    done\n\
                    mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || true\n\
+                   mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 none /sys/fs/cgroup/unified || true\n\
                  fi\n\
                  mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd\n\
                  exec dockerd --data-root {d}/root --exec-root {d}/exec --pidfile {d}/dockerd.pid \

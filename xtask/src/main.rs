@@ -4,11 +4,13 @@
 //!   clippy       clippy with -D warnings on the host crates and on the eBPF crate (BPF target)
 //!   bench        overhead, drop capacity, time to first verdict, footprint (target/bench/)
 //!   dist         the static binary target/dist/droptrace (musl, eBPF object embedded)
+//!   image        the container image of deploy/, built offline with a given dockerd
 //!   vm           the kernel matrix: Debian's kernels in QEMU, demo and tests inside
 use std::{io::BufRead, process::Command};
 
 mod bench;
 mod dist;
+mod image;
 mod vm;
 
 use anyhow::{Context, Result};
@@ -32,6 +34,9 @@ enum Task {
     Bench,
     /// The static binary: target/dist/droptrace (x86_64 musl, runs on any x86_64 Linux).
     Dist,
+    /// The container image droptrace:latest, built without a registry: a debootstrapped
+    /// Debian 12 base imported into the given dockerd, the static binary on it (root).
+    Image(image::ImageArgs),
     /// The kernel matrix: Debian's cloud kernels booted in QEMU, the demo and the
     /// integration tests run inside each (root; results in target/vm/results.json).
     Vm(vm::VmArgs),
@@ -113,6 +118,7 @@ fn main() -> Result<()> {
             println!("{} (static, x86_64)", path.display());
         }
         Task::Vm(args) => vm::run(args)?,
+        Task::Image(args) => image::run(args)?,
         Task::Lab(LabTask::Cleanup) => {
             for ns in lab::cleanup_stale() {
                 println!("removed {ns}");

@@ -6,7 +6,7 @@
 //! Pipeline: dist binary + test binaries → kernels (private apt) → disk image (debootstrap
 //! rootfs, modules, payload) → one guest per kernel (watchdog inside, deadline outside) →
 //! console markers → verdict per step → table.
-mod apt;
+pub mod apt;
 mod guest;
 mod image;
 mod report;
