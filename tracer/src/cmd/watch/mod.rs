@@ -424,6 +424,9 @@ fn pollable(ring: RingBuf<MapData>, what: &str) -> Result<Ring, Error> {
         .map_err(|e| Error::Io(format!("polling the {what}: {e}")))
 }
 
+/// What hidden kernel addresses cost, for the start line.
+const HIDDEN_ADDRESSES: &str = "/proc/kallsyms shows no kernel addresses (droptrace lacks CAP_SYSLOG, or kernel.kptr_restrict is 2): drop locations are printed as raw addresses, and late FINs and socket-close purges are reported as drops";
+
 /// What a kernel without drop reasons loses, for the start line.
 const NO_REASONS: &str = "this kernel reports no drop reasons (before Linux 5.17): each drop's reason is inferred from the kernel function that freed it (`inferred_reason`; `reason` is null), a function droptrace does not know is reported by its name only, and the exact counters cannot be split by reason";
 
@@ -553,6 +556,12 @@ fn load(req: &WatchRequest, netns: &Netns) -> Result<Loaded, Error> {
         None => tracer.notes.push(
             "reading /proc/kallsyms took too long: late FINs and socket-close purges are reported as drops".into(),
         ),
+    }
+    if places
+        .as_ref()
+        .is_some_and(|p| p.iter().all(Option::is_none))
+    {
+        tracer.notes.push(HIDDEN_ADDRESSES.to_string());
     }
     let symbols = LiveSymbols::with_known(places.into_iter().flatten().flatten());
     tracer.attach_hook_probes(netns);

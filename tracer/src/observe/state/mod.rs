@@ -459,8 +459,14 @@ pub fn capture(ns: &Netns) -> Snapshot {
             if !rs.is_empty() {
                 snap.iptables.push(rs);
             }
-        } else if backend == "iptables-nft" {
-            snap.problems.extend(problems);
+        } else {
+            // A tool that ran and failed says so (iptables-legacy-save without CAP_NET_RAW);
+            // only the main backend's absence is worth a note.
+            snap.problems.extend(
+                problems
+                    .into_iter()
+                    .filter(|p| backend == "iptables-nft" || !p.contains("is not installed")),
+            );
         }
     }
     let (nft_text, problems) = next();
