@@ -288,8 +288,30 @@ impl Lab {
         }
         if self.spec.server {
             self.start_server()?;
+            if self.spec.ipv6 {
+                self.wait_for_ipv6()?;
+            }
         }
         Ok(())
+    }
+
+    /// Waits until the client reaches the published port over IPv6 (DNAT, forwarding, the
+    /// bridge): under load the first IPv6 exchanges of fresh interfaces (neighbour discovery)
+    /// took more than a client's 2 s now and then.
+    fn wait_for_ipv6(&self) -> Result<()> {
+        let target = SocketAddr::new(IpAddr::V6(HOST_ADDR6), self.spec.port);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.request(&self.ext, target, Duration::from_secs(1)) {
+                Outcome::Http(_) => return Ok(()),
+                other if Instant::now() > deadline => {
+                    return Err(LabError(format!(
+                        "the published port never answered over IPv6: {other}"
+                    )));
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
     }
 
     /// `ip -n NS ARGS…`
