@@ -4,17 +4,13 @@
 mod common;
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{Watch, require_root};
 use serde_json::Value;
-use tracer::{
-    discover::netns::Netns,
-    lab::{self, Lab, LabSpec, Outcome},
-};
+use tracer::lab::{Lab, LabSpec, Outcome};
 
 const ALERTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/alerts.yaml");
 
@@ -150,7 +146,7 @@ fn a_real_prometheus_scrapes_the_exact_drops_and_the_alerts_fire() {
         !prometheus.wait_for(&up, |r| !r.is_empty()).is_empty(),
         "never scraped"
     );
-    udp_burst(&lab, 3000);
+    common::udp_burst(&lab, 3000);
 
     let drops = r#"droptrace_drops_total{job="droptrace",cause="forwarding_disabled",port="5000",proto="tcp"}"#;
     // Once the client gave up, droptrace's count and Prometheus's latest scrape agree.
@@ -197,17 +193,4 @@ fn a_real_prometheus_scrapes_the_exact_drops_and_the_alerts_fire() {
         small_ring.as_str(),
         "{lost:?}"
     );
-}
-
-/// `n` UDP datagrams from the client to the host's closed port 5001.
-fn udp_burst(lab: &Lab, n: u64) {
-    let ns = Netns::resolve(&lab.ext).unwrap();
-    ns.run_in(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
-        for _ in 0..n {
-            sock.send_to(b"storm", to).unwrap();
-        }
-    })
-    .unwrap();
 }

@@ -4,15 +4,11 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use common::{Watch, require_root, run_droptrace};
-use tracer::{
-    discover::netns::Netns,
-    lab::{self, Lab, LabSpec, Outcome},
-};
+use tracer::lab::{self, Lab, LabSpec, Outcome};
 
 /// BPF program ids held by a process, from its fds' fdinfo (prog fds and link fds).
 fn prog_ids_of(pid: u32) -> BTreeSet<u32> {
@@ -144,20 +140,6 @@ fn with_kernel_log_the_kernel_side_reports_its_full_ring() {
     );
 }
 
-/// Sends `n` UDP datagrams from one client socket to the host's closed port 5001: each is a
-/// NO_SOCKET drop in the host, all of one flow.
-fn udp_burst(lab: &Lab, n: u64) {
-    let ns = Netns::resolve(&lab.ext).unwrap();
-    ns.run_in(move || {
-        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-        let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
-        for _ in 0..n {
-            sock.send_to(b"storm", to).unwrap();
-        }
-    })
-    .unwrap();
-}
-
 /// A burst of drops with one line per packet (`--every-drop`) through a 4 KiB event ring:
 /// most of them lost from the ring but every one counted.
 fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
@@ -174,7 +156,7 @@ fn ring_storm(label: &str, extra: &[&str]) -> common::Output {
     args.extend_from_slice(extra);
     let watch = Watch::start(&args);
     const SENT: u64 = 3000;
-    udp_burst(&lab, SENT);
+    common::udp_burst(&lab, SENT);
     std::thread::sleep(Duration::from_millis(500));
     let out = watch.stop();
     let s = out.summary();
@@ -204,7 +186,7 @@ fn a_storm_is_counted_in_the_kernel_and_every_drop_accounted_for() {
     let lab = lab("flowstorm");
     let watch = Watch::start(&["--port", "5001", "--netns", &lab.host]);
     const SENT: u64 = 20_000;
-    udp_burst(&lab, SENT);
+    common::udp_burst(&lab, SENT);
     std::thread::sleep(Duration::from_millis(300));
     let out = watch.stop();
     let s = out.summary();
@@ -247,7 +229,7 @@ fn every_drop_prints_each_packet_of_a_burst() {
     let lab = lab("everydrop");
     let watch = Watch::start(&["--port", "5001", "--netns", &lab.host, "--every-drop"]);
     const SENT: u64 = 2000;
-    udp_burst(&lab, SENT);
+    common::udp_burst(&lab, SENT);
     std::thread::sleep(Duration::from_millis(300));
     let out = watch.stop();
     let s = out.summary();

@@ -342,3 +342,18 @@ pub fn scrape(addr: &str, path: &str) -> String {
     let _ = s.read_to_string(&mut body);
     body
 }
+
+/// Sends `n` UDP datagrams from one client socket to the host's closed port 5001: each is a
+/// NO_SOCKET drop in the host, all of one flow.
+pub fn udp_burst(lab: &tracer::lab::Lab, n: u64) {
+    use std::net::{IpAddr, SocketAddr, UdpSocket};
+    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let to = SocketAddr::new(IpAddr::V4(tracer::lab::HOST_ADDR), 5001);
+        for _ in 0..n {
+            sock.send_to(b"storm", to).unwrap();
+        }
+    })
+    .unwrap();
+}
