@@ -4,50 +4,12 @@
 use std::{io::BufWriter, time::Instant};
 
 use serde_json::json;
-use tracer::{
-    observe::event::DropRecord,
-    report::{
-        fastline::{Template, TimeText, Vars},
-        output::{Format, Printer},
-    },
+use tracer::report::{
+    fastline::{Template, TimeText, Vars, sample_record},
+    output::{Format, Printer},
 };
 
 const LINES: u64 = 400_000;
-
-/// A drop line as a storm of a DNATed, rejected flow prints it.
-fn sample_record() -> DropRecord {
-    DropRecord {
-        kind: "drop",
-        time: String::new(),
-        netns: 4026532285,
-        ifindex: 2,
-        ifname: "eth-ext".into(),
-        family: "ipv4",
-        proto: "tcp".into(),
-        src: "198.51.100.2".into(),
-        sport: 40000,
-        dst: "172.17.0.2".into(),
-        dport: 5000,
-        reason: Some("NETFILTER_DROP".into()),
-        inferred_reason: None,
-        location: "nf_hook_slow+0x9c".into(),
-        reason_code: 6,
-        tcp_flags: Some("SYN".into()),
-        icmp: None,
-        len: 60,
-        function: Some("nf_hook_slow".into()),
-        hook: Some("forward".into()),
-        dnat: Some(true),
-        orig_dst: Some("198.51.100.1".into()),
-        orig_dport: Some(5000),
-        answered: Some("icmp 3/13 (admin-prohibited)".into()),
-        cause: Some("firewall_drop".into()),
-        container: Some("registry".into()),
-        nf_hook: Some("forward"),
-        nf_trail: 3,
-        ktime_ns: 0,
-    }
-}
 
 fn vars(i: u64) -> Vars {
     Vars {
@@ -73,7 +35,12 @@ fn output() -> BufWriter<std::io::Sink> {
 }
 
 fn main() {
-    let rec = sample_record();
+    let rec = tracer::observe::event::DropRecord {
+        sport: 40000,
+        dport: 5000,
+        len: 60,
+        ..sample_record()
+    };
     let mut result = serde_json::Map::new();
     for (name, format) in [("json", Format::Json), ("human", Format::Human)] {
         let template = match format {

@@ -788,10 +788,10 @@ fn table(v: &serde_json::Value) -> String {
     t
 }
 
-/// target/release/droptrace, built first.
+/// target/release/droptrace (and the encoders' bench), built first.
 pub fn release_binary() -> Result<PathBuf> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args([
+    crate::cargo(
+        &[
             "build",
             "--release",
             "--locked",
@@ -801,10 +801,8 @@ pub fn release_binary() -> Result<PathBuf> {
             "droptrace",
             "--example",
             "encoders",
-        ])
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
+        ],
+        false,
+    )?;
     Ok(PathBuf::from("target/release/droptrace"))
 }

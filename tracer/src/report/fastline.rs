@@ -204,6 +204,44 @@ impl TimeText {
     }
 }
 
+/// A drop line of a storm: a DNATed TCP SYN that a FORWARD rule rejected. For the encoders'
+/// bench (tracer/examples/encoders.rs) and the tests; time, ports and length are left for the
+/// caller.
+#[doc(hidden)]
+pub fn sample_record() -> DropRecord {
+    DropRecord {
+        kind: "drop",
+        time: String::new(),
+        netns: 4026532285,
+        ifindex: 2,
+        ifname: "eth-ext".into(),
+        family: "ipv4",
+        proto: "tcp".into(),
+        src: "198.51.100.2".into(),
+        sport: 0,
+        dst: "172.17.0.2".into(),
+        dport: 0,
+        reason: Some("NETFILTER_DROP".into()),
+        inferred_reason: None,
+        location: "nf_hook_slow+0x9c".into(),
+        reason_code: 6,
+        tcp_flags: Some("SYN".into()),
+        icmp: None,
+        len: 0,
+        function: Some("nf_hook_slow".into()),
+        hook: Some("forward".into()),
+        dnat: Some(true),
+        orig_dst: Some("198.51.100.1".into()),
+        orig_dport: Some(5000),
+        answered: Some("icmp 3/13 (admin-prohibited)".into()),
+        cause: Some("firewall_drop".into()),
+        container: Some("registry".into()),
+        nf_hook: Some("forward"),
+        nf_trail: 3,
+        ktime_ns: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,35 +252,12 @@ mod tests {
 
     fn record(src: &str, dst: &str) -> DropRecord {
         DropRecord {
-            kind: "drop",
-            time: String::new(),
-            netns: 4026532285,
-            ifindex: 2,
-            ifname: "eth-ext".into(),
             family: if src.contains(':') { "ipv6" } else { "ipv4" },
-            proto: "tcp".into(),
             src: src.into(),
-            sport: 0,
             dst: dst.into(),
-            dport: 0,
-            reason: Some("NETFILTER_DROP".into()),
-            inferred_reason: None,
-            location: "nf_hook_slow+0x9c".into(),
-            reason_code: 6,
-            tcp_flags: Some("SYN".into()),
-            icmp: None,
-            len: 0,
-            function: Some("nf_hook_slow".into()),
-            hook: Some("forward".into()),
-            dnat: Some(true),
-            orig_dst: Some("198.51.100.1".into()),
-            orig_dport: Some(5000),
-            answered: Some("icmp 3/13 (admin-prohibited)".into()),
-            cause: Some("firewall_drop".into()),
+            // A name JSON must escape.
             container: Some("registry \"v2\", the, one".into()),
-            nf_hook: Some("forward"),
-            nf_trail: 3,
-            ktime_ns: 0,
+            ..sample_record()
         }
     }
 
