@@ -30,10 +30,16 @@ pub enum Command {
     Ports(PreflightArgs),
     /// Static preflight, no eBPF: forwarding, DNAT and chains per published port, rules that
     /// would drop or reject it, firewalld, docker-proxy. Exit 0 when healthy, 1 when not.
-    Check(PreflightArgs),
+    Check(CheckArgs),
     /// Replay the incident in throwaway network namespaces and show droptrace's verdict for
     /// each step (a self-test of this kernel). Exit 0 when every step is attributed right.
     Demo(DemoArgs),
+    /// Record every change that can break a published port (forwarding and rp_filter
+    /// sysctls, iptables-legacy and nf_tables rulesets) with its author, in a journal that
+    /// `watch`, `check` and `history` read. Runs until stopped; meant as a service.
+    Record(RecordArgs),
+    /// Show the recorder's journal: changes with their authors, and when it ran.
+    History(HistoryArgs),
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Write the man pages into DIR: droptrace.1 and one per subcommand (droptrace-watch.1…).
@@ -108,6 +114,97 @@ pub struct PreflightArgs {
     /// JSON Lines output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub preflight: PreflightArgs,
+
+    /// The recorder's journal, to name the change behind each finding. Default:
+    /// /var/lib/droptrace when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// Where the journal is kept (created 0700; files 0600).
+    #[arg(long, value_name = "DIR", default_value = crate::journal::store::DEFAULT_DIR)]
+    pub journal: std::path::PathBuf,
+
+    /// Network namespace whose rulesets to monitor (repeatable): a name from `ip netns list`
+    /// or /proc/PID/ns/net. Default: this one and every `ip netns` one, rescanned each
+    /// fingerprint. Sysctl writes and iptables-legacy replacements are recorded in every
+    /// namespace unless namespaces are named.
+    #[arg(long, value_name = "NAME|PATH")]
+    pub netns: Vec<String>,
+
+    /// Largest size of the journal in bytes; the oldest records go first.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = parse_journal_bytes)]
+    pub max_size: u64,
+
+    /// Oldest record kept, in days.
+    #[arg(long, value_name = "DAYS", default_value_t = 90.0, value_parser = parse_days)]
+    pub max_age: f64,
+
+    /// Seconds between fingerprints of the covered namespaces (changes no hook saw).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_secs)]
+    pub fingerprint_every: Duration,
+
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The journal to read.
+    #[arg(long, value_name = "DIR", default_value = crate::journal::store::DEFAULT_DIR)]
+    pub journal: std::path::PathBuf,
+
+    /// Only this namespace: `host`, a name from `ip netns list`, an inode, or /proc/PID/ns/net.
+    #[arg(long, value_name = "NAME|INODE|PATH")]
+    pub netns: Option<String>,
+
+    /// Only this sysctl or legacy table (net.ipv4.ip_forward, nat), or changes whose line
+    /// contains it (DOCKER).
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+
+    /// From this time: RFC 3339 (2026-11-26T13:00:00Z) or an age (90m, 3h, 2d).
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::history::parse_when)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// Up to this time (same forms as --since).
+    #[arg(long, value_name = "TIME", value_parser = crate::cmd::history::parse_when)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// Only changes made from this systemd unit (network.service), or part of its name.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+
+    /// JSON Lines: the journal's records as written.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_journal_bytes(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    if n < 32 * 1024 {
+        return Err(format!("{n} is too small: the journal needs at least 32768 bytes"));
+    }
+    Ok(n)
+}
+
+fn parse_days(s: &str) -> Result<f64, String> {
+    let d: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of days"))?;
+    if !(d > 0.0 && d.is_finite()) {
+        return Err(format!("{s} must be a positive number of days"));
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +310,11 @@ pub struct WatchArgs {
     /// tracepoint. For testing the fallback on kernels that have both.
     #[arg(long, value_enum, default_value_t = HookChoice::Auto, hide = true)]
     pub drop_hook: HookChoice,
+
+    /// The recorder's journal (`droptrace record`), to name a change made before this run
+    /// as a verdict's culprit. Default: /var/lib/droptrace when it exists.
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<std::path::PathBuf>,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

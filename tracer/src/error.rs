@@ -79,6 +79,11 @@ pub enum Error {
     )]
     MetricsBind { addr: String, why: String },
 
+    #[error(
+        "no change journal at {path} ({why}): start the recorder (`droptrace record`, or deploy/droptrace-record.service), or pass --journal DIR"
+    )]
+    NoJournal { path: String, why: String },
+
     #[error("{0}")]
     Io(String),
 }
@@ -104,7 +109,8 @@ impl Error {
             | Error::DemoLeftovers(_)
             | Error::NoEngine { .. }
             | Error::Unwritable { .. }
-            | Error::MetricsBind { .. } => 3,
+            | Error::MetricsBind { .. }
+            | Error::NoJournal { .. } => 3,
             Error::Io(_) => 4,
         }
     }

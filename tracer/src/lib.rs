@@ -24,6 +24,7 @@
 
 pub mod attribute;
 pub mod discover;
+pub mod journal;
 pub mod load;
 pub mod observe;
 pub mod report;

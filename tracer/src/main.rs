@@ -4,7 +4,9 @@ use clap::Parser;
 use tracer::{
     cli::{Cli, Command},
     cmd::demo,
+    cmd::history,
     cmd::preflight,
+    cmd::record,
     cmd::watch::{self, WatchRequest},
     error::Error,
 };
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
                 evidence: args.evidence,
                 docker_host: args.docker_host,
                 container: args.container,
+                journal: args.journal,
             };
             block_on(watch::run(req, std::io::stdout().lock())).and_then(|r| r.map(|_| ()))
         }
@@ -48,8 +51,10 @@ fn main() -> ExitCode {
         ))
         .and_then(|r| r),
         Command::Check(args) => {
+            let mut req = preflight_request(args.preflight);
+            req.journal = args.journal;
             match block_on(preflight::check(
-                preflight_request(args),
+                req,
                 std::io::stdout().lock(),
             ))
             .and_then(|r| r)
@@ -66,6 +71,29 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
+        Command::Record(args) => block_on(record::run(record::RecordRequest {
+            journal: args.journal,
+            netns: args.netns,
+            limits: tracer::journal::store::Limits::new(
+                args.max_size,
+                std::time::Duration::from_secs_f64(args.max_age * 86_400.0),
+            ),
+            fingerprint_every: args.fingerprint_every,
+            duration: args.duration,
+        }))
+        .and_then(|r| r),
+        Command::History(args) => history::run(
+            history::HistoryRequest {
+                journal: args.journal,
+                netns: args.netns,
+                key: args.key,
+                since: args.since,
+                until: args.until,
+                unit: args.unit,
+                json: args.json,
+            },
+            std::io::stdout().lock(),
+        ),
         Command::Completions(args) => {
             tracer::cli::completions(args.shell, &mut std::io::stdout().lock());
             Ok(())
@@ -99,6 +127,7 @@ fn preflight_request(args: tracer::cli::PreflightArgs) -> preflight::PreflightRe
         netns: args.netns,
         ports: args.ports,
         json: args.json,
+        journal: None,
     }
 }
 

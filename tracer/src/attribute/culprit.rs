@@ -47,6 +47,8 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
                         "delete rule",
                         "flush ",
                         "removed rule",
+                        "added rule",
+                        "policy ",
                     ]
                     .iter()
                     .any(|p| x.starts_with(p))
@@ -62,7 +64,7 @@ mod tests {
 
     fn sysctl(key: &str, old: &str, new: &str, pid: u32) -> ChangeRecord {
         let mut c = ChangeRecord {
-            source: "sysctl",
+            source: "sysctl".into(),
             what: format!("{key} {old} -> {new}"),
             key: Some(key.into()),
             old: Some(old.into()),
@@ -75,7 +77,7 @@ mod tests {
 
     fn nft(changes: &[&str], pid: u32) -> ChangeRecord {
         let mut c = ChangeRecord {
-            source: "nftables",
+            source: "nftables".into(),
             what: changes.join("; "),
             changes: changes.iter().map(|s| s.to_string()).collect(),
             ..ChangeRecord::default()
@@ -145,7 +147,7 @@ mod tests {
         ];
         assert_eq!(pid(culprit_for(&why, &changes)), Some(40));
         let mut legacy = nft(&[], 42);
-        legacy.source = "iptables-legacy";
+        legacy.source = "iptables-legacy".into();
         assert_eq!(pid(culprit_for(&why, &[legacy])), Some(42));
         assert_eq!(
             pid(culprit_for(&why, &[nft(&["add table ip x"], 43)])),

@@ -31,9 +31,34 @@ pub struct Finding {
     pub fix: String,
     /// How to make the fix stay, when droptrace knows (the same words as a verdict's).
     pub fix_persistent: Option<String>,
+    /// The recorded change behind the finding, from the recorder's journal (with its age).
+    pub culprit: Option<crate::observe::changes::ChangeRecord>,
     /// The finding, typed.
     #[serde(skip)]
     pub detail: Detail,
+}
+
+impl Detail {
+    /// The verdict's diagnosis this finding stands for, to find its culprit by the same rule.
+    pub fn why(&self) -> crate::attribute::Why {
+        use crate::attribute::{Died, Why};
+        match self {
+            Detail::ForwardingOff { sysctl } => Why::ForwardingDisabled {
+                sysctl: sysctl.clone(),
+                still_off: true,
+            },
+            Detail::Untranslated(missing) => Why::MissingChain {
+                missing: missing.clone(),
+                died: Died::NoListener,
+            },
+            Detail::Blocked { hook, rule } => Why::Firewall {
+                hook: *hook,
+                blamed: None,
+                reject: rule.verdict.eq_ignore_ascii_case("reject"),
+                forwarding_also_off: false,
+            },
+        }
+    }
 }
 
 /// What a finding found, with its data.
@@ -67,6 +92,7 @@ fn finding(cause: Cause, p: Option<&PublishedPort>, what: String, detail: Detail
         what,
         fix: String::new(),
         fix_persistent: None,
+        culprit: None,
         detail,
     }
 }

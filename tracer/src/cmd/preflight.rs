@@ -18,6 +18,8 @@ pub struct PreflightRequest {
     pub netns: Option<String>,
     pub ports: Vec<u16>,
     pub json: bool,
+    /// The recorder's journal (`check`): None reads the default one when it exists.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 struct Scene {
@@ -160,6 +162,32 @@ struct CheckSummary {
     netns: u32,
 }
 
+/// Each finding's culprit from the recorder's journal (the default one when it exists); a
+/// note when there is no journal to ask, or it cannot be read.
+fn name_culprits(
+    findings: &mut [Finding],
+    asked: Option<&std::path::Path>,
+    netns: u32,
+) -> Option<String> {
+    let Some(dir) = crate::journal::locate(asked) else {
+        return Some(
+            "no change journal: `droptrace record` (deploy/droptrace-record.service), kept running, would have recorded who made each change found here, and when".into(),
+        );
+    };
+    for f in findings.iter_mut() {
+        match crate::journal::find_culprit(&dir, netns, &f.detail.why()) {
+            Ok(found) => f.culprit = found.culprit,
+            Err(e) => {
+                return Some(format!(
+                    "the change journal in {} cannot be read ({e}): who made these changes is not known",
+                    dir.display()
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// `droptrace check`: Ok(true) when healthy.
 pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, Error> {
     let s = scene(&req).await?;
@@ -178,7 +206,8 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
         firewalld: check::firewalld_present(&s.snapshot, s.netns.inode),
         exec_prefix,
     };
-    let findings: Vec<Finding> = check::check(&s.snapshot, &s.published, &facts);
+    let mut findings: Vec<Finding> = check::check(&s.snapshot, &s.published, &facts);
+    let journal_note = name_culprits(&mut findings, req.journal.as_deref(), s.netns.inode);
     let io = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
     let summary = CheckSummary {
         kind: "check",
@@ -210,6 +239,13 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
             if let Some(persist) = &f.fix_persistent {
                 writeln!(out, "{:<20} persist: {persist}", "").map_err(io)?;
             }
+            if let Some(c) = &f.culprit {
+                let line = crate::report::words::culprit_line(c);
+                writeln!(out, "{:<20} changed by: {line}", "").map_err(io)?;
+            }
+        }
+        if let Some(note) = journal_note.filter(|_| !findings.is_empty()) {
+            writeln!(out, "note: {note}").map_err(io)?;
         }
         if findings.is_empty() {
             writeln!(

@@ -33,6 +33,8 @@ pub enum DropHook {
     TpBtf,
     /// tracepoint/skb/kfree_skb: the fallback, through tracefs.
     Tracepoint,
+    /// No drop hook: `droptrace record` loads only the change probes.
+    None,
 }
 
 impl DropHook {
@@ -40,6 +42,7 @@ impl DropHook {
         match self {
             DropHook::TpBtf => "tp_btf/kfree_skb",
             DropHook::Tracepoint => "tracepoint/skb/kfree_skb",
+            DropHook::None => "none",
         }
     }
 }
@@ -297,6 +300,9 @@ pub const EXEC_RECORDS: OptionalHook = OptionalHook {
     lost: "nf_tables changes are attributed from /proc only (short-lived tools may be gone)",
 };
 
+/// The tracepoint the change probes need a prototype of (`Capabilities::probe`).
+pub const CHANGE_TRACEPOINTS: [&str; 1] = [PROCESS_EXEC.tracepoint];
+
 /// Every optional hook, in the order they are attached.
 pub const OPTIONAL_HOOKS: &[&OptionalHook] = &[
     &ICMP_SIGNAL,
@@ -517,6 +523,23 @@ impl Tracer {
             });
         }
         tracer.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
+        Ok(tracer)
+    }
+
+    /// Only the change probes (`attach_change_probes`), for `droptrace record`: no drop hook,
+    /// no packet program, so nothing runs per packet. The object's maps are still created;
+    /// they are kernel memory, not the recorder's.
+    pub fn load_changes_only(opts: &LoadOptions) -> Result<Self, Error> {
+        raise_memlock();
+        let mut tracer = Self {
+            ebpf: open_object(opts, &opts.offsets)?,
+            hook: DropHook::None,
+            signals: Vec::new(),
+            hook_probes: None,
+            notes: Vec::new(),
+            caps: opts.caps.clone(),
+        };
+        tracer.attach_change_probes();
         Ok(tracer)
     }
 

@@ -12,19 +12,24 @@ use std::{
     sync::mpsc::{self, Receiver},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracer_common::{ChangeEvent, Process, change};
 
-use crate::discover::netns::Netns;
+use crate::{
+    discover::netns::Netns,
+    observe::state::{iptables, nft},
+};
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AncestorInfo {
     pub pid: u32,
     pub comm: String,
     pub cmdline: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ProcessInfo {
     pub pid: u32,
     pub comm: String,
@@ -34,13 +39,17 @@ pub struct ProcessInfo {
     pub unit: Option<String>,
     pub ancestors: Vec<AncestorInfo>,
     /// `kernel` when captured in the kernel at the moment of the change, `proc` when read
-    /// from /proc afterwards, `name-only` when the process was gone.
-    pub captured: &'static str,
+    /// from /proc afterwards, `name-only` when the process was gone, `unknown` when no hook
+    /// saw the change (the recorder's fingerprint found it).
+    pub captured: String,
 }
 
 impl ProcessInfo {
     /// `pid 812 `sysctl -p` ← `/bin/sh ifup-post` ← `java -jar webapp.jar` (unit: network.service)`
     pub fn chain(&self) -> String {
+        if self.captured == "unknown" {
+            return "an author no hook saw (found by the recorder's fingerprint)".into();
+        }
         let show = |cmd: &Option<String>, comm: &str| match cmd {
             Some(c) if !c.is_empty() => format!("`{c}`"),
             _ => format!("[{comm}]"),
@@ -56,15 +65,17 @@ impl ProcessInfo {
     }
 }
 
-/// `{"type":"change",…}`: a change seen while droptrace ran.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+/// `{"type":"change",…}`: a change seen while droptrace ran, or recorded in the journal by
+/// `droptrace record`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ChangeRecord {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub kind: String,
     pub time: String,
     pub netns: u32,
     /// `sysctl`, `nftables` or `iptables-legacy`.
-    pub source: &'static str,
+    pub source: String,
     /// One line: `net.ipv4.ip_forward 1 -> 0`, `delete chain ip nat DOCKER; …`.
     pub what: String,
     /// sysctl name, or the legacy table.
@@ -74,6 +85,23 @@ pub struct ChangeRecord {
     /// Each change of an nf_tables generation / each thing a legacy replace removed.
     pub changes: Vec<String>,
     pub process: ProcessInfo,
+    /// The boot the change happened in (/proc/sys/kernel/random/boot_id): journal records of
+    /// an earlier boot explain nothing now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// The namespace's name when the recorder knows it (`ip netns` name, `host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_name: Option<String>,
+    /// The journal directory this change was read from (a culprit recorded by
+    /// `droptrace record` before this run); absent for changes this run saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
+    /// How a change without a hooked author was found (the recorder's fingerprint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seen_by: Option<String>,
+    /// A journal culprit's age in seconds when the verdict was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_s: Option<u64>,
     #[serde(skip)]
     pub ktime_ns: u64,
 }
@@ -230,7 +258,7 @@ impl Resolver {
             unit: cgroup.as_deref().and_then(unit_of),
             cgroup,
             ancestors,
-            captured: "kernel",
+            captured: "kernel".into(),
         }
     }
 
@@ -249,7 +277,7 @@ impl Resolver {
             return ProcessInfo {
                 pid,
                 comm: comm.to_string(),
-                captured: "name-only",
+                captured: "name-only".into(),
                 ..ProcessInfo::default()
             };
         };
@@ -283,7 +311,7 @@ impl Resolver {
             unit: cgroup.as_deref().and_then(unit_of),
             cgroup,
             ancestors,
-            captured: "proc",
+            captured: "proc".into(),
         }
     }
 }
@@ -306,10 +334,10 @@ pub fn from_event(
             let old = cstr(&ev.old_value).trim().to_string();
             let new = cstr(&ev.new_value).trim().to_string();
             Some(ChangeRecord {
-                kind: "change",
+                kind: "change".into(),
                 time,
                 netns: ev.netns,
-                source: "sysctl",
+                source: "sysctl".into(),
                 what: format!("{key} {old} -> {new}"),
                 key: Some(key),
                 old: Some(old),
@@ -317,6 +345,7 @@ pub fn from_event(
                 changes: Vec::new(),
                 process,
                 ktime_ns: ev.ktime_ns,
+                ..ChangeRecord::default()
             })
         }
         change::IPT_REPLACE => {
@@ -327,10 +356,10 @@ pub fn from_event(
                 "iptables-legacy"
             };
             Some(ChangeRecord {
-                kind: "change",
+                kind: "change".into(),
                 time,
                 netns: ev.netns,
-                source: "iptables-legacy",
+                source: "iptables-legacy".into(),
                 what: format!("{tool} replaced table {name}"),
                 key: Some(name),
                 old: None,
@@ -338,10 +367,88 @@ pub fn from_event(
                 changes: Vec::new(),
                 process,
                 ktime_ns: ev.ktime_ns,
+                ..ChangeRecord::default()
             })
         }
         _ => None,
     }
+}
+
+/// An nf_tables generation → its record, each change as `describe` completes it (what a
+/// deleted rule was).
+pub fn from_generation(
+    g: &Generation,
+    netns: u32,
+    process: ProcessInfo,
+    describe: impl Fn(&str) -> String,
+) -> ChangeRecord {
+    let changes: Vec<String> = g.changes.iter().map(|c| describe(c)).collect();
+    let mut what = changes
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if changes.len() > 3 {
+        what.push_str(&format!("; … {} changes in all", changes.len()));
+    }
+    ChangeRecord {
+        kind: "change".into(),
+        time: crate::observe::event::rfc3339(chrono::Utc::now()),
+        netns,
+        source: "nftables".into(),
+        what,
+        changes,
+        process,
+        ..ChangeRecord::default()
+    }
+}
+
+/// `delete rule ip nat DOCKER handle 11` → with what that rule was, from the snapshots.
+pub fn describe_nft_change<'a>(
+    change: &str,
+    mut rulesets: impl Iterator<Item = &'a nft::Ruleset>,
+) -> String {
+    let words: Vec<&str> = change.split_whitespace().collect();
+    if let ["delete", "rule", family, table, chain, "handle", handle] = words.as_slice()
+        && let Ok(handle) = handle.parse::<u64>()
+        && let Some(rule) = rulesets.find_map(|s| {
+            s.rules.iter().find(|r| {
+                r.family == *family && r.table == *table && r.chain == *chain && r.handle == handle
+            })
+        })
+    {
+        return format!("{change} (was: {})", rule.text);
+    }
+    change.to_string()
+}
+
+/// What an iptables-legacy replacement of `table` removed: each chain and rule of `old`
+/// that `new` (the same backend's rules after it) no longer has.
+pub fn legacy_removed(old: &[iptables::Ruleset], new: &[iptables::Ruleset], table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for old in old {
+        let Some(old_table) = old.table(table) else {
+            continue;
+        };
+        let new_table = new
+            .iter()
+            .find(|n| n.backend == old.backend)
+            .and_then(|n| n.table(table));
+        for chain in &old_table.chains {
+            let new_chain = new_table.and_then(|t| t.chain(&chain.name));
+            if new_chain.is_none() {
+                out.push(format!("removed chain {table} {}", chain.name));
+            }
+            for rule in &chain.rules {
+                let still = new_chain.is_some_and(|c| c.rules.iter().any(|r| r.spec == rule.spec));
+                if !still {
+                    out.push(format!("removed rule {table} {}: {}", chain.name, rule.spec));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// One nf_tables transaction from `nft monitor`: its changes and who committed it.
@@ -446,6 +553,20 @@ pub struct NftMonitor {
 
 impl NftMonitor {
     pub fn start(ns: &Netns) -> Result<Self, String> {
+        let (tx, rx) = mpsc::channel();
+        let child = Self::spawn(ns, move |g| tx.send(g).is_ok())?;
+        Ok(Self {
+            child,
+            generations: rx,
+        })
+    }
+
+    /// Starts `nft monitor` in `ns`, giving each generation with changes to `deliver` on a
+    /// thread of its own until it returns false. The child is the caller's to kill.
+    pub fn spawn(
+        ns: &Netns,
+        mut deliver: impl FnMut(Generation) -> bool + Send + 'static,
+    ) -> Result<Child, String> {
         let mut child = spawn_monitor(ns, &["nft", "monitor"]).map_err(|e| {
             format!("cannot run `nft monitor` ({e}): install nftables to see nf_tables changes")
         })?;
@@ -460,23 +581,19 @@ impl NftMonitor {
             return Err("`nft monitor` did not subscribe to nf_tables events within 3 s".into());
         }
         let stdout = child.stdout.take().ok_or("nft monitor has no stdout")?;
-        let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut parser = MonitorParser::default();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(g) = parser.line(&line)
                     && !g.changes.is_empty()
-                    && tx.send(g).is_err()
+                    && !deliver(g)
                 {
                     break;
                 }
             }
         });
-        Ok(Self {
-            child,
-            generations: rx,
-        })
+        Ok(child)
     }
 }
 

@@ -251,13 +251,7 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "  evidence: {e}")?;
                 }
                 if let Some(c) = &v.culprit {
-                    writeln!(
-                        self.out,
-                        "  culprit:  {} at {} by {}",
-                        c.what,
-                        c.time.get(11..23).unwrap_or(&c.time),
-                        c.process.chain()
-                    )?;
+                    writeln!(self.out, "  culprit:  {}", super::words::culprit_line(c))?;
                 } else if let Some(note) = &v.culprit_note {
                     writeln!(self.out, "  culprit:  unknown — {note}")?;
                 }

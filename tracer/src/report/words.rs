@@ -478,10 +478,47 @@ fn where_to_look(cause: Cause) -> &'static str {
 }
 
 /// What to say when no change explaining a verdict was seen: it happened before droptrace
-/// started.
+/// started, and no recorder's journal was there to ask.
 pub fn before_start_note(cause: Cause) -> String {
     format!(
-        "the change happened before droptrace started, so its author was not recorded: {}; keep droptrace running to catch the next one",
+        "the change happened before droptrace started, so its author was not recorded: {}; `droptrace record` (deploy/droptrace-record.service), kept running, would have recorded the change and its author",
         where_to_look(cause)
     )
+}
+
+/// What to say when the recorder's journal has no change that explains a verdict: when it
+/// recorded since (`since`, this boot), or that it did not run this boot.
+pub fn unrecorded_note(cause: Cause, dir: &str, since: Option<&str>) -> String {
+    let coverage = match since {
+        Some(t) => format!(
+            "the recorder's journal in {dir} (recording this boot since {t}) has no change that explains it: it was already so when the recorder started, or was made in a namespace the recorder does not cover"
+        ),
+        None => format!(
+            "the recorder's journal in {dir} has no record of this boot: the recorder was not running when the change was made"
+        ),
+    };
+    format!("{coverage}; {}", where_to_look(cause))
+}
+
+/// A culprit in a line: `net.ipv4.ip_forward 1 -> 0 at 10:02:11.123 by pid …`, or for one
+/// from the recorder's journal `…, 3 h 12 min ago (journal /var/lib/droptrace), by pid …`.
+pub fn culprit_line(c: &crate::observe::changes::ChangeRecord) -> String {
+    let mut line = match (&c.journal, c.age_s) {
+        (Some(dir), Some(age)) => format!(
+            "{}, {} ago (journal {dir}), by {}",
+            c.what,
+            crate::journal::human_age(age),
+            c.process.chain()
+        ),
+        _ => format!(
+            "{} at {} by {}",
+            c.what,
+            c.time.get(11..23).unwrap_or(&c.time),
+            c.process.chain()
+        ),
+    };
+    if let Some(how) = &c.seen_by {
+        line.push_str(&format!(" [{how}]"));
+    }
+    line
 }

@@ -3,6 +3,7 @@
 //! of a verdict.
 use std::{
     io,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -31,15 +32,18 @@ pub(super) struct ChangeLog {
     pub monitor: Option<NftMonitor>,
     /// The last iptables-legacy rulesets seen, to tell what a table replacement removed.
     pub legacy_seen: Vec<iptables::Ruleset>,
+    /// The recorder's journal, asked for a culprit no change of this run explains.
+    pub journal: Option<PathBuf>,
 }
 
 impl ChangeLog {
-    pub fn new(resolver: Resolver, monitor: Option<NftMonitor>) -> Self {
+    pub fn new(resolver: Resolver, monitor: Option<NftMonitor>, journal: Option<PathBuf>) -> Self {
         Self {
             seen: Vec::new(),
             resolver,
             monitor,
             legacy_seen: Vec::new(),
+            journal,
         }
     }
 
@@ -75,33 +79,12 @@ impl Observer<'_> {
     fn handle_generation(&mut self, g: Generation, tracer: &Tracer) -> io::Result<()> {
         let lookup = |pid: u32| tracer.exec_identity(pid);
         let process = self.changes.resolver.from_pid(g.pid, &g.comm, &lookup);
-        let changes: Vec<String> = g
-            .changes
-            .iter()
-            .map(|c| self.describe_nft_change(c))
-            .collect();
-        let mut what = changes
-            .iter()
-            .take(3)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("; ");
-        if changes.len() > 3 {
-            what.push_str(&format!("; … {} changes in all", changes.len()));
-        }
-        let rec = ChangeRecord {
-            kind: "change",
-            time: event::rfc3339(chrono::Utc::now()),
-            netns: self.netns.inode,
-            source: "nftables",
-            what,
-            key: None,
-            old: None,
-            new: None,
-            changes,
-            process,
-            ktime_ns: 0,
+        let known = [Some(&self.before), self.latest.as_ref().map(|(_, s)| s)];
+        let describe = |c: &str| {
+            let rulesets = known.iter().flatten().map(|s| &s.nft);
+            changes::describe_nft_change(c, rulesets)
         };
+        let rec = changes::from_generation(&g, self.netns.inode, process, describe);
         self.record_change(rec)
     }
 
@@ -148,29 +131,6 @@ impl Observer<'_> {
         }
     }
 
-    /// `delete rule ip nat DOCKER handle 11` → with what that rule was, from the snapshots.
-    fn describe_nft_change(&self, change: &str) -> String {
-        let words: Vec<&str> = change.split_whitespace().collect();
-        if let ["delete", "rule", family, table, chain, "handle", handle] = words.as_slice()
-            && let Ok(handle) = handle.parse::<u64>()
-        {
-            let known = [Some(&self.before), self.latest.as_ref().map(|(_, s)| s)]
-                .into_iter()
-                .flatten()
-                .flat_map(|s| s.nft.rules.iter())
-                .find(|r| {
-                    r.family == *family
-                        && r.table == *table
-                        && r.chain == *chain
-                        && r.handle == handle
-                });
-            if let Some(rule) = known {
-                return format!("{change} (was: {})", rule.text);
-            }
-        }
-        change.to_string()
-    }
-
     /// What an iptables-legacy table replacement removed, against the last rules seen.
     async fn legacy_diff(&mut self, table: &str) -> Vec<String> {
         // The setsockopt hook fires before the kernel applies the new table.
@@ -192,33 +152,7 @@ impl Observer<'_> {
             .filter(|r| r.backend.ends_with("legacy"))
             .cloned()
             .collect();
-        let mut out = Vec::new();
-        for old in &old_sets {
-            let Some(old_table) = old.table(table) else {
-                continue;
-            };
-            let new_table = new_sets
-                .iter()
-                .find(|n| n.backend == old.backend)
-                .and_then(|n| n.table(table));
-            for chain in &old_table.chains {
-                let new_chain = new_table.and_then(|t| t.chain(&chain.name));
-                if new_chain.is_none() {
-                    out.push(format!("removed chain {table} {}", chain.name));
-                }
-                for rule in &chain.rules {
-                    let still = new_chain
-                        .map(|c| c.rules.iter().any(|r| r.spec == rule.spec))
-                        .unwrap_or(false);
-                    if !still {
-                        out.push(format!(
-                            "removed rule {table} {}: {}",
-                            chain.name, rule.spec
-                        ));
-                    }
-                }
-            }
-        }
+        let out = changes::legacy_removed(&old_sets, &new_sets, table);
         self.changes.legacy_seen = new_sets;
         out
     }

@@ -92,6 +92,8 @@ pub struct WatchRequest {
     /// Drop the capabilities no longer needed once attached (the CLI does; the demo, which
     /// keeps building namespaces in the same process, does not).
     pub drop_privileges: bool,
+    /// The recorder's journal: None reads the default one when it exists.
+    pub journal: Option<PathBuf>,
 }
 
 /// Asks the container engine for published ports when the user gave none, or named a socket
@@ -690,7 +692,11 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         answers: Answers::default(),
         book: Book::default(),
         rule_tracer,
-        changes: ChangeLog::new(Resolver::new(caps.cgroup2_root.clone()), found.monitor),
+        changes: ChangeLog::new(
+            Resolver::new(caps.cgroup2_root.clone()),
+            found.monitor,
+            crate::journal::locate(req.journal.as_deref()),
+        ),
         bundle_dir: req.evidence.clone(),
         first_verdict_seen: false,
         notes: notes.clone(),

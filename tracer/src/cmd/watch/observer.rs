@@ -13,6 +13,7 @@ use tracer_common::{DropEvent, DropFlowCount, DropFlowKey, ct, flow, kind};
 
 use super::changes::ChangeLog;
 use crate::{
+    journal,
     attribute::{
         Attribution, Cause, Context, DropFacts, attribute,
         culprit::{culprit_for, needs_culprit},
@@ -387,14 +388,30 @@ impl Observer<'_> {
         if !needs_culprit(&a.why) {
             return (None, None);
         }
-        match culprit_for(&a.why, &self.changes.seen) {
-            Some(c) => (Some(c.clone()), None),
-            // A sysctl's writers are seen only through cgroup/sysctl.
-            None if a.why.sysctl().is_some() && !self.signals.contains(&"sysctl_writes") => {
-                (None, Some(words::unrecordable_note(a.cause)))
-            }
-            None => (None, Some(words::before_start_note(a.cause))),
+        if let Some(c) = culprit_for(&a.why, &self.changes.seen) {
+            return (Some(c.clone()), None);
         }
+        // Before this run: the recorder's journal, when there is one.
+        if let Some(dir) = &self.changes.journal {
+            match journal::find_culprit(dir, self.netns.inode, &a.why) {
+                Ok(found) if found.culprit.is_some() => return (found.culprit, None),
+                Ok(found) => {
+                    let dir = dir.display().to_string();
+                    let note = words::unrecorded_note(a.cause, &dir, found.since.as_deref());
+                    return (None, Some(note));
+                }
+                // Unreadable: said, then what a run without a journal says.
+                Err(e) => {
+                    let note = words::before_start_note(a.cause);
+                    return (None, Some(format!("{note} (the journal in {} cannot be read: {e})", dir.display())));
+                }
+            }
+        }
+        // A sysctl's writers are seen only through cgroup/sysctl.
+        if a.why.sysctl().is_some() && !self.signals.contains(&"sysctl_writes") {
+            return (None, Some(words::unrecordable_note(a.cause)));
+        }
+        (None, Some(words::before_start_note(a.cause)))
     }
 
     /// The kernel's flows that counted drops (or answers) without sending them since the

@@ -344,7 +344,7 @@ fn run_in(ns: &Netns, args: &[&str], problems: &mut Vec<String>) -> Option<Strin
 
 /// Reads the sysctls that matter, from inside the namespace (/proc/sys/net is per-namespace
 /// for the reading thread).
-fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
+pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
     ns.run_in(|| {
         let mut s = Sysctls::default();
         let read = |path: &str| {

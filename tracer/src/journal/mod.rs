@@ -1,0 +1,160 @@
+//! The change journal `droptrace record` keeps (default /var/lib/droptrace), and what `watch`,
+//! `check` and `history` read from it. A line is a JSON object: `"type":"change"` (the
+//! change line `watch` prints, with `boot_id` and `netns_name`), or `"type":"recorder"`
+//! (the recorder started or stopped, what it covered). The namespaces' last states, which
+//! the recorder compares to find changes no hook saw, are in `state.json` beside it.
+pub mod fingerprint;
+pub mod store;
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{attribute::Why, observe::changes::ChangeRecord};
+
+/// `{"type":"recorder",…}`: the recorder started or stopped.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecorderRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub time: String,
+    /// `start` or `stop`.
+    pub event: String,
+    pub boot_id: String,
+    pub version: String,
+    pub pid: u32,
+    /// The namespaces whose rulesets it monitors and fingerprints (sysctl writes and legacy
+    /// replacements are recorded in every namespace).
+    pub namespaces: Vec<String>,
+    /// The hooks that attached.
+    pub hooks: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// The running kernel's boot id.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// A journal directory to read: `asked` (`--journal DIR`), else the default one when it
+/// exists. None when there is none.
+pub fn locate(asked: Option<&Path>) -> Option<PathBuf> {
+    match asked {
+        Some(dir) => Some(dir.to_path_buf()),
+        None => {
+            let dir = Path::new(store::DEFAULT_DIR);
+            dir.is_dir().then(|| dir.to_path_buf())
+        }
+    }
+}
+
+/// One journal line, parsed.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    Change(Box<ChangeRecord>),
+    Recorder(RecorderRecord),
+}
+
+fn parse(line: &str) -> Option<Entry> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    match v["type"].as_str()? {
+        "change" => serde_json::from_value(v).ok().map(|c| Entry::Change(Box::new(c))),
+        "recorder" => serde_json::from_value(v).ok().map(Entry::Recorder),
+        _ => None,
+    }
+}
+
+/// Every entry of the journal, oldest first. Lines that are not records (a torn or foreign
+/// line) are skipped.
+pub fn read_all(dir: &Path) -> io::Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    for (_, path) in store::segments(dir)? {
+        match store::read_lines(&path) {
+            Ok(lines) => out.extend(lines.iter().filter_map(|l| parse(l))),
+            // Pruned between the listing and the read.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// What the journal says about a cause in one namespace, this boot.
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    /// The most recent recorded change that explains it, marked with the journal and its age.
+    pub culprit: Option<ChangeRecord>,
+    /// When none does: when the recorder first started this boot (None: it did not run).
+    pub since: Option<String>,
+}
+
+/// The most recent change recorded in `dir` for namespace `netns` in this boot that explains
+/// `why`. Segments are read newest first, and the search stops at the first that has one.
+pub fn find_culprit(dir: &Path, netns: u32, why: &Why) -> io::Result<Lookup> {
+    let boot = boot_id();
+    let mut out = Lookup::default();
+    for (_, path) in store::segments(dir)?.into_iter().rev() {
+        let lines = match store::read_lines(&path) {
+            Ok(lines) => lines,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let mut changes = Vec::new();
+        for entry in lines.iter().filter_map(|l| parse(l)) {
+            match entry {
+                Entry::Change(c) if c.netns == netns && c.boot_id.as_deref() == Some(&boot) => {
+                    changes.push(*c)
+                }
+                Entry::Recorder(r) if r.event == "start" && r.boot_id == boot => {
+                    out.since = Some(r.time)
+                }
+                _ => {}
+            }
+        }
+        if let Some(c) = crate::attribute::culprit::culprit_for(why, &changes) {
+            let mut c = c.clone();
+            c.journal = Some(dir.display().to_string());
+            c.age_s = age_secs(&c.time);
+            out.culprit = Some(c);
+            return Ok(out);
+        }
+    }
+    Ok(out)
+}
+
+/// Seconds since an RFC 3339 time.
+pub fn age_secs(time: &str) -> Option<u64> {
+    let t = chrono::DateTime::parse_from_rfc3339(time).ok()?;
+    let age = chrono::Utc::now().signed_duration_since(t);
+    u64::try_from(age.num_seconds()).ok()
+}
+
+/// `3 h 12 min`, `45 s`, `2 d 4 h`.
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s} s"),
+        s if s < 3600 => format!("{} min", s / 60),
+        s if s < 86_400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_a_person_would_say_them() {
+        assert_eq!(human_age(45), "45 s");
+        assert_eq!(human_age(11_520), "3 h 12 min");
+        assert_eq!(human_age(3 * 86_400 + 7200), "3 d 2 h");
+        assert!(age_secs("2026-01-01T00:00:00Z").unwrap() > 0);
+        assert_eq!(age_secs("yesterday"), None);
+    }
+}
