@@ -389,7 +389,11 @@ mod tests {
         );
         let gone = NsState::default();
         let d = differences(&old, &NsState { sysctls: old.sysctls.clone(), ..gone });
-        assert_eq!(d[0].changes[0], "delete table ip nat", "{d:?}");
+        assert_eq!(
+            d[0].changes,
+            ["delete table inet blocker", "delete table ip nat"],
+            "a table's chains and rules go with it: {d:?}"
+        );
     }
 
     #[test]
