@@ -194,13 +194,17 @@ fn parse_journal_bytes(s: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a byte count"))?;
     if n < 32 * 1024 {
-        return Err(format!("{n} is too small: the journal needs at least 32768 bytes"));
+        return Err(format!(
+            "{n} is too small: the journal needs at least 32768 bytes"
+        ));
     }
     Ok(n)
 }
 
 fn parse_days(s: &str) -> Result<f64, String> {
-    let d: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of days"))?;
+    let d: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of days"))?;
     if !(d > 0.0 && d.is_finite()) {
         return Err(format!("{s} must be a positive number of days"));
     }

@@ -53,12 +53,7 @@ fn main() -> ExitCode {
         Command::Check(args) => {
             let mut req = preflight_request(args.preflight);
             req.journal = args.journal;
-            match block_on(preflight::check(
-                req,
-                std::io::stdout().lock(),
-            ))
-            .and_then(|r| r)
-            {
+            match block_on(preflight::check(req, std::io::stdout().lock())).and_then(|r| r) {
                 Ok(true) => Ok(()),
                 // Findings were printed: exit 1, as documented.
                 Ok(false) => return ExitCode::from(1),

@@ -122,7 +122,11 @@ fn human(entry: &Entry, boot: &str) -> String {
         Entry::Recorder(r) => format!(
             "{}  recorder {} (pid {}, version {}; hooks: {}; namespaces: {})",
             short_time(&r.time),
-            if r.event == "start" { "started" } else { "stopped" },
+            if r.event == "start" {
+                "started"
+            } else {
+                "stopped"
+            },
             r.pid,
             r.version,
             r.hooks.join(" "),

@@ -104,7 +104,9 @@ impl Sink {
                     self.held.remove(0);
                 }
                 Err(e) => {
-                    let due = self.warned.is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+                    let due = self
+                        .warned
+                        .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
                     if due {
                         eprintln!(
                             "droptrace record: cannot write the journal in {} ({e}): {} change(s) held in memory until it can (at most {HELD_MAX}); the records already written are intact",
@@ -131,7 +133,10 @@ fn covered_netns(asked: &[String]) -> Result<Vec<Netns>, Error> {
     if init.is_ok_and(|i| i as u32 == out[0].inode) {
         out[0].name = "host".into();
     }
-    for ns in named_netns().into_iter().filter_map(|n| Netns::resolve(&n).ok()) {
+    for ns in named_netns()
+        .into_iter()
+        .filter_map(|n| Netns::resolve(&n).ok())
+    {
         if !out.iter().any(|o| o.inode == ns.inode) {
             out.push(ns);
         }
@@ -199,9 +204,14 @@ fn save_states(dir: &Path, covered: &[Covered]) -> std::io::Result<()> {
 /// and `conf.all.forwarding`), a ruleset change of the same kind (and legacy table).
 fn explained(d: &fingerprint::Difference, seen: &[ChangeRecord]) -> bool {
     let family_switch = |key: &str| {
-        let family = if key.starts_with("net.ipv6.") { "net.ipv6" } else { "net.ipv4" };
+        let family = if key.starts_with("net.ipv6.") {
+            "net.ipv6"
+        } else {
+            "net.ipv4"
+        };
         move |k: &str| {
-            k == format!("{family}.conf.all.forwarding") || (family == "net.ipv4" && k == "net.ipv4.ip_forward")
+            k == format!("{family}.conf.all.forwarding")
+                || (family == "net.ipv4" && k == "net.ipv4.ip_forward")
         }
     };
     seen.iter().any(|c| {
@@ -282,7 +292,9 @@ impl Recorder {
             self.out,
             "{} netns {} {}: {} by {}",
             rec.time,
-            rec.netns_name.clone().unwrap_or_else(|| rec.netns.to_string()),
+            rec.netns_name
+                .clone()
+                .unwrap_or_else(|| rec.netns.to_string()),
             rec.source,
             rec.what,
             rec.process.chain()
@@ -290,7 +302,10 @@ impl Recorder {
         let _ = self.out.flush();
         match serde_json::to_string(&rec) {
             Ok(line) => self.sink.write(line),
-            Err(e) => eprintln!("droptrace record: cannot encode a change ({e}): {}", rec.what),
+            Err(e) => eprintln!(
+                "droptrace record: cannot encode a change ({e}): {}",
+                rec.what
+            ),
         }
     }
 
@@ -344,7 +359,13 @@ impl Recorder {
         let found: Vec<ChangeRecord> = fingerprint::differences(&c.state, &state)
             .into_iter()
             .filter(|d| !explained(d, &c.seen_since))
-            .map(|d| unknown_change(d, &state, "the recorder's fingerprint (no hook saw this change)"))
+            .map(|d| {
+                unknown_change(
+                    d,
+                    &state,
+                    "the recorder's fingerprint (no hook saw this change)",
+                )
+            })
             .collect();
         c.state = state;
         c.seen_since.clear();
@@ -353,7 +374,10 @@ impl Recorder {
             self.record(rec);
         }
         if let Err(e) = save_states(&self.journal_dir, &self.covered) {
-            eprintln!("droptrace record: cannot save the namespaces' state in {} ({e})", self.journal_dir.display());
+            eprintln!(
+                "droptrace record: cannot save the namespaces' state in {} ({e})",
+                self.journal_dir.display()
+            );
         }
     }
 
@@ -361,11 +385,12 @@ impl Recorder {
     /// another namespace was re-created (its sysctls and rulesets started over).
     fn rescan(&mut self) {
         let names = named_netns();
-        self.covered.retain(|c| {
-            c.ns.name == "host" || c.ns.name == "current" || c.ns.path.exists()
-        });
+        self.covered
+            .retain(|c| c.ns.name == "host" || c.ns.name == "current" || c.ns.path.exists());
         for name in names {
-            let Ok(ns) = Netns::resolve(&name) else { continue };
+            let Ok(ns) = Netns::resolve(&name) else {
+                continue;
+            };
             let known = self.covered.iter().position(|c| c.ns.name == name);
             match known {
                 Some(i) if self.covered[i].ns.inode == ns.inode => continue,
@@ -404,7 +429,13 @@ impl Recorder {
     }
 }
 
-fn recorder_record(event: &str, boot_id: &str, covered: &[Covered], tracer: &Tracer, notes: &[String]) -> String {
+fn recorder_record(
+    event: &str,
+    boot_id: &str,
+    covered: &[Covered],
+    tracer: &Tracer,
+    notes: &[String],
+) -> String {
     let r = RecorderRecord {
         kind: "recorder".into(),
         time: event::rfc3339(chrono::Utc::now()),
@@ -442,8 +473,9 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     let (mut tracer, caps) = load(filter)?;
     let ring = tracer.take_changes()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open until the AsyncFd drops it.
-    let mut ring: Ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
+    let mut ring: Ring =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
     let (gen_tx, mut gen_rx) = mpsc::unbounded_channel();
     let saved = load_saved(&req.journal);
     let mut rec = Recorder {
@@ -474,7 +506,11 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
         "droptrace record: journal {}; hooks: {}; namespaces: {}",
         req.journal.display(),
         tracer.signals.join(" "),
-        rec.covered.iter().map(|c| c.ns.name.as_str()).collect::<Vec<_>>().join(", ")
+        rec.covered
+            .iter()
+            .map(|c| c.ns.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     for n in &notes {
         eprintln!("droptrace record: note: {n}");
@@ -527,7 +563,10 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     if !rec.sink.held.is_empty() {
         return Err(Error::Unwritable {
             path: req.journal.display().to_string(),
-            why: format!("{} change(s) could not be written before exit", rec.sink.held.len()),
+            why: format!(
+                "{} change(s) could not be written before exit",
+                rec.sink.held.len()
+            ),
         });
     }
     Ok(())
@@ -568,7 +607,8 @@ async fn legacy_changes(rec: &mut Recorder, netns: u32, table: &str) -> Vec<Stri
     tokio::time::sleep(Duration::from_millis(100)).await;
     let ns = Arc::clone(&rec.covered[i].ns);
     let boot = rec.boot_id.clone();
-    let Ok(now) = tokio::task::spawn_blocking(move || fingerprint::capture(&ns, &boot)).await else {
+    let Ok(now) = tokio::task::spawn_blocking(move || fingerprint::capture(&ns, &boot)).await
+    else {
         return Vec::new();
     };
     let c = &mut rec.covered[i];

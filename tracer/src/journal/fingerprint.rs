@@ -39,7 +39,9 @@ impl NsState {
     pub fn describe(&self, change: &str) -> String {
         let w: Vec<&str> = change.split_whitespace().collect();
         if let ["delete", "rule", family, table, chain, "handle", handle] = w.as_slice()
-            && let Some(text) = self.handles.get(&format!("{family} {table} {chain} {handle}"))
+            && let Some(text) = self
+                .handles
+                .get(&format!("{family} {table} {chain} {handle}"))
         {
             return format!("{change} (was: {text})");
         }
@@ -89,13 +91,20 @@ pub fn capture(ns: &Netns, boot_id: &str) -> NsState {
     let loaded = ns
         .run_in(|| {
             ["ip", "ip6"].map(|family| {
-                let file = if family == "ip" { "ip_tables_names" } else { "ip6_tables_names" };
+                let file = if family == "ip" {
+                    "ip_tables_names"
+                } else {
+                    "ip6_tables_names"
+                };
                 std::fs::read_to_string(format!("/proc/thread-self/net/{file}"))
                     .is_ok_and(|t| !t.trim().is_empty())
             })
         })
         .unwrap_or_default();
-    for (family, tool) in [("ip", "iptables-legacy-save"), ("ip6", "ip6tables-legacy-save")] {
+    for (family, tool) in [
+        ("ip", "iptables-legacy-save"),
+        ("ip6", "ip6tables-legacy-save"),
+    ] {
         if !loaded[usize::from(family == "ip6")] {
             continue;
         }
@@ -283,7 +292,10 @@ fn nft_changes(old: &BTreeSet<String>, new: &BTreeSet<String>) -> Vec<String> {
 /// `ip nat DOCKER rest…` → (`ip nat DOCKER`, `rest…`).
 fn split_place(entry: &str) -> (String, String) {
     let w: Vec<&str> = entry.splitn(4, ' ').collect();
-    (w[..w.len().min(3)].join(" "), w.get(3).unwrap_or(&"").to_string())
+    (
+        w[..w.len().min(3)].join(" "),
+        w.get(3).unwrap_or(&"").to_string(),
+    )
 }
 
 /// One difference per legacy table, in the words of a legacy replacement's change line:
@@ -292,8 +304,10 @@ fn split_place(entry: &str) -> (String, String) {
 fn legacy_changes(old: &BTreeSet<String>, new: &BTreeSet<String>) -> Vec<Difference> {
     let mut by_table: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let policy_of = |set: &BTreeSet<String>, place: &str| {
-        set.iter()
-            .find_map(|e| e.strip_prefix(&format!("policy {place} ")).map(str::to_string))
+        set.iter().find_map(|e| {
+            e.strip_prefix(&format!("policy {place} "))
+                .map(str::to_string)
+        })
     };
     for (entries, other, verb) in [(old, new, "removed"), (new, old, "added")] {
         for entry in entries.difference(other) {
@@ -345,21 +359,36 @@ mod tests {
         assert!(e.contains("policy ip nat PREROUTING accept"), "{e:#?}");
         assert!(
             e.iter()
-                .any(|r| r.starts_with("rule ip nat DOCKER") && r.contains("dnat to 172.17.0.2:5000")),
+                .any(|r| r.starts_with("rule ip nat DOCKER")
+                    && r.contains("dnat to 172.17.0.2:5000")),
             "{e:#?}"
         );
-        assert!(!e.iter().any(|r| r.contains("packets") || r.contains("handle")), "{e:#?}");
+        assert!(
+            !e.iter()
+                .any(|r| r.contains("packets") || r.contains("handle")),
+            "{e:#?}"
+        );
         let state = NsState {
             handles: nft_entries(NFT).1,
             ..NsState::default()
         };
-        let handle = state.handles.iter().find(|(_, t)| t.contains("dnat")).unwrap().0;
+        let handle = state
+            .handles
+            .iter()
+            .find(|(_, t)| t.contains("dnat"))
+            .unwrap()
+            .0;
         let handle = handle.rsplit(' ').next().unwrap();
         assert_eq!(
             state.describe(&format!("delete rule ip nat DOCKER handle {handle}")),
-            format!("delete rule ip nat DOCKER handle {handle} (was: iifname != \"docker0\" tcp dport 5000 counter dnat to 172.17.0.2:5000)")
+            format!(
+                "delete rule ip nat DOCKER handle {handle} (was: iifname != \"docker0\" tcp dport 5000 counter dnat to 172.17.0.2:5000)"
+            )
         );
-        assert!(!e.iter().any(|r| r.contains("elements")), "set elements are not rules: {e:#?}");
+        assert!(
+            !e.iter().any(|r| r.contains("elements")),
+            "set elements are not rules: {e:#?}"
+        );
     }
 
     #[test]
@@ -380,15 +409,26 @@ mod tests {
             (Some("1"), Some("0"))
         );
         let nft = d.iter().find(|d| d.source == "nftables").unwrap();
-        assert!(nft.changes.contains(&"delete chain ip nat DOCKER".to_string()), "{nft:?}");
+        assert!(
+            nft.changes
+                .contains(&"delete chain ip nat DOCKER".to_string()),
+            "{nft:?}"
+        );
         assert!(
             nft.changes
                 .iter()
-                .any(|c| c.starts_with("delete rule ip nat PREROUTING (was: ") && c.contains("jump DOCKER")),
+                .any(|c| c.starts_with("delete rule ip nat PREROUTING (was: ")
+                    && c.contains("jump DOCKER")),
             "{nft:?}"
         );
         let gone = NsState::default();
-        let d = differences(&old, &NsState { sysctls: old.sysctls.clone(), ..gone });
+        let d = differences(
+            &old,
+            &NsState {
+                sysctls: old.sysctls.clone(),
+                ..gone
+            },
+        );
         assert_eq!(
             d[0].changes,
             ["delete table inet blocker", "delete table ip nat"],
@@ -401,7 +441,8 @@ mod tests {
         // `iptables-legacy-save` in a lab namespace after `iptables-legacy -t nat -N DOCKER`
         // and a DNAT rule, then `iptables-legacy -P FORWARD DROP`.
         let before = "# Generated by iptables-save v1.8.9 on Thu Nov 26 10:00:00 2026\n*nat\n:PREROUTING ACCEPT [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n-A DOCKER -p tcp -m tcp --dport 5000 -j DNAT --to-destination 172.17.0.2:5000\nCOMMIT\n*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n";
-        let after = "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
+        let after =
+            "*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n*filter\n:FORWARD DROP [0:0]\nCOMMIT\n";
         let old = NsState {
             legacy: legacy_entries("ip", before),
             ..NsState::default()
@@ -412,9 +453,20 @@ mod tests {
         };
         let d = differences(&old, &new);
         let nat = d.iter().find(|d| d.key.as_deref() == Some("nat")).unwrap();
-        assert!(nat.changes.contains(&"removed chain nat DOCKER".to_string()), "{nat:?}");
-        assert!(nat.changes.iter().any(|c| c.starts_with("removed rule nat DOCKER: -p tcp")));
-        let filter = d.iter().find(|d| d.key.as_deref() == Some("filter")).unwrap();
+        assert!(
+            nat.changes
+                .contains(&"removed chain nat DOCKER".to_string()),
+            "{nat:?}"
+        );
+        assert!(
+            nat.changes
+                .iter()
+                .any(|c| c.starts_with("removed rule nat DOCKER: -p tcp"))
+        );
+        let filter = d
+            .iter()
+            .find(|d| d.key.as_deref() == Some("filter"))
+            .unwrap();
         assert_eq!(filter.changes, ["policy filter FORWARD ACCEPT -> DROP"]);
     }
 }

@@ -64,7 +64,9 @@ pub enum Entry {
 fn parse(line: &str) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     match v["type"].as_str()? {
-        "change" => serde_json::from_value(v).ok().map(|c| Entry::Change(Box::new(c))),
+        "change" => serde_json::from_value(v)
+            .ok()
+            .map(|c| Entry::Change(Box::new(c))),
         "recorder" => serde_json::from_value(v).ok().map(Entry::Recorder),
         _ => None,
     }

@@ -142,7 +142,10 @@ impl Writer {
         let mut line = Vec::with_capacity(record.len() + 1);
         line.extend_from_slice(record.as_bytes());
         line.push(b'\n');
-        let written = self.file.write_all(&line).and_then(|()| self.file.sync_data());
+        let written = self
+            .file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data());
         if let Err(e) = written {
             // A short write leaves part of a line: take it back so the segment ends on a
             // whole record (readers would skip it anyway, but the next record must not be
@@ -228,10 +231,8 @@ mod tests {
     use super::*;
 
     fn tempdir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "droptrace-journal-{}-{name}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("droptrace-journal-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -272,9 +273,15 @@ mod tests {
             w.append(&format!(r#"{{"n":{n},"pad":"{pad}"}}"#)).unwrap();
         }
         let segs = segments(&dir).unwrap();
-        let total: u64 = segs.iter().map(|(_, p)| fs::metadata(p).unwrap().len()).sum();
+        let total: u64 = segs
+            .iter()
+            .map(|(_, p)| fs::metadata(p).unwrap().len())
+            .sum();
         assert!(total <= limits.max_bytes + limits.segment_bytes, "{total}");
-        assert!(segs.len() > 2 && segs[0].0 > 1, "old segments were deleted: {segs:?}");
+        assert!(
+            segs.len() > 2 && segs[0].0 > 1,
+            "old segments were deleted: {segs:?}"
+        );
         let last = read_lines(&segs.last().unwrap().1).unwrap();
         assert!(last.last().unwrap().starts_with(r#"{"n":999,"#));
         fs::remove_dir_all(&dir).unwrap();

@@ -425,7 +425,11 @@ pub fn describe_nft_change<'a>(
 
 /// What an iptables-legacy replacement of `table` removed: each chain and rule of `old`
 /// that `new` (the same backend's rules after it) no longer has.
-pub fn legacy_removed(old: &[iptables::Ruleset], new: &[iptables::Ruleset], table: &str) -> Vec<String> {
+pub fn legacy_removed(
+    old: &[iptables::Ruleset],
+    new: &[iptables::Ruleset],
+    table: &str,
+) -> Vec<String> {
     let mut out = Vec::new();
     for old in old {
         let Some(old_table) = old.table(table) else {
@@ -443,7 +447,10 @@ pub fn legacy_removed(old: &[iptables::Ruleset], new: &[iptables::Ruleset], tabl
             for rule in &chain.rules {
                 let still = new_chain.is_some_and(|c| c.rules.iter().any(|r| r.spec == rule.spec));
                 if !still {
-                    out.push(format!("removed rule {table} {}: {}", chain.name, rule.spec));
+                    out.push(format!(
+                        "removed rule {table} {}: {}",
+                        chain.name, rule.spec
+                    ));
                 }
             }
         }

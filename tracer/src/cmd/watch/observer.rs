@@ -13,7 +13,6 @@ use tracer_common::{DropEvent, DropFlowCount, DropFlowKey, ct, flow, kind};
 
 use super::changes::ChangeLog;
 use crate::{
-    journal,
     attribute::{
         Attribution, Cause, Context, DropFacts, attribute,
         culprit::{culprit_for, needs_culprit},
@@ -21,6 +20,7 @@ use crate::{
     },
     discover::{PublishedPort, netns::Netns},
     error::Error,
+    journal,
     load::ebpf::{Totals, Tracer},
     observe::{
         correlate::Answers,
@@ -403,7 +403,13 @@ impl Observer<'_> {
                 // Unreadable: said, then what a run without a journal says.
                 Err(e) => {
                     let note = words::before_start_note(a.cause);
-                    return (None, Some(format!("{note} (the journal in {} cannot be read: {e})", dir.display())));
+                    return (
+                        None,
+                        Some(format!(
+                            "{note} (the journal in {} cannot be read: {e})",
+                            dir.display()
+                        )),
+                    );
                 }
             }
         }
