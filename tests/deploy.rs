@@ -50,12 +50,19 @@ fn the_daemonset_is_valid_against_the_kubernetes_schema() {
     assert!(!ok && text.contains("hostNetwork"), "{text}");
 }
 
-/// The capabilities the DaemonSet adds (its `add:` list), in order.
+/// The capabilities the DaemonSet's watch container adds (its `add:` list), in order.
 fn daemonset_capabilities() -> Vec<String> {
+    container_capabilities(0)
+}
+
+/// The capabilities the DaemonSet's `n`th container adds, in order.
+fn container_capabilities(n: usize) -> Vec<String> {
     let manifest = std::fs::read_to_string(DAEMONSET).unwrap();
-    manifest
+    let mut lists = manifest.split("add:").skip(1);
+    lists
+        .nth(n)
+        .unwrap_or_default()
         .lines()
-        .skip_while(|l| l.trim() != "add:")
         .skip(1)
         .filter(|l| !l.trim().starts_with('#'))
         .map_while(|l| l.trim().strip_prefix("- "))
@@ -70,6 +77,17 @@ fn run_like_the_daemonset(
     host: &DockerHost,
     name: &str,
     caps: &[String],
+    args: &[&str],
+) -> Result<String, String> {
+    run_container(host, name, caps, &[], args)
+}
+
+/// `docker run` as the DaemonSet's containers run, with `extra` arguments (a volume).
+fn run_container(
+    host: &DockerHost,
+    name: &str,
+    caps: &[String],
+    extra: &[String],
     args: &[&str],
 ) -> Result<String, String> {
     let sock = format!("{}:/run/docker.sock:ro", host.sock.display());
@@ -99,6 +117,7 @@ fn run_like_the_daemonset(
     for cap in caps {
         run.extend(["--cap-add".to_string(), cap.clone()]);
     }
+    run.extend(extra.iter().cloned());
     run.push("droptrace:latest".into());
     run.extend(args.iter().map(|a| a.to_string()));
     let argv: Vec<&str> = run.iter().map(String::as_str).collect();
@@ -223,6 +242,8 @@ fn the_image_runs_as_the_daemonset_runs_it() {
         "with the DaemonSet's capabilities nothing is lost"
     );
 
+    recorder_runs_as_the_daemonset_runs_it(&host);
+
     // Each listed capability taken away in turn: what the run loses shows it is needed. A
     // node may also hold iptables-legacy rules (older engines write them): one is added, so
     // reading them is part of the run.
@@ -269,6 +290,66 @@ fn the_image_runs_as_the_daemonset_runs_it() {
         unneeded.is_empty(),
         "deploy/daemonset.yaml lists capabilities droptrace runs the same without: {unneeded:?}"
     );
+}
+
+/// The DaemonSet's recorder container, with its capabilities (BPF and PERFMON through
+/// SYS_ADMIN, as above) and the node's journal directory: a sysctl write on the node is in
+/// the journal, with its author, and `watch` would read it there.
+fn recorder_runs_as_the_daemonset_runs_it(host: &DockerHost) {
+    let manifest = std::fs::read_to_string(DAEMONSET).unwrap();
+    assert!(manifest.contains(r#"args: ["record", "--journal", "/var/lib/droptrace"]"#));
+    assert!(manifest.contains("{name: journal, mountPath: /var/lib/droptrace, readOnly: true}"));
+    let listed = container_capabilities(1);
+    assert_eq!(listed, ["BPF", "PERFMON", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]);
+    let caps: Vec<String> = listed
+        .into_iter()
+        .filter(|c| !["BPF", "PERFMON"].contains(&c.as_str()))
+        .collect();
+    let journal = host.dir.join("journal");
+    let volume = format!("{}:/var/lib/droptrace", journal.display());
+    let args = ["record", "--journal", "/var/lib/droptrace"];
+    run_container(host, "recorder", &caps, &["-v".into(), volume], &args)
+        .unwrap_or_else(|e| panic!("docker run: {e}"));
+    let read = || {
+        let mut all = String::new();
+        for e in std::fs::read_dir(&journal).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(".jsonl") {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect::<Vec<Value>>()
+    };
+    let wait = |what: &str, found: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(v) = read().into_iter().find(|v| found(v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} in the journal: {:?}",
+                host.docker(&["logs", "recorder"])
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    let start = wait("start record", &|v| v["type"] == "recorder");
+    assert_eq!(
+        start["hooks"],
+        serde_json::json!(["sysctl_writes", "iptables_legacy_replace", "process_exec"]),
+        "{start}"
+    );
+    assert_eq!(start["notes"], serde_json::json!([]), "{start}");
+    host.lab
+        .sysctl(&host.lab.host, "net.ipv4.ip_forward", "1")
+        .unwrap();
+    let change = wait("sysctl write", &|v| v["key"] == "net.ipv4.ip_forward");
+    assert_eq!(change["process"]["captured"], "kernel", "{change}");
+    assert_eq!(change["process"]["comm"], "sysctl", "{change}");
+    host.docker(&["stop", "-t", "10", "recorder"]).unwrap();
+    wait("stop record", &|v| v["event"] == "stop");
 }
 
 /// What a run (`args`) with only `caps` loses against `full`, the start line of a run with
@@ -330,4 +411,138 @@ fn lost_without(
         lost.push(format!("exit {}", code.trim()));
     }
     (!lost.is_empty()).then(|| lost.join("; "))
+}
+
+const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/droptrace-record.service");
+
+/// The recorder's systemd unit: `systemd-analyze verify` accepts it (with the binary under
+/// test and its man pages), and the recorder run with exactly the unit's capability bounding
+/// set records a sysctl write, an nf_tables change and an iptables-legacy
+/// replacement in a covered `ip netns` namespace, each with its author.
+#[test]
+fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
+    common::require_root();
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let dir = std::env::temp_dir().join(format!("dt-unit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("man")).unwrap();
+    let pages = Command::new(&*common::DROPTRACE)
+        .arg("manpages")
+        .arg(dir.join("man/man1"))
+        .output()
+        .unwrap();
+    assert!(pages.status.success());
+    let copy = dir.join("droptrace-record.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/local/bin/droptrace", &common::DROPTRACE),
+    )
+    .unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .env("MANPATH", dir.join("man"))
+        .output()
+        .expect("systemd-analyze (apt-get install systemd)");
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    let setting = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing from the unit"))
+            .to_string()
+    };
+    let bounding: Vec<String> = setting("CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert_eq!(setting("LimitMEMLOCK"), "infinity");
+    let exec = setting("ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().skip(1).collect();
+    assert_eq!(args, ["record", "--journal", "/var/lib/droptrace"]);
+
+    let lab = tracer::lab::Lab::up(tracer::lab::LabSpec::new("unit")).unwrap();
+    let journal = dir.join("journal");
+    // LimitMEMLOCK is not reproduced: raising it needs CAP_SYS_RESOURCE, which root lacks on
+    // these machines, and kernels since 5.11 do not charge BPF memory to it.
+    let mut child = Command::new("setpriv")
+        .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+        .arg("--")
+        .arg(&*common::DROPTRACE)
+        .args(["record", "--journal"])
+        .arg(&journal)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let read = || -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut segs: Vec<_> = std::fs::read_dir(&journal)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        segs.sort();
+        for p in segs {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            all.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+        }
+        all
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let until = |found: &dyn Fn(&[Value]) -> bool| loop {
+        let all = read();
+        if found(&all) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "journal: {all:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let all = until(&|all| all.iter().any(|v| v["type"] == "recorder"));
+    assert_eq!(
+        all[0]["hooks"],
+        serde_json::json!(["sysctl_writes", "iptables_legacy_replace", "process_exec"]),
+        "{:#}",
+        all[0]
+    );
+    let covered = all[0]["namespaces"].to_string();
+    assert!(covered.contains(&lab.host), "{covered}");
+    lab.sysctl(&lab.host, "net.ipv4.conf.all.rp_filter", "1").unwrap();
+    lab.exec(&lab.host, &["nft", "add", "table", "inet", "unit_test"])
+        .unwrap();
+    lab.exec(
+        &lab.host,
+        &["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "5998", "-j", "ACCEPT"],
+    )
+    .unwrap();
+    let in_lab = |v: &Value, source: &str| v["netns_name"] == lab.host.as_str() && v["source"] == source;
+    let all = until(&|all| {
+        ["sysctl", "nftables", "iptables-legacy"]
+            .iter()
+            .all(|s| all.iter().any(|v| in_lab(v, s)))
+    });
+    let of = |source: &str| all.iter().find(|v| in_lab(v, source)).unwrap();
+    assert_eq!(of("sysctl")["process"]["comm"], "sysctl");
+    assert_eq!(of("nftables")["process"]["comm"], "nft");
+    assert_eq!(of("nftables")["what"], "add table inet unit_test");
+    let legacy = of("iptables-legacy");
+    assert_eq!(legacy["process"]["comm"], "iptables-legacy");
+    assert!(
+        legacy["changes"].to_string().contains("added rule filter INPUT: -p tcp"),
+        "the legacy rules are read (NET_RAW): {legacy:#}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("note:"), "nothing lost with the unit's capabilities: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
