@@ -300,7 +300,10 @@ fn recorder_runs_as_the_daemonset_runs_it(host: &DockerHost) {
     assert!(manifest.contains(r#"args: ["record", "--journal", "/var/lib/droptrace"]"#));
     assert!(manifest.contains("{name: journal, mountPath: /var/lib/droptrace, readOnly: true}"));
     let listed = container_capabilities(1);
-    assert_eq!(listed, ["BPF", "PERFMON", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]);
+    assert_eq!(
+        listed,
+        ["BPF", "PERFMON", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
+    );
     let caps: Vec<String> = listed
         .into_iter()
         .filter(|c| !["BPF", "PERFMON"].contains(&c.as_str()))
@@ -413,7 +416,10 @@ fn lost_without(
     (!lost.is_empty()).then(|| lost.join("; "))
 }
 
-const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/droptrace-record.service");
+const UNIT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../deploy/droptrace-record.service"
+);
 
 /// The recorder's systemd unit: `systemd-analyze verify` accepts it (with the binary under
 /// test and its man pages), and the recorder run with exactly the unit's capability bounding
@@ -513,15 +519,27 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     );
     let covered = all[0]["namespaces"].to_string();
     assert!(covered.contains(&lab.host), "{covered}");
-    lab.sysctl(&lab.host, "net.ipv4.conf.all.rp_filter", "1").unwrap();
+    lab.sysctl(&lab.host, "net.ipv4.conf.all.rp_filter", "1")
+        .unwrap();
     lab.exec(&lab.host, &["nft", "add", "table", "inet", "unit_test"])
         .unwrap();
     lab.exec(
         &lab.host,
-        &["iptables-legacy", "-A", "INPUT", "-p", "tcp", "--dport", "5998", "-j", "ACCEPT"],
+        &[
+            "iptables-legacy",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "5998",
+            "-j",
+            "ACCEPT",
+        ],
     )
     .unwrap();
-    let in_lab = |v: &Value, source: &str| v["netns_name"] == lab.host.as_str() && v["source"] == source;
+    let in_lab =
+        |v: &Value, source: &str| v["netns_name"] == lab.host.as_str() && v["source"] == source;
     let all = until(&|all| {
         ["sysctl", "nftables", "iptables-legacy"]
             .iter()
@@ -534,7 +552,9 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     let legacy = of("iptables-legacy");
     assert_eq!(legacy["process"]["comm"], "iptables-legacy");
     assert!(
-        legacy["changes"].to_string().contains("added rule filter INPUT: -p tcp"),
+        legacy["changes"]
+            .to_string()
+            .contains("added rule filter INPUT: -p tcp"),
         "the legacy rules are read (NET_RAW): {legacy:#}"
     );
     // SAFETY: signalling our own child.
@@ -543,6 +563,9 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{err}");
-    assert!(!err.contains("note:"), "nothing lost with the unit's capabilities: {err}");
+    assert!(
+        !err.contains("note:"),
+        "nothing lost with the unit's capabilities: {err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,9 @@
 //!    and on, from the kernel's per-program statistics.
 //! P6 encoders: ns per drop line written from a flow's template (the storm path) and from a
 //!    record through serde (a flow's first drop), JSON and human.
+//! P7 recorder: `droptrace record`'s own CPU while nothing changes (beside `watch`'s idle CPU
+//!    over the same time), a fingerprint's CPU with the tools it runs, a burst of sysctl writes
+//!    (all recorded? CPU per change), and its RSS: steady, and the peak while it loads.
 //!
 //! droptrace's output is read in 64 KiB blocks and its drop lines only counted, so the
 //! bench's reader is not what limits the rate it measures.
@@ -686,6 +689,7 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
         let p3 = p3_first_verdict(bin, &lab)?;
         let p5 = p5_kernel_log(bin, &lab)?;
         let p6 = p6_encoders()?;
+        let p7 = p7_recorder(bin, &lab)?;
         Ok(json!({
             "machine": {
                 "kernel": tracer::load::kernel::release(),
@@ -697,6 +701,7 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
             "p4_footprint": p4,
             "p5_kernel_log": p5,
             "p6_encoders": p6,
+            "p7_recorder": p7,
         }))
     })();
     let _ = server.kill();
@@ -709,6 +714,188 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
     println!("{}", table(&v));
     eprintln!("written: {}", json_path.display());
     Ok(())
+}
+
+/// The recorder's idle window, and how many sysctl writes its burst makes.
+const RECORDER_IDLE: Duration = Duration::from_secs(20);
+const RECORDER_BURST: usize = 1000;
+
+/// A running `droptrace record` on `journal`, once its start record is written.
+fn start_recorder(bin: &Path, journal: &Path, args: &[&str]) -> Result<Child> {
+    let child = Command::new(bin)
+        .arg("record")
+        .arg("--journal")
+        .arg(journal)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting droptrace record")?;
+    journal_wait(journal, Duration::from_secs(30), |all| {
+        all.iter().any(|v| v["type"] == "recorder")
+    })?;
+    Ok(child)
+}
+
+/// The journal's records, oldest first.
+fn journal_records(journal: &Path) -> Vec<serde_json::Value> {
+    let mut segs: Vec<PathBuf> = std::fs::read_dir(journal)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    segs.sort();
+    segs.iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .collect()
+}
+
+/// Waits (bounded) until the journal's records satisfy `done`.
+fn journal_wait(
+    journal: &Path,
+    limit: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Result<Vec<serde_json::Value>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let all = journal_records(journal);
+        if done(&all) {
+            return Ok(all);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the journal in {} did not show what was awaited",
+                journal.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process's status field in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// CPU seconds of a process's reaped children (cutime + cstime of /proc/PID/stat).
+fn children_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis: state is field 3, cutime 16, cstime 17.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (f.get(13).unwrap_or(&0) + f.get(14).unwrap_or(&0)) as f64 / hz
+}
+
+fn stop_child(mut child: Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+/// P7: what the always-on recorder costs.
+fn p7_recorder(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
+    eprintln!("P7 recorder: idle, fingerprints, a burst of {RECORDER_BURST} changes…");
+    let journal = std::env::temp_dir().join(format!("dt-bench-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&journal);
+    let result = (|| -> Result<serde_json::Value> {
+        let rec = start_recorder(bin, &journal, &[])?;
+        let pid = rec.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let (c0, rss_idle) = (cpu_seconds(pid), status_kib(pid, "VmRSS:"));
+        std::thread::sleep(RECORDER_IDLE);
+        let idle_cpu = cpu_seconds(pid) - c0;
+        let namespaces = journal_records(&journal)
+            .iter()
+            .find(|v| v["type"] == "recorder")
+            .map_or(0, |v| v["namespaces"].as_array().map_or(0, Vec::len));
+
+        // The burst: one shell writing a covered namespace's rp_filter, as fast as it can.
+        let c0 = cpu_seconds(pid);
+        let started = Instant::now();
+        let script = format!(
+            "i=0; while [ $i -lt {RECORDER_BURST} ]; do echo $((i % 2)) > /proc/sys/net/ipv4/conf/all/rp_filter; i=$((i+1)); done"
+        );
+        lab.exec(&lab.host, &["sh", "-c", &script])
+            .map_err(|e| anyhow::anyhow!("burst: {e}"))?;
+        let ns = lab.host.clone();
+        let burst = |all: &[serde_json::Value]| {
+            all.iter()
+                .filter(|v| {
+                    v["netns_name"] == ns.as_str() && v["key"] == "net.ipv4.conf.all.rp_filter"
+                })
+                .count()
+        };
+        let recorded = journal_wait(&journal, Duration::from_secs(60), |all| {
+            burst(all) >= RECORDER_BURST
+        })
+        .map(|all| burst(&all))
+        .unwrap_or_else(|_| burst(&journal_records(&journal)));
+        let burst_secs = started.elapsed().as_secs_f64();
+        let burst_cpu = cpu_seconds(pid) - c0;
+        let (rss_after, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+        stop_child(rec);
+
+        // A fingerprint: every second for 10 s, with the tools it runs (its reaped children).
+        let _ = std::fs::remove_dir_all(&journal);
+        let rec = start_recorder(bin, &journal, &["--fingerprint-every", "1"])?;
+        let pid = rec.id();
+        std::thread::sleep(Duration::from_secs(1));
+        let (own0, kids0) = (cpu_seconds(pid), children_cpu_seconds(pid));
+        std::thread::sleep(Duration::from_secs(10));
+        let fp_cpu = cpu_seconds(pid) - own0 + children_cpu_seconds(pid) - kids0;
+        stop_child(rec);
+
+        // `watch`'s idle CPU over the same time, for scale.
+        let watch = start_droptrace(bin, &["--port", "5000", "--netns", &lab.host])?;
+        let wpid = watch.child.id();
+        std::thread::sleep(Duration::from_secs(2));
+        let w0 = cpu_seconds(wpid);
+        std::thread::sleep(RECORDER_IDLE);
+        let watch_idle = cpu_seconds(wpid) - w0;
+        watch.stop()?;
+        Ok(json!({
+            "idle_window_s": RECORDER_IDLE.as_secs(),
+            "idle_cpu_seconds": idle_cpu,
+            "watch_idle_cpu_seconds": watch_idle,
+            "idle_ratio_recorder_over_watch": if watch_idle > 0.0 { idle_cpu / watch_idle } else { 0.0 },
+            "namespaces_covered": namespaces,
+            "fingerprint_cpu_ms": fp_cpu * 1000.0 / 10.0,
+            "burst_writes": RECORDER_BURST,
+            "burst_recorded": recorded,
+            "burst_seconds": burst_secs,
+            "burst_cpu_ms_per_change": burst_cpu * 1000.0 / RECORDER_BURST as f64,
+            "rss_mib_idle": rss_idle as f64 / 1024.0,
+            "rss_mib_after_burst": rss_after as f64 / 1024.0,
+            "peak_rss_mib": peak as f64 / 1024.0,
+        }))
+    })();
+    let _ = std::fs::remove_dir_all(&journal);
+    result
 }
 
 /// P6: what writing one drop line costs (tracer/examples/encoders.rs, built with the
@@ -736,6 +923,7 @@ fn table(v: &serde_json::Value) -> String {
     let p4 = &v["p4_footprint"];
     let p5 = &v["p5_kernel_log"];
     let p6 = &v["p6_encoders"];
+    let p7 = &v["p7_recorder"];
     let mut t = format!(
         "| measure | result | target |\n|---|---|---|\n\
          | P1 throughput ratio, watching the port (median of {P1_PAIRS} A/B pairs) | {} | ≥ 0.98 |\n\
@@ -765,6 +953,10 @@ fn table(v: &serde_json::Value) -> String {
          | P5 drop program ns/drop, --kernel-log off / on (median of {PAIRS} pairs) | {} ({} ns vs {} ns) | off ≤ on |\n\
          | P6 ns per JSON drop line, templated / from the record | {} / {} | ≤ 500 |\n\
          | P6 ns per human drop line, templated / from the record | {} / {} | ≤ 500 |\n\
+         | P7 recorder idle: CPU s in {} s without changes (watch idle: {} s) | {} ({} of watch's) | none measurable |\n\
+         | P7 recorder fingerprint of {} namespaces, with its tools (once a minute) | {} ms CPU | - |\n\
+         | P7 recorder burst: sysctl writes recorded / CPU ms per change | {} of {} / {} | all |\n\
+         | P7 recorder RSS idle / after the burst / peak while loading | {} / {} / {} MiB | ≤ 15 MiB |\n\
          \nmachine: {}\n",
         every["events_delivered"],
         every["events_lost"],
@@ -783,6 +975,18 @@ fn table(v: &serde_json::Value) -> String {
         f(&p6["json"]["ns_per_line_from_record"]),
         f(&p6["human"]["ns_per_line_templated"]),
         f(&p6["human"]["ns_per_line_from_record"]),
+        p7["idle_window_s"],
+        f(&p7["watch_idle_cpu_seconds"]),
+        f(&p7["idle_cpu_seconds"]),
+        f(&p7["idle_ratio_recorder_over_watch"]),
+        p7["namespaces_covered"],
+        f(&p7["fingerprint_cpu_ms"]),
+        p7["burst_recorded"],
+        p7["burst_writes"],
+        f(&p7["burst_cpu_ms_per_change"]),
+        f(&p7["rss_mib_idle"]),
+        f(&p7["rss_mib_after_burst"]),
+        f(&p7["peak_rss_mib"]),
         v["machine"],
     );
     t

@@ -158,7 +158,7 @@ fn named_netns() -> Vec<String> {
 /// The kernel side with only the change probes, every namespace's writes reported when no
 /// single namespace was asked for.
 fn load(netns_filter: u32) -> Result<(Tracer, Capabilities), Error> {
-    ebpf::parse_btf_early();
+    // One BTF parse at a time (the inspector's, then aya's): the peak memory is one, not both.
     let btf = KernelBtf::from_sys()?;
     let caps = Capabilities::probe(&btf, &ebpf::CHANGE_TRACEPOINTS);
     let opts = LoadOptions {
@@ -171,7 +171,10 @@ fn load(netns_filter: u32) -> Result<(Tracer, Capabilities), Error> {
         ..LoadOptions::default()
     };
     drop(btf);
-    Ok((Tracer::load_changes_only(&opts)?, caps))
+    let tracer = Tracer::load_changes_only(&opts)?;
+    // Every program is loaded: the recorder runs for months without the parse.
+    ebpf::release_btf();
+    Ok((tracer, caps))
 }
 
 /// The state the last run saved (`state.json`): inode → state.

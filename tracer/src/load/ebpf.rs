@@ -2,7 +2,7 @@
 //! maps and attaches. Everything it creates is owned by `Tracer`: dropping it (or the process
 //! dying, even by SIGKILL) closes the fds and the kernel detaches the programs. Nothing is
 //! pinned.
-use std::{collections::BTreeMap, fs, net::IpAddr};
+use std::{collections::BTreeMap, fs, net::IpAddr, sync::Arc};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
@@ -402,6 +402,7 @@ fn raise_memlock() {
 }
 
 fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Error> {
+    let btf = aya_btf();
     let mut loader = EbpfLoader::new();
     // aya-log-ebpf's own switch: 0 turns every log statement into one load and a branch.
     let log_level: u8 = if opts.kernel_log {
@@ -417,7 +418,7 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
         loader.map_max_entries("EVENTS", bytes);
     }
     // The same parse the attach functions use, not one more of the loader's own.
-    if let Ok(btf) = aya_btf() {
+    if let Ok(btf) = &btf {
         loader.btf(btf);
     }
     loader
@@ -878,12 +879,32 @@ impl log::Log for KernelLog {
 
 /// The kernel's BTF as aya parses it, once per process: aya's tp_btf loader resolves the
 /// tracepoint's type id in its own `Btf`, so it cannot use the inspector's (btf-rs, mapped).
-/// Each parse of vmlinux BTF costs megabytes and milliseconds.
-fn aya_btf() -> Result<&'static Btf, String> {
-    static BTF: std::sync::OnceLock<Result<Btf, String>> = std::sync::OnceLock::new();
-    BTF.get_or_init(|| Btf::from_sys_fs().map_err(|e| format!("kernel BTF: {e}")))
-        .as_ref()
-        .map_err(Clone::clone)
+/// Each parse of vmlinux BTF costs megabytes and milliseconds. Kept until `release_btf`.
+fn aya_btf() -> Result<Arc<Btf>, String> {
+    let mut cached = AYA_BTF.lock().unwrap_or_else(|e| e.into_inner());
+    match &*cached {
+        Some(parsed) => parsed.clone(),
+        None => {
+            let parsed = Btf::from_sys_fs()
+                .map(Arc::new)
+                .map_err(|e| format!("kernel BTF: {e}"));
+            *cached = Some(parsed.clone());
+            parsed
+        }
+    }
+}
+
+static AYA_BTF: std::sync::Mutex<Option<Result<Arc<Btf>, String>>> = std::sync::Mutex::new(None);
+
+/// Frees aya's parse of the kernel BTF once every program is loaded (`droptrace record`,
+/// which runs for months, keeps megabytes less), and gives the freed heap back to the system.
+pub fn release_btf() {
+    AYA_BTF.lock().unwrap_or_else(|e| e.into_inner()).take();
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Parses aya's BTF on a thread of its own, while the caller reads the kernel's offsets and
@@ -1074,7 +1095,7 @@ macro_rules! attach_trampoline {
             .ok_or_else(|| format!("program {} missing", $program))?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        program.load($function, btf).map_err(|e| e.to_string())?;
+        program.load($function, &btf).map_err(|e| e.to_string())?;
         program.attach().map_err(|e| e.to_string())?;
         Ok(())
     }};
@@ -1106,7 +1127,7 @@ fn attach_tp_btf(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(),
         .ok_or_else(|| format!("program {program} missing"))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-    program.load(tracepoint, btf).map_err(|e| e.to_string())?;
+    program.load(tracepoint, &btf).map_err(|e| e.to_string())?;
     program.attach().map_err(|e| e.to_string())?;
     Ok(())
 }
