@@ -61,6 +61,10 @@ pub struct RecordRequest {
 /// changes is one read).
 const SETTLE: Duration = Duration::from_secs(1);
 
+/// The change ring: about 2000 changes (≈500 bytes each) can wait in it while the recorder
+/// writes a burst; its pages count in the recorder's RSS only once a burst fills them.
+const CHANGES_RING: u32 = 1 << 20;
+
 /// Changes held in memory while the journal cannot be written (a full disk).
 const HELD_MAX: usize = 10_000;
 
@@ -84,40 +88,58 @@ impl Drop for Covered {
     }
 }
 
-/// The journal writer, with what it could not write yet.
+/// The journal writer, with what it has not written yet.
 struct Sink {
     writer: Writer,
-    held: Vec<String>,
+    held: std::collections::VecDeque<String>,
     warned: Option<std::time::Instant>,
 }
 
 impl Sink {
-    /// Writes `line` after anything held; on failure holds it (bounded) and says so, at most
-    /// once a minute.
-    fn write(&mut self, line: String) {
+    /// Queues a record for the next `flush` (at most HELD_MAX wait while the disk is full).
+    fn hold(&mut self, line: String) {
         if self.held.len() < HELD_MAX {
-            self.held.push(line);
+            self.held.push_back(line);
         }
-        while let Some(first) = self.held.first() {
-            match self.writer.append(first) {
+    }
+
+    /// Writes the queued records in order, then makes them durable with one sync: a burst of
+    /// changes costs one `fdatasync`, not one each. On failure the rest stay queued, and the
+    /// error is said at most once a minute.
+    fn flush(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut written = 0;
+        let mut failed = None;
+        while let Some(first) = self.held.front() {
+            match self.writer.write(first) {
                 Ok(()) => {
-                    self.held.remove(0);
+                    self.held.pop_front();
+                    written += 1;
                 }
                 Err(e) => {
-                    let due = self
-                        .warned
-                        .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
-                    if due {
-                        eprintln!(
-                            "droptrace record: cannot write the journal in {} ({e}): {} change(s) held in memory until it can (at most {HELD_MAX}); the records already written are intact",
-                            self.writer.dir().display(),
-                            self.held.len()
-                        );
-                        self.warned = Some(std::time::Instant::now());
-                    }
-                    return;
+                    failed = Some(e);
+                    break;
                 }
             }
+        }
+        if written > 0
+            && let Err(e) = self.writer.sync()
+        {
+            failed.get_or_insert(e);
+        }
+        let Some(e) = failed else { return };
+        let due = self
+            .warned
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+        if due {
+            eprintln!(
+                "droptrace record: cannot write the journal in {} ({e}): {} change(s) held in memory until it can (at most {HELD_MAX}); the records already written are intact",
+                self.writer.dir().display(),
+                self.held.len()
+            );
+            self.warned = Some(std::time::Instant::now());
         }
     }
 }
@@ -168,6 +190,7 @@ fn load(netns_filter: u32) -> Result<(Tracer, Capabilities), Error> {
             ..WatchConfig::ZERO
         },
         caps: caps.clone(),
+        changes_ring_bytes: Some(CHANGES_RING),
         ..LoadOptions::default()
     };
     drop(btf);
@@ -278,6 +301,8 @@ struct Recorder {
     journal_dir: PathBuf,
     /// Human lines on stdout, one per change (the service's log).
     out: Box<dyn Write>,
+    /// Changes the kernel could not queue (its change ring full), as last recorded.
+    lost: u64,
 }
 
 impl Recorder {
@@ -304,7 +329,7 @@ impl Recorder {
         );
         let _ = self.out.flush();
         match serde_json::to_string(&rec) {
-            Ok(line) => self.sink.write(line),
+            Ok(line) => self.sink.hold(line),
             Err(e) => eprintln!(
                 "droptrace record: cannot encode a change ({e}): {}",
                 rec.what
@@ -327,7 +352,7 @@ impl Recorder {
         let found: Vec<ChangeRecord> = before
             .map(|old| {
                 let how = format!(
-                    "the recorder's fingerprint at start: changed while the recorder was stopped (its last state was read at {})",
+                    "the recorder's fingerprint at start: changed while the recorder was stopped (the state it saved at {} differs)",
                     old.time
                 );
                 fingerprint::differences(old, &state)
@@ -359,6 +384,8 @@ impl Recorder {
             return;
         };
         let c = &mut self.covered[i];
+        let changed = (&c.state.sysctls, &c.state.nft, &c.state.legacy)
+            != (&state.sysctls, &state.nft, &state.legacy);
         let found: Vec<ChangeRecord> = fingerprint::differences(&c.state, &state)
             .into_iter()
             .filter(|d| !explained(d, &c.seen_since))
@@ -375,6 +402,10 @@ impl Recorder {
         c.refresh_at = None;
         for rec in found {
             self.record(rec);
+        }
+        // Saved when it changed (and at stop): a quiet host writes nothing.
+        if !changed {
+            return;
         }
         if let Err(e) = save_states(&self.journal_dir, &self.covered) {
             eprintln!(
@@ -484,7 +515,7 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     let mut rec = Recorder {
         sink: Sink {
             writer,
-            held: Vec::new(),
+            held: Default::default(),
             warned: None,
         },
         covered: Vec::new(),
@@ -494,6 +525,7 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
         only: (!req.netns.is_empty()).then(|| namespaces.iter().map(|n| n.inode).collect()),
         journal_dir: req.journal.clone(),
         out: Box::new(std::io::stdout()),
+        lost: 0,
     };
     let mut notes = tracer.notes.clone();
     for ns in namespaces {
@@ -504,7 +536,8 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
         notes.push(format!("cannot save the namespaces' state ({e})"));
     }
     let start = recorder_record("start", &rec.boot_id, &rec.covered, &tracer, &notes);
-    rec.sink.write(start);
+    rec.sink.hold(start);
+    rec.sink.flush();
     eprintln!(
         "droptrace record: journal {}; hooks: {}; namespaces: {}",
         req.journal.display(),
@@ -559,10 +592,16 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
                 }
             }
         }
+        // What this wakeup recorded, durable with one sync.
+        rec.sink.flush();
     }
     drain(ring.get_mut(), &mut rec, &tracer).await;
     let stop = recorder_record("stop", &rec.boot_id, &rec.covered, &tracer, &[]);
-    rec.sink.write(stop);
+    rec.sink.hold(stop);
+    rec.sink.flush();
+    if let Err(e) = save_states(&req.journal, &rec.covered) {
+        eprintln!("droptrace record: cannot save the namespaces' state ({e})");
+    }
     if !rec.sink.held.is_empty() {
         return Err(Error::Unwritable {
             path: req.journal.display().to_string(),
@@ -575,8 +614,22 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// The kernel's change events: each kept namespace's, with its author.
+/// The kernel's change events: each kept namespace's, with its author; and, when the ring
+/// overflowed, how many were lost (a recorder line: the journal says it is incomplete).
 async fn drain(ring: &mut RingBuf<MapData>, rec: &mut Recorder, tracer: &Tracer) {
+    let lost = tracer
+        .stat(tracer_common::stat::RING_LOST)
+        .unwrap_or(rec.lost);
+    if lost > rec.lost {
+        let note = format!(
+            "{} change(s) lost: the kernel's change ring was full (a burst faster than the journal)",
+            lost - rec.lost
+        );
+        eprintln!("droptrace record: {note}");
+        let line = recorder_record("lost", &rec.boot_id, &rec.covered, tracer, &[note]);
+        rec.sink.hold(line);
+        rec.lost = lost;
+    }
     let mut events = Vec::new();
     while let Some(item) = ring.next() {
         events.extend(event::decode_change(&item));

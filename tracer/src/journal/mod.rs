@@ -15,14 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{attribute::Why, observe::changes::ChangeRecord};
 
-/// `{"type":"recorder",…}`: the recorder started or stopped.
+/// `{"type":"recorder",…}`: the recorder started or stopped, or lost changes.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RecorderRecord {
     #[serde(rename = "type")]
     pub kind: String,
     pub time: String,
-    /// `start` or `stop`.
+    /// `start`, `stop`, or `lost` (changes the kernel could not queue; `notes` says how many).
     pub event: String,
     pub boot_id: String,
     pub version: String,

@@ -1,8 +1,8 @@
 //! The journal on disk: a directory (0700) of numbered segments (`changes-00000001.jsonl`,
 //! 0600), one JSON record a line, appended to the newest.
 //!
-//! - **Atomic records.** A record is one `write(2)` of a whole line to an O_APPEND file,
-//!   then `fdatasync`. A write that fails part way (a full disk) is cut back to the last
+//! - **Atomic records.** A record is one `write(2)` of a whole line to an O_APPEND file; a
+//!   batch of them is then made durable with one `fdatasync`. A write that fails part way (a full disk) is cut back to the last
 //!   whole record. A crash can still leave a partial last line: readers skip lines that do
 //!   not end in a newline, and the writer cuts such a tail off when it opens the segment.
 //! - **Bounded.** A segment is closed at `Limits::segment_bytes`; the oldest closed segments
@@ -133,20 +133,22 @@ impl Writer {
         Ok(w)
     }
 
-    /// Writes one record (a JSON line without its newline) and syncs it to disk. On failure
-    /// the segment is cut back to its last whole record, and the error says so.
+    /// Writes one record (a JSON line without its newline) and syncs it to disk.
     pub fn append(&mut self, record: &str) -> io::Result<()> {
+        self.write(record)?;
+        self.sync()
+    }
+
+    /// Writes one record in one `write(2)`, not yet synced (`sync` makes a batch durable).
+    /// On failure the segment is cut back to its last whole record, and the error says so.
+    pub fn write(&mut self, record: &str) -> io::Result<()> {
         if self.len > 0 && self.len + record.len() as u64 + 1 > self.limits.segment_bytes {
             self.rotate()?;
         }
         let mut line = Vec::with_capacity(record.len() + 1);
         line.extend_from_slice(record.as_bytes());
         line.push(b'\n');
-        let written = self
-            .file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = self.file.write_all(&line) {
             // A short write leaves part of a line: take it back so the segment ends on a
             // whole record (readers would skip it anyway, but the next record must not be
             // glued to it).
@@ -157,8 +159,14 @@ impl Writer {
         Ok(())
     }
 
+    /// Makes what was written durable (`fdatasync`).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Closes the current segment and starts the next, then prunes.
     fn rotate(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
         let next = segment_path(&self.dir, self.seq + 1);
         let (file, len) = open_segment(&next)?;
         self.seq += 1;

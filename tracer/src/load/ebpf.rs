@@ -65,6 +65,8 @@ pub struct LoadOptions {
     pub ignored_reasons: Vec<u32>,
     /// Ring buffer size in bytes (a power of two, at least a page); None keeps the default.
     pub ring_bytes: Option<u32>,
+    /// The change ring's size in bytes (a power of two); None keeps the default (256 KiB).
+    pub changes_ring_bytes: Option<u32>,
     pub hook: HookChoice,
     /// What the running kernel offers (probed once, before loading).
     pub caps: Capabilities,
@@ -417,6 +419,9 @@ fn open_object(opts: &LoadOptions, offsets: &KernelOffsets) -> Result<Ebpf, Erro
     if let Some(bytes) = opts.ring_bytes {
         loader.map_max_entries("EVENTS", bytes);
     }
+    if let Some(bytes) = opts.changes_ring_bytes {
+        loader.map_max_entries("CHANGES", bytes);
+    }
     // The same parse the attach functions use, not one more of the loader's own.
     if let Ok(btf) = &btf {
         loader.btf(btf);
@@ -747,19 +752,7 @@ impl Tracer {
                 .entry((key.reason, key.port, key.proto))
                 .or_default() += sum;
         }
-        let stats_map = self
-            .ebpf
-            .map("STATS")
-            .ok_or_else(|| Error::Load("map STATS missing".into()))?;
-        let stats: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(stats_map).map_err(|e| map_err("STATS", e))?;
-        let read = |index: u32| -> Result<u64, Error> {
-            Ok(stats
-                .get(&index, 0)
-                .map_err(|e| map_err("STATS", e))?
-                .iter()
-                .sum())
-        };
+        let read = |index: u32| self.stat(index);
         totals.ring_lost = read(stat::RING_LOST)?;
         totals.events = read(stat::EVENTS)?;
         totals.counter_full = read(stat::COUNTER_FULL)?;
@@ -769,6 +762,17 @@ impl Tracer {
         totals.flow_full = read(stat::FLOW_FULL)?;
         totals.flows = self.flows()?;
         Ok(totals)
+    }
+
+    /// One of the kernel side's own counters (`tracer_common::stat`), summed over CPUs.
+    pub fn stat(&self, index: u32) -> Result<u64, Error> {
+        let map_err = |e: aya::maps::MapError| Error::Io(format!("reading STATS: {e}"));
+        let stats_map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| Error::Load("map STATS missing".into()))?;
+        let stats: PerCpuArray<_, u64> = PerCpuArray::try_from(stats_map).map_err(map_err)?;
+        Ok(stats.get(&index, 0).map_err(map_err)?.iter().sum())
     }
 
     /// The FLOWS counters summed over CPUs.

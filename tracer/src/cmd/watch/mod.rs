@@ -530,6 +530,7 @@ fn load(req: &WatchRequest, netns: &Netns) -> Result<Loaded, Error> {
         ),
         ignored_reasons: reasons.ignored(req.include_teardown),
         ring_bytes: req.ring_bytes.or(req.every_drop.then_some(EVERY_DROP_RING)),
+        changes_ring_bytes: None,
         hook: req.hook,
         caps: caps.clone(),
         kernel_log: req.kernel_log,
