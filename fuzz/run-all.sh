@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 SECS=${1:-10}
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O >/dev/null
-targets=(iptables_save nft_json docker_json kernel_text ring_records monitor_lines)
+targets=(iptables_save nft_json docker_json kernel_text ring_records monitor_lines journal_lines ruleset_text)
 run() {
   local t=$1
   mkdir -p "corpus/$t"

@@ -338,8 +338,8 @@ impl Recorder {
     }
 
     /// Starts monitoring `ns`'s nf_tables changes and compares its state with what the last
-    /// run saved, recording what changed while the recorder was stopped.
-    fn cover(&mut self, ns: Netns, saved: Option<&NsState>) -> Option<String> {
+    /// run saved; what changed while the recorder was stopped is returned, to be recorded.
+    fn cover(&mut self, ns: Netns, saved: Option<&NsState>) -> (Option<String>, Vec<ChangeRecord>) {
         let ns = Arc::new(ns);
         let tx = self.generations.clone();
         let inode = ns.inode;
@@ -368,10 +368,7 @@ impl Recorder {
             seen_since: Vec::new(),
             refresh_at: None,
         });
-        for rec in found {
-            self.record(rec);
-        }
-        note
+        (note, found)
     }
 
     /// Reads covered namespace `i` again; what changed that no hooked change explains is
@@ -452,7 +449,8 @@ impl Recorder {
                 }
                 None => {}
             }
-            if let Some(note) = self.cover(ns, None) {
+            let (note, _) = self.cover(ns, None);
+            if let Some(note) = note {
                 eprintln!("droptrace record: {note}");
             }
         }
@@ -528,15 +526,21 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
         lost: 0,
     };
     let mut notes = tracer.notes.clone();
+    let mut while_stopped = Vec::new();
     for ns in namespaces {
         let saved_state = saved.get(&ns.inode).cloned();
-        notes.extend(rec.cover(ns, saved_state.as_ref()));
+        let (note, found) = rec.cover(ns, saved_state.as_ref());
+        notes.extend(note);
+        while_stopped.extend(found);
     }
     if let Err(e) = save_states(&req.journal, &rec.covered) {
         notes.push(format!("cannot save the namespaces' state ({e})"));
     }
     let start = recorder_record("start", &rec.boot_id, &rec.covered, &tracer, &notes);
     rec.sink.hold(start);
+    for change in while_stopped {
+        rec.record(change);
+    }
     rec.sink.flush();
     eprintln!(
         "droptrace record: journal {}; hooks: {}; namespaces: {}",

@@ -61,7 +61,8 @@ pub enum Entry {
     Recorder(RecorderRecord),
 }
 
-fn parse(line: &str) -> Option<Entry> {
+/// One journal line → its entry (None for a line that is not a record).
+pub fn parse(line: &str) -> Option<Entry> {
     let v: serde_json::Value = serde_json::from_str(line).ok()?;
     match v["type"].as_str()? {
         "change" => serde_json::from_value(v)
@@ -150,6 +151,72 @@ pub fn human_age(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A real recorder's journal (testdata/journal-webapp.sh, which says how it was made): a
+    // web app's network restart turns forwarding off, a cleanup flushes Docker's nat chain,
+    // the recorder stops, forwarding goes back on, the recorder starts again.
+    const JOURNAL: &str = include_str!("testdata/journal-webapp.jsonl");
+
+    #[test]
+    fn a_real_journal_parses_and_names_each_causes_culprit() {
+        let entries: Vec<Entry> = JOURNAL.lines().filter_map(parse).collect();
+        assert_eq!(
+            entries.len(),
+            JOURNAL.lines().count(),
+            "every line is a record"
+        );
+        let events: Vec<&str> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Recorder(r) => Some(r.event.as_str()),
+                Entry::Change(_) => None,
+            })
+            .collect();
+        assert_eq!(events, ["start", "stop", "start", "stop"]);
+        let changes: Vec<ChangeRecord> = entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Entry::Change(c) => Some(*c),
+                Entry::Recorder(_) => None,
+            })
+            .collect();
+        let off = Why::ForwardingDisabled {
+            sysctl: "net.ipv4.ip_forward".into(),
+            still_off: true,
+        };
+        let c = crate::attribute::culprit::culprit_for(&off, &changes).unwrap();
+        assert_eq!(c.what, "net.ipv4.ip_forward 1 -> 0");
+        let chain: Vec<&str> = c
+            .process
+            .ancestors
+            .iter()
+            .map(|a| a.comm.as_str())
+            .collect();
+        assert_eq!(chain[..3], ["network-restart", "webapp", "run-webapp"]);
+        let missing = Why::MissingChain {
+            missing: crate::attribute::rules::Missing::NoDnat,
+            died: crate::attribute::Died::NoListener,
+        };
+        let c = crate::attribute::culprit::culprit_for(&missing, &changes).unwrap();
+        assert!(
+            c.what.starts_with("delete rule ip nat DOCKER handle "),
+            "{}",
+            c.what
+        );
+        assert!(
+            c.what
+                .contains("(was: iifname != \"docker0\" tcp dport 5000"),
+            "{}",
+            c.what
+        );
+        // What changed while the recorder was stopped: found at its next start, no author.
+        let back_on = changes
+            .iter()
+            .find(|c| c.new.as_deref() == Some("1"))
+            .unwrap();
+        assert_eq!(back_on.process.captured, "unknown");
+        assert!(back_on.seen_by.as_deref().unwrap().contains("stopped"));
+    }
 
     #[test]
     fn ages_read_like_a_person_would_say_them() {

@@ -272,6 +272,29 @@ mod tests {
     }
 
     #[test]
+    fn segments_older_than_the_age_bound_go_but_never_the_current_one() {
+        let dir = tempdir("age");
+        fs::create_dir_all(&dir).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for seq in 1..=3 {
+            let f = File::create(segment_path(&dir, seq)).unwrap();
+            writeln!(&f, r#"{{"n":{seq}}}"#).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        let limits = Limits::new(1 << 20, Duration::from_secs(3600));
+        let mut w = Writer::open(&dir, limits).unwrap();
+        let left: Vec<u64> = segments(&dir).unwrap().iter().map(|s| s.0).collect();
+        assert_eq!(
+            left,
+            [3],
+            "the old closed segments went, the one written to stays"
+        );
+        w.append(r#"{"n":4}"#).unwrap();
+        assert_eq!(read_lines(&segment_path(&dir, 3)).unwrap().len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn rotation_keeps_the_newest_records_within_the_bound() {
         let dir = tempdir("rotate");
         let limits = Limits::new(32 * 1024, Duration::from_secs(3600));
