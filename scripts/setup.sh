@@ -31,8 +31,9 @@ APT_PACKAGES=(
   docker.io firewalld dbus netavark
   # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
   iperf3 bpftrace
-  # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages
-  tshark prometheus man-db bash-completion
+  # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages;
+  # systemd-analyze verifies the recorder's unit
+  tshark prometheus man-db bash-completion systemd
   # build: C toolchain for -sys crates, git for cargo; a virtualenv for the Python test tools
   build-essential pkg-config git ca-certificates python3-venv
   # cargo xtask vm, the kernel matrix: guests under QEMU, their bookworm userland, and the
