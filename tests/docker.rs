@@ -5,7 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Output, Watch, docker::DockerHost, run_droptrace};
+use common::{
+    Output, Watch,
+    docker::DockerHost,
+    recorder::{Recorder, TempDir, comms},
+    run_droptrace,
+};
 use serde_json::Value;
 use tracer::lab::Outcome;
 
@@ -227,4 +232,34 @@ fn drop_in_docker_user_is_firewall_drop_naming_rule_and_container() {
         lines.iter().any(|l| l["cause"] == "firewall_drop"),
         "{lines:#?}"
     );
+}
+
+/// The always-on recorder (`droptrace record`) runs while firewalld is started and reloaded
+/// after dockerd; a `watch` started afterwards names firewalld's change from the journal.
+#[test]
+fn a_firewalld_reload_recorded_before_the_watch_is_its_culprit() {
+    let mut host = DockerHost::start("recfwd", false);
+    host.run_web();
+    let dir = TempDir::new("firewalld");
+    let journal = dir.join("journal");
+    let mut rec = Recorder::start(&journal, &["--netns", &host.lab.host]);
+    host.start_firewalld();
+    host.firewall_cmd(&["--reload"])
+        .expect("firewall-cmd --reload");
+    let by_firewalld = |c: &Value| {
+        c["source"] == "nftables" && comms(&c["process"]).contains(&"firewalld".to_string())
+    };
+    rec.change("firewalld's changes", by_firewalld);
+    let w = Watch::start(&[
+        "--docker-host",
+        host.sock.to_str().unwrap(),
+        "--journal",
+        journal.to_str().unwrap(),
+    ]);
+    let seen = host.lab.client_request(CLIENT_TIMEOUT);
+    let out = w.stop();
+    assert!(matches!(seen, Outcome::Unreachable(_)), "{seen}");
+    let v = the_verdict(&out, "missing_chain");
+    assert_eq!(v["culprit"]["journal"], journal.to_str().unwrap(), "{v:#}");
+    assert!(by_firewalld(&v["culprit"]), "{v:#}");
 }

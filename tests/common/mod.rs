@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod netavark;
+pub mod recorder;
 
 use std::{
     io::{BufRead, BufReader, Read},

@@ -33,7 +33,7 @@ use crate::{
     journal::{
         self, RecorderRecord,
         fingerprint::{self, NsState},
-        store::{self, Limits, Writer},
+        store::{Limits, Writer},
     },
     load::{
         ebpf::{self, LoadOptions, Tracer},
@@ -456,6 +456,21 @@ impl Recorder {
         }
     }
 
+    /// An nf_tables generation from `netns`'s monitor, with its author; deleted rules are
+    /// described from the namespace's last state.
+    fn generation(&mut self, netns: u32, g: &Generation, tracer: &Tracer) {
+        let lookup = |pid: u32| tracer.exec_identity(pid);
+        let process = self.resolver.from_pid(g.pid, &g.comm, &lookup);
+        let state = self
+            .covered
+            .iter()
+            .find(|c| c.ns.inode == netns)
+            .map(|c| &c.state);
+        let describe = |c: &str| state.map_or_else(|| c.to_string(), |s| s.describe(c));
+        let r = changes::from_generation(g, netns, process, describe);
+        self.record(r);
+    }
+
     fn keeps(&self, netns: u32) -> bool {
         self.only.as_ref().is_none_or(|o| o.contains(&netns))
     }
@@ -487,11 +502,45 @@ fn recorder_record(
 
 type Ring = AsyncFd<RingBuf<MapData>>;
 
-/// `droptrace record`: until SIGINT/SIGTERM (or --duration).
+/// What a run holds besides the recorder's state: the kernel side, its change ring, and the
+/// monitors' nf_tables generations.
+struct Sources {
+    tracer: Tracer,
+    ring: Ring,
+    generations: mpsc::UnboundedReceiver<(u32, Generation)>,
+}
+
+/// `droptrace record`: start → record until SIGINT/SIGTERM (or --duration) → stop.
 pub async fn run(req: RecordRequest) -> Result<(), Error> {
     kernel::check_privileges()?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    // Before anything is loaded: a signal from here on ends the run with its stop record.
+    let sigint = signal(SignalKind::interrupt()).map_err(|e| Error::Io(e.to_string()))?;
+    let sigterm = signal(SignalKind::terminate()).map_err(|e| Error::Io(e.to_string()))?;
+    let (mut rec, mut sources) = start(&req)?;
+    observe(&req, &mut rec, &mut sources, (sigint, sigterm)).await?;
+    drain(sources.ring.get_mut(), &mut rec, &sources.tracer).await;
+    let stop = recorder_record("stop", &rec.boot_id, &rec.covered, &sources.tracer, &[]);
+    rec.sink.hold(stop);
+    rec.sink.flush();
+    if let Err(e) = save_states(&req.journal, &rec.covered) {
+        eprintln!("droptrace record: cannot save the namespaces' state ({e})");
+    }
+    if !rec.sink.held.is_empty() {
+        return Err(Error::Unwritable {
+            path: req.journal.display().to_string(),
+            why: format!(
+                "{} change(s) could not be written before exit",
+                rec.sink.held.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The journal opened (a directory it cannot write stops it here), the change probes loaded,
+/// each namespace covered and compared with the state the last run saved; the start record
+/// written, then what changed while it was stopped.
+fn start(req: &RecordRequest) -> Result<(Recorder, Sources), Error> {
     let unwritable = |e: std::io::Error| Error::Unwritable {
         path: req.journal.display().to_string(),
         why: e.to_string(),
@@ -505,10 +554,10 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     let (mut tracer, caps) = load(filter)?;
     let ring = tracer.take_changes()?;
     // SAFETY: the RingBuf owns its map fd and keeps it open until the AsyncFd drops it.
-    let mut ring: Ring =
+    let ring: Ring =
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
-    let (gen_tx, mut gen_rx) = mpsc::unbounded_channel();
+    let (gen_tx, generations) = mpsc::unbounded_channel();
     let saved = load_saved(&req.journal);
     let mut rec = Recorder {
         sink: Sink {
@@ -528,8 +577,8 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
     let mut notes = tracer.notes.clone();
     let mut while_stopped = Vec::new();
     for ns in namespaces {
-        let saved_state = saved.get(&ns.inode).cloned();
-        let (note, found) = rec.cover(ns, saved_state.as_ref());
+        let prior = saved.get(&ns.inode);
+        let (note, found) = rec.cover(ns, prior);
         notes.extend(note);
         while_stopped.extend(found);
     }
@@ -542,44 +591,55 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
         rec.record(change);
     }
     rec.sink.flush();
+    let names: Vec<&str> = rec.covered.iter().map(|c| c.ns.name.as_str()).collect();
     eprintln!(
         "droptrace record: journal {}; hooks: {}; namespaces: {}",
         req.journal.display(),
         tracer.signals.join(" "),
-        rec.covered
-            .iter()
-            .map(|c| c.ns.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        names.join(", ")
     );
     for n in &notes {
         eprintln!("droptrace record: note: {n}");
     }
     kernel::drop_unneeded_capabilities();
+    Ok((
+        rec,
+        Sources {
+            tracer,
+            ring,
+            generations,
+        },
+    ))
+}
 
+/// The loop: each wakeup's changes (kernel events, nf_tables generations, a namespace read
+/// again after a change or at the minute's fingerprint), made durable with one sync.
+async fn observe(
+    req: &RecordRequest,
+    rec: &mut Recorder,
+    src: &mut Sources,
+    (mut sigint, mut sigterm): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+) -> Result<(), Error> {
     let deadline = req.duration.map(|d| tokio::time::Instant::now() + d);
     let mut fingerprint = tokio::time::interval(req.fingerprint_every);
     fingerprint.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     fingerprint.reset();
+    let until = |t: Option<tokio::time::Instant>| {
+        tokio::time::sleep_until(t.unwrap_or_else(tokio::time::Instant::now))
+    };
     loop {
         let settle = rec.covered.iter().filter_map(|c| c.refresh_at).min();
         tokio::select! {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)).await }, if deadline.is_some() => break,
-            guard = ring.readable_mut() => {
+            _ = until(deadline), if deadline.is_some() => break,
+            guard = src.ring.readable_mut() => {
                 let mut guard = guard.map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
-                drain(guard.get_inner_mut(), &mut rec, &tracer).await;
+                drain(guard.get_inner_mut(), rec, &src.tracer).await;
                 guard.clear_ready();
             }
-            Some((netns, g)) = gen_rx.recv() => {
-                let lookup = |pid: u32| tracer.exec_identity(pid);
-                let process = rec.resolver.from_pid(g.pid, &g.comm, &lookup);
-                let state = rec.covered.iter().find(|c| c.ns.inode == netns).map(|c| &c.state);
-                let r = changes::from_generation(&g, netns, process, |c| state.map_or_else(|| c.to_string(), |s| s.describe(c)));
-                rec.record(r);
-            }
-            _ = async { tokio::time::sleep_until(settle.unwrap_or_else(tokio::time::Instant::now)).await }, if settle.is_some() => {
+            Some((netns, g)) = src.generations.recv() => rec.generation(netns, &g, &src.tracer),
+            _ = until(settle), if settle.is_some() => {
                 let now = tokio::time::Instant::now();
                 for i in 0..rec.covered.len() {
                     if rec.covered[i].refresh_at.is_some_and(|t| t <= now) {
@@ -596,24 +656,7 @@ pub async fn run(req: RecordRequest) -> Result<(), Error> {
                 }
             }
         }
-        // What this wakeup recorded, durable with one sync.
         rec.sink.flush();
-    }
-    drain(ring.get_mut(), &mut rec, &tracer).await;
-    let stop = recorder_record("stop", &rec.boot_id, &rec.covered, &tracer, &[]);
-    rec.sink.hold(stop);
-    rec.sink.flush();
-    if let Err(e) = save_states(&req.journal, &rec.covered) {
-        eprintln!("droptrace record: cannot save the namespaces' state ({e})");
-    }
-    if !rec.sink.held.is_empty() {
-        return Err(Error::Unwritable {
-            path: req.journal.display().to_string(),
-            why: format!(
-                "{} change(s) could not be written before exit",
-                rec.sink.held.len()
-            ),
-        });
     }
     Ok(())
 }
@@ -683,9 +726,4 @@ async fn legacy_changes(rec: &mut Recorder, netns: u32, table: &str) -> Vec<Stri
         .collect();
     c.state.legacy = now.legacy;
     out
-}
-
-/// Where the journal is, for messages.
-pub fn default_dir() -> PathBuf {
-    PathBuf::from(store::DEFAULT_DIR)
 }

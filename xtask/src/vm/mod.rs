@@ -32,7 +32,7 @@ pub struct VmArgs {
     #[arg(long, default_value = "all")]
     kernel: String,
     /// Integration test binaries to run after the demo, comma-separated, or `none`.
-    #[arg(long, default_value = "drops,attribution,culprit,reliability")]
+    #[arg(long, default_value = "drops,attribution,culprit,reliability,recorder")]
     tests: String,
     /// Series that must pass every step. Any other kernel may instead be refused by
     /// droptrace, cleanly: exit 3 with its sentence, fast, never a hang.
