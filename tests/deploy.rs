@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::docker::DockerHost;
+use common::{docker::DockerHost, recorder::journal_until};
 use serde_json::Value;
 use tracer::{discover::netns::Netns, lab::Outcome};
 
@@ -313,30 +313,11 @@ fn recorder_runs_as_the_daemonset_runs_it(host: &DockerHost) {
     let args = ["record", "--journal", "/var/lib/droptrace"];
     run_container(host, "recorder", &caps, &["-v".into(), volume], &args)
         .unwrap_or_else(|e| panic!("docker run: {e}"));
-    let read = || {
-        let mut all = String::new();
-        for e in std::fs::read_dir(&journal).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().ends_with(".jsonl") {
-                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-            }
-        }
-        all.lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .collect::<Vec<Value>>()
-    };
+    let logs = || host.docker(&["logs", "recorder"]);
     let wait = |what: &str, found: &dyn Fn(&Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(40);
-        loop {
-            if let Some(v) = read().into_iter().find(|v| found(v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {what} in the journal: {:?}",
-                host.docker(&["logs", "recorder"])
-            );
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let all = journal_until(&journal, what, |all| all.iter().any(found));
+        let hit = all.into_iter().find(|v| found(v));
+        hit.unwrap_or_else(|| panic!("{what}: {:?}", logs()))
     };
     let start = wait("start record", &|v| v["type"] == "recorder");
     assert_eq!(
@@ -485,32 +466,9 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let read = || -> Vec<Value> {
-        let mut all = Vec::new();
-        let mut segs: Vec<_> = std::fs::read_dir(&journal)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-            .collect();
-        segs.sort();
-        for p in segs {
-            let text = std::fs::read_to_string(p).unwrap_or_default();
-            all.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
-        }
-        all
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let until = |found: &dyn Fn(&[Value]) -> bool| loop {
-        let all = read();
-        if found(&all) {
-            return all;
-        }
-        assert!(Instant::now() < deadline, "journal: {all:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let all = until(&|all| all.iter().any(|v| v["type"] == "recorder"));
+    let all = journal_until(&journal, "start record", |all| {
+        all.iter().any(|v| v["type"] == "recorder")
+    });
     assert_eq!(
         all[0]["hooks"],
         serde_json::json!(["sysctl_writes", "iptables_legacy_replace", "process_exec"]),
@@ -540,7 +498,7 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     .unwrap();
     let in_lab =
         |v: &Value, source: &str| v["netns_name"] == lab.host.as_str() && v["source"] == source;
-    let all = until(&|all| {
+    let all = journal_until(&journal, "the three changes", |all| {
         ["sysctl", "nftables", "iptables-legacy"]
             .iter()
             .all(|s| all.iter().any(|v| in_lab(v, s)))

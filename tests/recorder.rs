@@ -31,6 +31,18 @@ fn final_verdict<'a>(out: &'a Output, cause: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no final {cause} verdict: {}", out.dump()))
 }
 
+/// `droptrace watch` of the lab's port 5000, started now, with the recorder's journal.
+fn watch_reading(lab: &Lab, journal: &std::path::Path) -> Watch {
+    Watch::start(&[
+        "--port",
+        "5000",
+        "--netns",
+        &lab.host,
+        "--journal",
+        journal.to_str().unwrap(),
+    ])
+}
+
 /// `droptrace check --netns NS --journal DIR [--json]`: exit code and stdout.
 fn check(netns: &str, journal: &str, json: bool) -> (Option<i32>, String) {
     let mut args = vec![
@@ -90,14 +102,7 @@ fn the_seed_story_a_web_apps_network_restart_is_named_by_a_watch_started_hours_l
     }
     // Time passes; the recorder keeps running; then someone starts looking.
     std::thread::sleep(Duration::from_secs(2));
-    let watch = Watch::start(&[
-        "--port",
-        "5000",
-        "--netns",
-        &lab.host,
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let watch = watch_reading(&lab, &journal);
     assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
     let out = watch.stop();
     assert!(
@@ -190,14 +195,7 @@ fn an_iptables_nat_flush_made_before_the_watch_is_named_with_what_it_removed() {
     );
     assert!(comms(&change["process"]).contains(&"fw-cleanup".to_string()));
 
-    let watch = Watch::start(&[
-        "--port",
-        "5000",
-        "--netns",
-        &lab.host,
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let watch = watch_reading(&lab, &journal);
     assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Refused);
     let out = watch.stop();
     let v = final_verdict(&out, "missing_chain");
@@ -236,14 +234,7 @@ fn a_restarted_recorder_keeps_its_journal_and_finds_what_changed_while_it_was_st
     );
 
     // The verdict says honestly that the author is unknown, and when it was found.
-    let watch = Watch::start(&[
-        "--port",
-        "5000",
-        "--netns",
-        &lab.host,
-        "--journal",
-        journal.to_str().unwrap(),
-    ]);
+    let watch = watch_reading(&lab, &journal);
     assert_eq!(lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
     let out = watch.stop();
     let v = final_verdict(&out, "forwarding_disabled");

@@ -194,7 +194,8 @@ impl Drop for Recorder {
     }
 }
 
-/// Every record of the journal in `dir`, oldest first; each line must be whole JSON.
+/// Every record of the journal in `dir`, oldest first. Each whole line must be JSON; a last
+/// line still being written (no newline yet) is not read.
 pub fn entries(dir: &Path) -> Vec<Value> {
     let mut segs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
@@ -205,17 +206,32 @@ pub fn entries(dir: &Path) -> Vec<Value> {
         })
         .unwrap_or_default();
     segs.sort();
-    segs.iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| {
-                    serde_json::from_str(l).unwrap_or_else(|e| panic!("torn record ({e}): {l}"))
-                })
-                .collect::<Vec<Value>>()
-        })
-        .collect()
+    let mut out = Vec::new();
+    for p in segs {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+            let v =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("torn record ({e}): {line}"));
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// Waits (up to 40 s) until the journal in `dir` satisfies `done`; its records then.
+pub fn journal_until(dir: &Path, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let all = entries(dir);
+        if done(&all) {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in the journal: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 pub fn comms(process: &Value) -> Vec<String> {

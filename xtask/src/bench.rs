@@ -738,23 +738,15 @@ fn start_recorder(bin: &Path, journal: &Path, args: &[&str]) -> Result<Child> {
     Ok(child)
 }
 
-/// The journal's records, oldest first.
+/// The journal's records, oldest first, as the recorder wrote them.
 fn journal_records(journal: &Path) -> Vec<serde_json::Value> {
-    let mut segs: Vec<PathBuf> = std::fs::read_dir(journal)
+    use tracer::journal::{Entry, read_all};
+    read_all(journal)
+        .unwrap_or_default()
         .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .collect();
-    segs.sort();
-    segs.iter()
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect::<Vec<serde_json::Value>>()
+        .filter_map(|e| match e {
+            Entry::Change(c) => serde_json::to_value(c).ok(),
+            Entry::Recorder(r) => serde_json::to_value(r).ok(),
         })
         .collect()
 }
