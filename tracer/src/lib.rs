@@ -20,7 +20,9 @@
 //!
 //! The commands in [`cmd`] wire the stages: `watch` (the loop), `ports` and `check`
 //! (`cmd::preflight`, without eBPF), `report` and `demo` (the incident replayed in [`lab`]'s
-//! namespaces).
+//! namespaces), `record` (the always-on recorder: `load`'s change probes and `observe::changes`
+//! into the [`journal`]) and `history` (the journal, read); `watch` and `check` ask the journal
+//! for a culprit older than themselves.
 
 pub mod attribute;
 pub mod discover;
