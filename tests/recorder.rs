@@ -210,6 +210,14 @@ fn a_restarted_recorder_keeps_its_journal_and_finds_what_changed_while_it_was_st
     let dir = TempDir::new("restart");
     let journal = dir.join("journal");
     let rec = Recorder::start(&journal, &["--netns", &lab.host]);
+    // One recorder per journal: a second is refused while the first runs.
+    let second = run_droptrace(&["record", "--journal", journal.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("another droptrace record is writing this journal"),
+        "{err}"
+    );
     assert!(rec.stop().success());
     lab.sysctl(&lab.host, "net.ipv4.ip_forward", "0").unwrap();
     let mut rec = Recorder::start(&journal, &["--netns", &lab.host]);

@@ -106,6 +106,8 @@ pub struct Writer {
     seq: u64,
     file: File,
     len: u64,
+    /// `DIR/.lock`, held (flock) while this writer lives: one recorder per journal.
+    _lock: File,
 }
 
 impl Writer {
@@ -117,6 +119,7 @@ impl Writer {
             .mode(0o700)
             .create(dir)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        let lock = lock(dir)?;
         let seq = segments(dir)?.last().map_or(1, |(seq, _)| *seq);
         let (file, len) = open_segment(&segment_path(dir, seq))?;
         let mut w = Self {
@@ -125,6 +128,7 @@ impl Writer {
             seq,
             file,
             len,
+            _lock: lock,
         };
         if w.len >= limits.segment_bytes {
             w.rotate()?;
@@ -204,6 +208,29 @@ impl Writer {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Takes the journal's lock, or says that another recorder holds it.
+fn lock(dir: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(dir.join(".lock"))?;
+    // SAFETY: flock on a descriptor this function owns; released when the file closes.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "another droptrace record is writing this journal: stop it first, or pass --journal with another directory",
+            ));
+        }
+        return Err(e);
+    }
+    Ok(file)
 }
 
 /// Opens a segment for appending (0600), cutting off a torn last line; with its length.
@@ -291,6 +318,19 @@ mod tests {
         );
         w.append(r#"{"n":4}"#).unwrap();
         assert_eq!(read_lines(&segment_path(&dir, 3)).unwrap().len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_writer_per_journal() {
+        let dir = tempdir("lock");
+        let first = Writer::open(&dir, Limits::default()).unwrap();
+        let Err(e) = Writer::open(&dir, Limits::default()) else {
+            panic!("a second writer opened the journal");
+        };
+        assert!(e.to_string().contains("another droptrace record"), "{e}");
+        drop(first);
+        assert!(Writer::open(&dir, Limits::default()).is_ok());
         fs::remove_dir_all(&dir).unwrap();
     }
 
