@@ -267,10 +267,16 @@ fn late_fins_of_closed_connections_are_teardown_not_drops() {
         .into_iter()
         .filter(|d| d["function"] == "tcp_v4_rcv")
         .collect();
-    assert!(!late.is_empty(), "no late FIN reported: {}", out.dump());
+    let flags = |d: &Value| d["tcp_flags"].as_str().unwrap_or_default().to_string();
+    assert!(
+        late.iter().any(|d| flags(d).contains("FIN")),
+        "no late FIN reported: {}",
+        out.dump()
+    );
+    // Besides the retransmitted FIN, a late ACK of the same closed connection may reach
+    // TIME_WAIT, depending on timing (once in six full runs here): also teardown, never a SYN.
     for d in &late {
-        let flags = d["tcp_flags"].as_str().unwrap_or_default();
-        assert!(flags.contains("FIN") && !flags.contains("SYN"), "{d}");
+        assert!(!flags(d).contains("SYN"), "{d}");
         if common::kernel::has_drop_reasons() {
             assert_field(d, "reason", "NOT_SPECIFIED");
         }
