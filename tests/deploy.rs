@@ -7,7 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{docker::DockerHost, recorder::journal_until};
+use common::{
+    docker::DockerHost,
+    recorder::{TempDir, journal_until},
+};
 use serde_json::Value;
 use tracer::{discover::netns::Netns, lab::Outcome};
 
@@ -397,6 +400,16 @@ fn lost_without(
     (!lost.is_empty()).then(|| lost.join("; "))
 }
 
+/// A child killed when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const UNIT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../deploy/droptrace-record.service"
@@ -410,8 +423,9 @@ const UNIT: &str = concat!(
 fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     common::require_root();
     let unit = std::fs::read_to_string(UNIT).unwrap();
-    let dir = std::env::temp_dir().join(format!("dt-unit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    // Removed when the test ends, passed or failed.
+    let tmp = TempDir::new("unit");
+    let dir = tmp.0.clone();
     std::fs::create_dir_all(dir.join("man")).unwrap();
     let pages = Command::new(&*common::DROPTRACE)
         .arg("manpages")
@@ -456,16 +470,18 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
     let journal = dir.join("journal");
     // LimitMEMLOCK is not reproduced: raising it needs CAP_SYS_RESOURCE, which root lacks on
     // these machines, and kernels since 5.11 do not charge BPF memory to it.
-    let mut child = Command::new("setpriv")
-        .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
-        .arg("--")
-        .arg(&*common::DROPTRACE)
-        .args(["record", "--journal"])
-        .arg(&journal)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new("setpriv")
+            .arg(format!("--bounding-set=-all,{}", bounding.join(",")))
+            .arg("--")
+            .arg(&*common::DROPTRACE)
+            .args(["record", "--journal"])
+            .arg(&journal)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let all = journal_until(&journal, "start record", |all| {
         all.iter().any(|v| v["type"] == "recorder")
     });
@@ -516,10 +532,10 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
         "the legacy rules are read (NET_RAW): {legacy:#}"
     );
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut err).unwrap();
     assert!(status.success(), "{err}");
     assert!(
         !err.contains("note:"),
