@@ -721,7 +721,7 @@ const RECORDER_IDLE: Duration = Duration::from_secs(20);
 const RECORDER_BURST: usize = 1000;
 
 /// A running `droptrace record` on `journal`, once its start record is written.
-fn start_recorder(bin: &Path, journal: &Path, args: &[&str]) -> Result<Child> {
+fn start_recorder(bin: &Path, journal: &Path, args: &[&str]) -> Result<Stopped> {
     let child = Command::new(bin)
         .arg("record")
         .arg("--journal")
@@ -732,9 +732,11 @@ fn start_recorder(bin: &Path, journal: &Path, args: &[&str]) -> Result<Child> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting droptrace record")?;
-    journal_wait(journal, Duration::from_secs(30), |all| {
+    let started = journal_wait(journal, Duration::from_secs(30), |all| {
         all.iter().any(|v| v["type"] == "recorder")
-    })?;
+    });
+    let child = Stopped(child);
+    started?;
     Ok(child)
 }
 
@@ -803,10 +805,21 @@ fn children_cpu_seconds(pid: u32) -> f64 {
     (f.get(13).unwrap_or(&0) + f.get(14).unwrap_or(&0)) as f64 / hz
 }
 
-fn stop_child(mut child: Child) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let _ = child.wait();
+/// A child stopped with SIGTERM when dropped: on every path out of the bench, errors too.
+struct Stopped(Child);
+
+impl Stopped {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
 }
 
 /// P7: what the always-on recorder costs.
@@ -850,7 +863,7 @@ fn p7_recorder(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
         let burst_secs = started.elapsed().as_secs_f64();
         let burst_cpu = cpu_seconds(pid) - c0;
         let (rss_after, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
-        stop_child(rec);
+        drop(rec);
 
         // A fingerprint: every second for 10 s, with the tools it runs (its reaped children).
         let _ = std::fs::remove_dir_all(&journal);
@@ -860,7 +873,7 @@ fn p7_recorder(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
         let (own0, kids0) = (cpu_seconds(pid), children_cpu_seconds(pid));
         std::thread::sleep(Duration::from_secs(10));
         let fp_cpu = cpu_seconds(pid) - own0 + children_cpu_seconds(pid) - kids0;
-        stop_child(rec);
+        drop(rec);
 
         // `watch`'s idle CPU over the same time, for scale.
         let watch = start_droptrace(bin, &["--port", "5000", "--netns", &lab.host])?;
