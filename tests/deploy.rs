@@ -250,22 +250,7 @@ fn the_image_runs_as_the_daemonset_runs_it() {
     // Each listed capability taken away in turn: what the run loses shows it is needed. A
     // node may also hold iptables-legacy rules (older engines write them): one is added, so
     // reading them is part of the run.
-    host.lab
-        .exec(
-            &host.lab.host,
-            &[
-                "iptables-legacy",
-                "-A",
-                "INPUT",
-                "-p",
-                "tcp",
-                "--dport",
-                "5999",
-                "-j",
-                "ACCEPT",
-            ],
-        )
-        .unwrap_or_else(|e| panic!("iptables-legacy: {e}"));
+    add_legacy_rule(&host.lab, 5999);
     let mut short = args.to_vec();
     short.extend(["--duration", "2"]);
     let losses: Vec<(String, Option<String>)> = caps
@@ -400,6 +385,15 @@ fn lost_without(
     (!lost.is_empty()).then(|| lost.join("; "))
 }
 
+/// An iptables-legacy rule accepting `port` in the lab's host namespace (the legacy tables a
+/// node of an older engine holds).
+fn add_legacy_rule(lab: &tracer::lab::Lab, port: u16) {
+    let port = port.to_string();
+    let rule = ["-A", "INPUT", "-p", "tcp", "--dport", &port, "-j", "ACCEPT"];
+    lab.exec(&lab.host, &[&["iptables-legacy"][..], &rule].concat())
+        .unwrap_or_else(|e| panic!("iptables-legacy: {e}"));
+}
+
 /// A child killed when the test ends, passed or failed.
 struct KillOnDrop(std::process::Child);
 
@@ -497,21 +491,7 @@ fn the_recorder_unit_verifies_and_its_capabilities_suffice() {
         .unwrap();
     lab.exec(&lab.host, &["nft", "add", "table", "inet", "unit_test"])
         .unwrap();
-    lab.exec(
-        &lab.host,
-        &[
-            "iptables-legacy",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "5998",
-            "-j",
-            "ACCEPT",
-        ],
-    )
-    .unwrap();
+    add_legacy_rule(&lab, 5998);
     let in_lab =
         |v: &Value, source: &str| v["netns_name"] == lab.host.as_str() && v["source"] == source;
     let all = journal_until(&journal, "the three changes", |all| {
