@@ -4,7 +4,7 @@ mod common;
 
 use std::{os::unix::fs::PermissionsExt, path::PathBuf, time::Duration};
 
-use common::{Output, Watch, require_root};
+use common::{Output, Watch, assert_sysctl_author_unrecordable, attached, require_root};
 use serde_json::Value;
 use tracer::lab::{Lab, LabSpec, Outcome};
 
@@ -63,24 +63,6 @@ fn ancestor_comms(process: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether the run's start line lists `signal` among the hooks that attached.
-fn attached(out: &Output, signal: &str) -> bool {
-    out.of_type("start")[0]["signals"]
-        .as_array()
-        .is_some_and(|s| s.iter().any(|x| x == signal))
-}
-
-/// On a kernel that refuses cgroup/sysctl (Debian 11's 5.10 does), a sysctl's author cannot
-/// be recorded: the start line says why, and the verdict says so instead of guessing.
-fn assert_sysctl_author_unrecordable(out: &Output) {
-    let notes = out.of_type("start")[0]["notes"].to_string();
-    assert!(notes.contains("cgroup/sysctl unavailable"), "{notes}");
-    let v = final_verdict(out, "forwarding_disabled");
-    assert!(v["culprit"].is_null(), "{v:#}");
-    let note = v["culprit_note"].as_str().unwrap_or_default();
-    assert!(note.contains("cannot be recorded on this kernel"), "{note}");
 }
 
 #[test]

@@ -101,7 +101,12 @@ fn ip_forward_off_after_dockerd_started_is_forwarding_disabled() {
     assert_eq!(host.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
     let out = w.stop();
     let v = the_verdict(&out, "forwarding_disabled");
-    assert_eq!(v["culprit"]["key"], "net.ipv4.ip_forward");
+    if common::attached(&out, "sysctl_writes") {
+        assert_eq!(v["culprit"]["key"], "net.ipv4.ip_forward", "{v:#}");
+    } else {
+        // Debian 11's 5.10 refuses cgroup/sysctl: the verdict says the author is unrecordable.
+        common::assert_sysctl_author_unrecordable(&out);
+    }
     for d in out.drops() {
         assert_eq!(d["container"], "web");
     }

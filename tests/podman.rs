@@ -1,6 +1,12 @@
-//! Podman's network backend, the real netavark, publishing `-p 5001:5000` (host port differs
-//! from the container's) with its iptables driver, and the faults users met with it: a DROP
-//! for the container port in FORWARD next to netavark's own `--ctstate INVALID` DROP.
+//! Podman publishing ports, and the incident's causes for them.
+//! - Real rootful Podman (`common::podman`): `podman run -p 5000:5000` discovered over
+//!   Podman's Docker-compatible API with the container's name, and from netavark's rules
+//!   without the API; each cause attributed with podman's own fixes, with every netavark
+//!   firewall driver this machine has (iptables; nftables too from netavark 1.12).
+//! - Podman's network backend alone, the real netavark run by hand, publishing `-p 5001:5000`
+//!   (host port differs from the container's) with its iptables driver, and the faults users
+//!   met with it: a DROP for the container port in FORWARD next to netavark's own
+//!   `--ctstate INVALID` DROP.
 mod common;
 
 use std::{
@@ -8,7 +14,12 @@ use std::{
     time::Duration,
 };
 
-use common::{Watch, netavark::PodmanHost, run_droptrace};
+use common::{
+    Output, Watch,
+    netavark::PodmanHost,
+    podman::{Driver, PodmanEngine, drivers},
+    run_droptrace,
+};
 use serde_json::Value;
 use tracer::lab::{self, Outcome};
 
@@ -124,4 +135,162 @@ fn check_sees_a_forward_drop_of_the_container_port_after_dnat() {
         !text.contains("INVALID"),
         "netavark's own rule is no finding: {text}"
     );
+}
+
+/// `droptrace ARGS --json`: exit code and every JSON line.
+fn json_lines(args: &[&str]) -> (Option<i32>, Vec<Value>) {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = run_droptrace(&all);
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    (out.status.code(), lines)
+}
+
+fn check(engine: &PodmanEngine) -> (Option<i32>, Vec<Value>) {
+    json_lines(&["check", "--docker-host", engine.sock_arg()])
+}
+
+fn watch(engine: &PodmanEngine) -> Watch {
+    // No --port, no --netns: both come from Podman's API.
+    Watch::start(&["--docker-host", engine.sock_arg()])
+}
+
+/// The run's one final verdict: its cause, naming Podman's container.
+fn the_verdict(out: &Output, cause: &str, driver: Driver) -> Value {
+    let v: Vec<&Value> = out
+        .of_type("verdict")
+        .into_iter()
+        .filter(|v| v["final"] == true)
+        .collect();
+    assert_eq!(
+        v.len(),
+        1,
+        "{driver:?}: one verdict expected: {}",
+        out.dump()
+    );
+    assert_eq!(v[0]["cause"], cause, "{driver:?}: {}", out.dump());
+    assert_eq!(v[0]["container"], "web", "{driver:?}: {:#}", v[0]);
+    v[0].clone()
+}
+
+#[test]
+fn podman_ports_are_found_over_its_api_with_the_container_and_from_netavarks_rules() {
+    for driver in drivers() {
+        let engine = PodmanEngine::start("pmports", driver);
+        engine.run_web();
+        let w = watch(&engine);
+        assert_eq!(w.start["ports"], serde_json::json!([5000]), "{driver:?}");
+        assert_eq!(w.start["engine"]["name"], "podman", "{driver:?}");
+        assert_eq!(w.start["published"][0]["container"], "web", "{driver:?}");
+        assert_eq!(
+            engine.lab.client_request(CLIENT_TIMEOUT),
+            Outcome::Http(200)
+        );
+        let out = w.stop();
+        assert!(
+            out.of_type("verdict").is_empty(),
+            "{driver:?}: {}",
+            out.dump()
+        );
+
+        let (code, ports) = json_lines(&["ports", "--docker-host", engine.sock_arg()]);
+        assert_eq!(code, Some(0), "{ports:?}");
+        let web = ports
+            .iter()
+            .find(|p| p["host_port"] == 5000)
+            .unwrap_or_else(|| panic!("{driver:?}: 5000 not listed: {ports:?}"));
+        assert_eq!(web["container"], "web", "{web}");
+        assert_eq!(web["source"], "podman", "{web}");
+        assert_eq!(web["container_ip"], engine.web_ip().to_string(), "{web}");
+
+        // Without the API: netavark's DNAT in the namespace's ruleset.
+        let (code, ports) = json_lines(&["ports", "--netns", &engine.lab.host]);
+        assert_eq!(code, Some(0), "{ports:?}");
+        let web = ports
+            .iter()
+            .find(|p| p["host_port"] == 5000)
+            .unwrap_or_else(|| panic!("{driver:?}: 5000 not found in rules: {ports:?}"));
+        assert_eq!(web["source"], "nat-rule", "{web}");
+        assert_eq!(web["container_ip"], engine.web_ip().to_string(), "{web}");
+
+        let (code, lines) = check(&engine);
+        assert_eq!(code, Some(0), "{driver:?}: {lines:#?}");
+        assert_eq!(lines.last().unwrap()["healthy"], true, "{lines:#?}");
+    }
+}
+
+#[test]
+fn forwarding_off_for_a_podman_port_is_forwarding_disabled_naming_the_container() {
+    for driver in drivers() {
+        let engine = PodmanEngine::start("pmfwd", driver);
+        engine.run_web();
+        let w = watch(&engine);
+        engine
+            .lab
+            .sysctl(&engine.lab.host, "net.ipv4.ip_forward", "0")
+            .unwrap();
+        assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+        let out = w.stop();
+        the_verdict(&out, "forwarding_disabled", driver);
+        let (code, lines) = check(&engine);
+        assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
+        assert_eq!(lines[0]["cause"], "forwarding_disabled", "{lines:#?}");
+    }
+}
+
+#[test]
+fn netavarks_dnat_flushed_is_missing_chain_with_podmans_fix() {
+    for driver in drivers() {
+        let engine = PodmanEngine::start("pmnat", driver);
+        engine.run_web();
+        engine.flush_netavark_nat();
+        let w = watch(&engine);
+        let seen = engine.lab.client_request(CLIENT_TIMEOUT);
+        let out = w.stop();
+        eprintln!("{driver:?}: client saw {seen}: {}", out.dump());
+        let (code, lines) = check(&engine);
+        assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
+        let f = lines
+            .iter()
+            .find(|l| l["cause"] == "missing_chain")
+            .unwrap_or_else(|| panic!("{driver:?}: no missing_chain: {lines:#?}"));
+        assert_eq!(f["container"], "web", "{f:#}");
+        let fix = f["fix"].as_str().unwrap_or_default();
+        assert!(fix.contains("podman network reload"), "{f:#}");
+        assert!(!fix.contains("docker"), "podman's words: {f:#}");
+    }
+}
+
+#[test]
+fn a_forward_drop_of_a_podman_container_is_firewall_drop_naming_it() {
+    for driver in drivers() {
+        let engine = PodmanEngine::start("pmdrop", driver);
+        engine.run_web();
+        let ip = engine.web_ip().to_string();
+        let drop = [
+            "-I", "FORWARD", "1", "-d", &ip, "-p", "tcp", "--dport", "5000", "-j", "DROP",
+        ];
+        engine.lab.iptables(&drop).unwrap();
+        let w = watch(&engine);
+        assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+        let out = w.stop();
+        let v = the_verdict(&out, "firewall_drop", driver);
+        assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
+        let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
+        assert!(
+            rule.contains("FORWARD rule 1") && rule.contains(&ip),
+            "{v:#}"
+        );
+        let (code, lines) = check(&engine);
+        assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["cause"] == "firewall_drop" && l["container"] == "web"),
+            "{lines:#?}"
+        );
+    }
 }

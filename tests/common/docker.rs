@@ -13,6 +13,10 @@ use std::{
 
 use tracer::lab::{self, Lab, LabSpec};
 
+/// How long an engine (dockerd, firewalld, Podman's service) may take to answer: seconds on
+/// a host, tens of seconds in an emulated guest (`cargo xtask vm --distro`).
+pub const ENGINE_START: Duration = Duration::from_secs(120);
+
 pub struct DockerHost {
     pub lab: Lab,
     pub dir: PathBuf,
@@ -21,14 +25,14 @@ pub struct DockerHost {
     firewalld: Option<Child>,
 }
 
-fn write_script(path: &Path, body: &str) {
+pub fn write_script(path: &Path, body: &str) {
     std::fs::write(path, format!("#!/bin/sh\nset -e\n{body}\n")).expect("write script");
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 /// Runs `script` inside network namespace `ns` with a private mount namespace of its own
 /// (its mounts never reach the host), output discarded (the scripts log to files).
-fn spawn_private(ns: &str, script: &Path) -> std::io::Result<Child> {
+pub fn spawn_private(ns: &str, script: &Path) -> std::io::Result<Child> {
     Command::new("ip")
         .args([
             "netns",
@@ -56,6 +60,35 @@ fn docker_bin() -> &'static str {
     }
 }
 
+/// Container engines need cgroup hierarchies in their mount namespace (`ip netns exec`
+/// remounts /sys): cgroup v1 controllers on hybrid hosts (with the unified hierarchy beside
+/// them, as such hosts have it: a container given /sys/fs/cgroup finds cgroup v2 there),
+/// cgroup2 on unified ones. Shell lines for a script run by `spawn_private`.
+pub const CGROUP_MOUNTS: &str = "mount -t tmpfs cgroup_root /sys/fs/cgroup
+if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/1/mounts; then
+  mount -t cgroup2 none /sys/fs/cgroup
+else
+  for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+    mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || true
+  done
+  mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || true
+  mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 none /sys/fs/cgroup/unified || true
+fi
+";
+
+/// The web container's command: busybox-static serving /www over HTTP on 5000.
+pub const WEB_ENTRYPOINT: &str = r#"["/bin/busybox", "httpd", "-f", "-p", "5000", "-h", "/www"]"#;
+
+/// The web container's files in `ctx`: /bin/busybox (this machine's busybox-static) and
+/// /www/index.html. Returns `ctx`.
+pub fn web_root(ctx: &Path) -> PathBuf {
+    std::fs::create_dir_all(ctx.join("www")).unwrap();
+    std::fs::create_dir_all(ctx.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", ctx.join("bin/busybox")).expect("busybox-static at /bin/busybox");
+    std::fs::write(ctx.join("www/index.html"), "droptrace\n").unwrap();
+    ctx.to_path_buf()
+}
+
 impl DockerHost {
     /// A client namespace and a host namespace with a real dockerd in it.
     pub fn start(label: &str, userland_proxy: bool) -> DockerHost {
@@ -67,23 +100,10 @@ impl DockerHost {
         let dir = std::env::temp_dir().join(format!("dt-docker-{}", lab.host));
         std::fs::create_dir_all(&dir).expect("state dir");
         let d = dir.display();
-        // dockerd needs cgroup hierarchies in its mount namespace (`ip netns exec` remounts
-        // /sys): cgroup v1 controllers on hybrid hosts (with the unified hierarchy beside
-        // them, as such hosts have it: a container given /sys/fs/cgroup finds cgroup v2
-        // there), cgroup2 on unified ones.
         write_script(
             &dir.join("start-dockerd"),
             &format!(
-                "mount -t tmpfs cgroup_root /sys/fs/cgroup\n\
-                 if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/1/mounts; then\n\
-                   mount -t cgroup2 none /sys/fs/cgroup\n\
-                 else\n\
-                   for c in cpu cpuacct cpuset memory devices freezer blkio pids; do\n\
-                     mkdir -p /sys/fs/cgroup/$c; mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || true\n\
-                   done\n\
-                   mkdir -p /sys/fs/cgroup/systemd; mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd || true\n\
-                   mkdir -p /sys/fs/cgroup/unified; mount -t cgroup2 none /sys/fs/cgroup/unified || true\n\
-                 fi\n\
+                "{CGROUP_MOUNTS}\
                  mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd\n\
                  exec dockerd --data-root {d}/root --exec-root {d}/exec --pidfile {d}/dockerd.pid \
                    -H unix://{d}/docker.sock --storage-driver vfs --userland-proxy={userland_proxy} \
@@ -100,14 +120,14 @@ impl DockerHost {
             daemon: Some(daemon),
             firewalld: None,
         };
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + ENGINE_START;
         while host
             .docker(&["version", "--format", "{{.Server.Version}}"])
             .is_err()
         {
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(host.dir.join("dockerd.log")).unwrap_or_default();
-                panic!("dockerd did not come up in 40 s:\n{log}");
+                panic!("dockerd did not come up in {ENGINE_START:?}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -133,14 +153,10 @@ impl DockerHost {
     /// `docker run -d --name web -p 5000:5000` of an image built `FROM scratch` with
     /// busybox-static serving HTTP on 5000.
     pub fn run_web(&self) {
-        let ctx = self.dir.join("image");
-        std::fs::create_dir_all(ctx.join("www")).unwrap();
-        std::fs::copy("/bin/busybox", ctx.join("busybox")).expect("busybox-static at /bin/busybox");
-        std::fs::write(ctx.join("www/index.html"), "droptrace\n").unwrap();
+        let ctx = web_root(&self.dir.join("image"));
         std::fs::write(
             ctx.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nCOPY www /www\n\
-             ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"5000\", \"-h\", \"/www\"]\n",
+            format!("FROM scratch\nCOPY bin /bin\nCOPY www /www\nENTRYPOINT {WEB_ENTRYPOINT}\n"),
         )
         .unwrap();
         self.docker(&["build", "-q", "-t", "dtweb", ctx.to_str().unwrap()])
@@ -161,7 +177,7 @@ impl DockerHost {
         }
     }
 
-    fn bus(&self) -> String {
+    pub fn bus(&self) -> String {
         format!("unix:path={}", self.dir.join("fw/bus").display())
     }
 
@@ -201,7 +217,7 @@ impl DockerHost {
         let child = spawn_private(&self.lab.host, &fw.join("start-firewalld"))
             .expect("start firewalld (apt-get install firewalld dbus)");
         self.firewalld = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(40);
+        let deadline = Instant::now() + ENGINE_START;
         while self
             .firewall_cmd(&["--state"])
             .map(|s| s.trim() != "running")
@@ -209,7 +225,7 @@ impl DockerHost {
         {
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(fw.join("firewalld.log")).unwrap_or_default();
-                panic!("firewalld did not come up in 40 s:\n{log}");
+                panic!("firewalld did not come up in {ENGINE_START:?}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }

@@ -4,6 +4,7 @@
 
 pub mod docker;
 pub mod netavark;
+pub mod podman;
 pub mod recorder;
 
 use std::{
@@ -357,4 +358,26 @@ pub fn udp_burst(lab: &tracer::lab::Lab, n: u64) {
         }
     })
     .unwrap();
+}
+
+/// Whether the run's start line lists `signal` among the hooks that attached.
+pub fn attached(out: &Output, signal: &str) -> bool {
+    out.of_type("start")[0]["signals"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|x| x == signal))
+}
+
+/// On a kernel that refuses cgroup/sysctl (Debian 11's 5.10 does), a sysctl's author cannot
+/// be recorded: the start line says why, and the verdict says so instead of guessing.
+pub fn assert_sysctl_author_unrecordable(out: &Output) {
+    let notes = out.of_type("start")[0]["notes"].to_string();
+    assert!(notes.contains("cgroup/sysctl unavailable"), "{notes}");
+    let v = out
+        .of_type("verdict")
+        .into_iter()
+        .find(|v| v["final"] == true && v["cause"] == "forwarding_disabled")
+        .unwrap_or_else(|| panic!("no final forwarding_disabled verdict: {}", out.dump()));
+    assert!(v["culprit"].is_null(), "{v:#}");
+    let note = v["culprit_note"].as_str().unwrap_or_default();
+    assert!(note.contains("cannot be recorded on this kernel"), "{note}");
 }

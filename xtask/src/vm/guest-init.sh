@@ -56,6 +56,11 @@ for step in $steps; do
     echo "@@DTVM step=$step skipped: $refused@@"
     continue
   fi
+  # A step this userland cannot run (the payload's skip/STEP says why).
+  if [ -f /droptrace-vm/skip/"$step" ]; then
+    echo "@@DTVM step=$step skipped: $(cat /droptrace-vm/skip/"$step")@@"
+    continue
+  fi
   case $step in
     probe) cmd=(/droptrace-vm/droptrace watch --port 5000 --duration 1 --json) ;;
     demo) cmd=(/droptrace-vm/droptrace demo) ;;

@@ -1,7 +1,8 @@
 //! What a guest boots: the kernel unpacked from its .deb, an initramfs that only reaches the
-//! disk (busybox-static and the virtio modules), and one ext4 disk image holding a bookworm
-//! userland made with debootstrap, every kernel's modules and the payload (droptrace, the
-//! test binaries, the guest's init). Guests boot the image with -snapshot: it stays pristine.
+//! disk (busybox-static and the virtio modules), and an ext4 disk image holding a userland
+//! made with debootstrap (bookworm's tools for the kernel matrix; each suite's own engines for
+//! `--distro`), its kernels' modules and the payload (droptrace, the test binaries, the guest's
+//! init). Guests boot the image with -snapshot: it stays pristine.
 use std::{
     fs,
     io::Write,
@@ -31,7 +32,82 @@ pub const GUEST_PACKAGES: &[&str] = &[
     "elfutils",
     "ca-certificates",
 ];
-pub const GUEST_SUITE: &str = "bookworm";
+/// The container engines of an engine guest (`--distro`): Debian's dockerd, firewalld (with
+/// its system bus; without libpam-systemd its polkit dependency does not configure) and, where
+/// the suite publishes with netavark, rootful and rootless Podman.
+const DOCKER_FIREWALLD: &[&str] = &["docker.io", "firewalld", "dbus", "libpam-systemd"];
+const PODMAN: &[&str] = &["podman", "netavark", "aardvark-dns", "uidmap"];
+
+/// A guest's root filesystem: a Debian suite and the packages on top of minbase.
+#[derive(Clone, Debug)]
+pub struct Userland {
+    /// Its directory under target/vm: `rootfs-NAME`.
+    pub name: String,
+    pub suite: &'static str,
+    pub packages: Vec<&'static str>,
+}
+
+impl Userland {
+    /// The kernel matrix's userland: bookworm with the tools, for every kernel.
+    pub fn matrix() -> Self {
+        Userland {
+            name: "bookworm".into(),
+            suite: "bookworm",
+            packages: GUEST_PACKAGES.to_vec(),
+        }
+    }
+
+    /// A suite's own userland with its own engines (`--distro`).
+    pub fn engines(suite: &Suite) -> Self {
+        let mut packages = GUEST_PACKAGES.to_vec();
+        packages.extend(DOCKER_FIREWALLD);
+        if suite.name == "trixie" {
+            // From Debian 13 the docker CLI is a package of its own (docker.io recommends it).
+            packages.push("docker-cli");
+        }
+        if suite.netavark {
+            packages.extend(PODMAN);
+            // Rootless Podman's port forwarder: slirp4netns before Podman 5, pasta from 5 on.
+            packages.push(if suite.name == "bookworm" {
+                "slirp4netns"
+            } else {
+                "passt"
+            });
+        }
+        Userland {
+            name: format!("{}-engines", suite.name),
+            suite: suite.name,
+            packages,
+        }
+    }
+}
+
+/// A Debian suite an engine guest runs: its own kernel series under its own userland.
+#[derive(Debug)]
+pub struct Suite {
+    pub name: &'static str,
+    pub series: &'static str,
+    /// Whether its Podman publishes with netavark (bullseye's Podman 3.0 uses CNI plugins).
+    pub netavark: bool,
+}
+
+pub const SUITES: &[Suite] = &[
+    Suite {
+        name: "bullseye",
+        series: "5.10",
+        netavark: false,
+    },
+    Suite {
+        name: "bookworm",
+        series: "6.1",
+        netavark: true,
+    },
+    Suite {
+        name: "trixie",
+        series: "6.12",
+        netavark: true,
+    },
+];
 
 /// Runs `cmd`, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<String> {
@@ -47,11 +123,13 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The bookworm root filesystem, made once and kept under `dir` (about a minute).
-pub fn rootfs(dir: &Path, archives: &Archives) -> Result<PathBuf> {
-    let root = dir.join(format!("rootfs-{GUEST_SUITE}"));
-    let stamp = dir.join(format!("rootfs-{GUEST_SUITE}.done"));
-    let wanted = GUEST_PACKAGES.join(",");
+/// A userland's root filesystem, made once and kept under `dir` (one to two minutes).
+pub fn rootfs(dir: &Path, archives: &Archives, userland: &Userland) -> Result<PathBuf> {
+    let name = &userland.name;
+    let suite = userland.suite;
+    let root = dir.join(format!("rootfs-{name}"));
+    let stamp = dir.join(format!("rootfs-{name}.done"));
+    let wanted = userland.packages.join(",");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) && root.exists() {
         return Ok(root);
     }
@@ -59,15 +137,21 @@ pub fn rootfs(dir: &Path, archives: &Archives) -> Result<PathBuf> {
         fs::remove_dir_all(&root)?;
     }
     eprintln!(
-        "[vm] debootstrap {GUEST_SUITE} into {} (about a minute)",
+        "[vm] debootstrap {suite} into {} (one to two minutes)",
         root.display()
     );
     run(Command::new("debootstrap")
         .args(["--variant=minbase", &format!("--include={wanted}")])
-        .arg(GUEST_SUITE)
+        .arg(suite)
         .arg(&root)
         .arg(&archives.main))
     .context("debootstrap (apt-get install debootstrap) could not build the guest userland")?;
+    // The downloaded packages would only make the disk image larger.
+    for deb in fs::read_dir(root.join("var/cache/apt/archives"))?.flatten() {
+        if deb.path().extension().is_some_and(|e| e == "deb") {
+            fs::remove_file(deb.path())?;
+        }
+    }
     fs::write(&stamp, wanted)?;
     Ok(root)
 }

@@ -28,14 +28,20 @@ const GUEST_INIT: &str = include_str!("guest-init.sh");
 #[derive(clap::Args)]
 pub struct VmArgs {
     /// Kernel series to boot (5.10, 6.1, 6.12, comma-separated) or `all`: the newest Debian
-    /// cloud build of each.
-    #[arg(long, default_value = "all")]
+    /// cloud build of each, over a bookworm userland.
+    #[arg(long, default_value = "all", conflicts_with = "distro")]
     kernel: String,
-    /// Integration test binaries to run after the demo, comma-separated, or `none`.
-    #[arg(long, default_value = "drops,attribution,culprit,reliability,recorder")]
-    tests: String,
-    /// Series that must pass every step. Any other kernel may instead be refused by
-    /// droptrace, cleanly: exit 3 with its sentence, fast, never a hang.
+    /// Engine guests instead of the kernel matrix: each Debian suite (bullseye, bookworm,
+    /// trixie, comma-separated, or `all`) boots its own kernel over its own userland and runs
+    /// its own dockerd, firewalld and Podman in the engine tests.
+    #[arg(long)]
+    distro: Option<String>,
+    /// Integration test binaries to run after the probe, comma-separated, or `none`
+    /// (default: drops,attribution,culprit,reliability,recorder; with --distro docker,podman).
+    #[arg(long)]
+    tests: Option<String>,
+    /// Series (5.10, 6.1, 6.12) or suites that must pass every step. Any other kernel may
+    /// instead be refused by droptrace, cleanly: exit 3 with its sentence, fast, never a hang.
     #[arg(long, value_delimiter = ',')]
     must_pass: Vec<String>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -55,6 +61,53 @@ pub struct VmArgs {
     security_mirror: Option<String>,
 }
 
+const MATRIX_TESTS: &str = "drops,attribution,culprit,reliability,recorder";
+const ENGINE_TESTS: &str = "docker,podman";
+
+/// One disk image and the kernels booted with it.
+struct Plan {
+    userland: image::Userland,
+    kernels: Vec<KernelPackage>,
+    /// Steps this userland cannot run, and why (a guest prints them as skipped).
+    skips: Vec<(String, String)>,
+}
+
+/// The kernel matrix (every kernel over bookworm's tools) or, with `--distro`, one plan per
+/// suite: its own kernel over its own userland.
+fn plans(args: &VmArgs, available: Vec<KernelPackage>) -> Result<Vec<Plan>> {
+    let Some(distro) = &args.distro else {
+        return Ok(vec![Plan {
+            userland: image::Userland::matrix(),
+            kernels: select(available, &args.kernel)?,
+            skips: Vec::new(),
+        }]);
+    };
+    let wanted: Vec<&str> = match distro.as_str() {
+        "all" => image::SUITES.iter().map(|s| s.name).collect(),
+        list => list.split(',').collect(),
+    };
+    let mut out = Vec::new();
+    for name in wanted {
+        let suite = image::SUITES
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no suite {name}: bullseye, bookworm, trixie or all"))?;
+        let mut skips = Vec::new();
+        if !suite.netavark {
+            skips.push((
+                "podman".to_string(),
+                format!("{name}'s Podman publishes through CNI plugins, not netavark"),
+            ));
+        }
+        out.push(Plan {
+            userland: image::Userland::engines(suite),
+            kernels: select(available.clone(), suite.series)?,
+            skips,
+        });
+    }
+    Ok(out)
+}
+
 pub fn run(args: VmArgs) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
@@ -63,50 +116,75 @@ pub fn run(args: VmArgs) -> Result<()> {
     );
     let dir = PathBuf::from(VM_DIR);
     fs::create_dir_all(&dir)?;
-    let tests: Vec<String> = match args.tests.as_str() {
+    let default_tests = if args.distro.is_some() {
+        ENGINE_TESTS
+    } else {
+        MATRIX_TESTS
+    };
+    let tests: Vec<String> = match args.tests.as_deref().unwrap_or(default_tests) {
         "none" | "" => Vec::new(),
         list => list.split(',').map(str::to_string).collect(),
     };
 
     eprintln!("[vm] building the static binary (cargo xtask dist)");
     let droptrace = crate::dist::build()?;
-    let test_bins = test_binaries(&tests)?;
+    // Engine guests run older C libraries than this machine's (bullseye: glibc 2.31): their
+    // test binaries are static, like droptrace.
+    let target = args.distro.as_ref().map(|_| crate::dist::TARGET);
+    let test_bins = test_binaries(&tests, target)?;
 
     let archives = archives(&args)?;
     let apt = PrivateApt::new(&dir.join("apt"), &archives)?;
     eprintln!("[vm] apt-get update (private configuration in {VM_DIR}/apt)");
     apt.update()?;
-    let packages = select(apt.cloud_kernels()?, &args.kernel)?;
-    let mut kernels = Vec::new();
-    for pkg in &packages {
-        eprintln!("[vm] kernel {} {}", pkg.name, pkg.version);
-        let deb = apt.download(pkg, &dir.join("debs"))?;
-        let unpacked = image::unpack_kernel(&deb, &dir.join("kernels").join(&pkg.name))?;
-        kernels.push((pkg.clone(), unpacked));
+    let plans = plans(&args, apt.cloud_kernels()?)?;
+
+    let mut steps = vec!["probe".to_string()];
+    if args.distro.is_none() {
+        steps.push("demo".to_string());
     }
-
-    let root = image::rootfs(&dir, &archives)?;
-    for (_, kernel) in kernels.iter_mut() {
-        // From here on, the indexed copy in the guest's root filesystem.
-        kernel.modules = image::install_modules(&root, kernel)?;
-    }
-    install_payload(&root, &droptrace, &test_bins)?;
-    let disk = dir.join("disk.img");
-    eprintln!("[vm] disk image {}", disk.display());
-    image::disk_image(&root, &disk)?;
-
-    let accel = match args.accel {
-        Accel::Auto if guest::kvm_works(&kernels[0].1.vmlinuz, &dir) => Accel::Kvm,
-        Accel::Auto => Accel::Tcg,
-        chosen => chosen,
-    };
-    eprintln!("[vm] accelerator: {accel:?}");
-
-    let mut steps = vec!["probe".to_string(), "demo".to_string()];
     steps.extend(tests.iter().cloned());
+    let mut accel = args.accel;
     let mut results = Vec::new();
-    for (pkg, kernel) in &kernels {
-        results.push(run_kernel(pkg, kernel, &steps, accel, &args, &dir)?);
+    for plan in &plans {
+        let mut kernels = Vec::new();
+        for pkg in &plan.kernels {
+            eprintln!("[vm] kernel {} {}", pkg.name, pkg.version);
+            let deb = apt.download(pkg, &dir.join("debs"))?;
+            let unpacked = image::unpack_kernel(&deb, &dir.join("kernels").join(&pkg.name))?;
+            kernels.push((pkg.clone(), unpacked));
+        }
+        let root = image::rootfs(&dir, &archives, &plan.userland)?;
+        for (_, kernel) in kernels.iter_mut() {
+            // From here on, the indexed copy in the guest's root filesystem.
+            kernel.modules = image::install_modules(&root, kernel)?;
+        }
+        install_payload(&root, &droptrace, &test_bins, &plan.skips)?;
+        let disk = dir.join(format!("disk-{}.img", plan.userland.name));
+        eprintln!("[vm] disk image {}", disk.display());
+        image::disk_image(&root, &disk)?;
+        if accel == Accel::Auto {
+            accel = match guest::kvm_works(&kernels[0].1.vmlinuz, &dir) {
+                true => Accel::Kvm,
+                false => Accel::Tcg,
+            };
+            eprintln!("[vm] accelerator: {accel:?}");
+        }
+        for (pkg, kernel) in &kernels {
+            let label = match &args.distro {
+                Some(_) => plan.userland.suite.to_string(),
+                None => pkg.series.clone(),
+            };
+            let guest = Guest {
+                label: &label,
+                pkg,
+                kernel,
+                disk: &disk,
+            };
+            let mut result = run_kernel(&guest, &steps, accel, &args, &dir)?;
+            result.suite = plan.userland.suite.to_string();
+            results.push(result);
+        }
     }
     let matrix = report::Matrix {
         accel,
@@ -114,7 +192,10 @@ pub fn run(args: VmArgs) -> Result<()> {
         kernels: results,
     };
     print!("{}", matrix.table());
-    let json = dir.join("results.json");
+    let json = dir.join(match args.distro {
+        Some(_) => "engines.json",
+        None => "results.json",
+    });
     fs::write(&json, serde_json::to_string_pretty(&matrix)?)?;
     eprintln!("[vm] wrote {}", json.display());
     matrix.check(&args.must_pass)
@@ -160,7 +241,7 @@ fn select(available: Vec<KernelPackage>, wanted: &str) -> Result<Vec<KernelPacka
 }
 
 /// Builds the integration test binaries (`cargo test --no-run`) and returns name → path.
-fn test_binaries(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
+fn test_binaries(names: &[String], target: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -173,6 +254,9 @@ fn test_binaries(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
         "tracer",
         "--message-format=json",
     ]);
+    if let Some(target) = target {
+        cmd.args(["--target", target]);
+    }
     for n in names {
         cmd.args(["--test", n]);
     }
@@ -208,8 +292,14 @@ fn test_binaries(names: &[String]) -> Result<Vec<(String, PathBuf)>> {
     Ok(bins)
 }
 
-/// /droptrace-vm in the guest: init, the static droptrace, the test binaries.
-fn install_payload(root: &Path, droptrace: &Path, tests: &[(String, PathBuf)]) -> Result<()> {
+/// /droptrace-vm in the guest: init, the static droptrace, the test binaries, and a file per
+/// step this guest skips (`skip/STEP` holds why).
+fn install_payload(
+    root: &Path,
+    droptrace: &Path,
+    tests: &[(String, PathBuf)],
+    skips: &[(String, String)],
+) -> Result<()> {
     let payload = root.join("droptrace-vm");
     if payload.exists() {
         fs::remove_dir_all(&payload)?;
@@ -221,17 +311,29 @@ fn install_payload(root: &Path, droptrace: &Path, tests: &[(String, PathBuf)]) -
         fs::copy(exe, payload.join("tests").join(name))
             .with_context(|| format!("copying {}", exe.display()))?;
     }
+    fs::create_dir_all(payload.join("skip"))?;
+    for (step, why) in skips {
+        fs::write(payload.join("skip").join(step), why)?;
+    }
     Ok(())
 }
 
+/// One guest to boot: a kernel and the disk image it boots with.
+struct Guest<'a> {
+    label: &'a str,
+    pkg: &'a KernelPackage,
+    kernel: &'a image::Kernel,
+    disk: &'a Path,
+}
+
 fn run_kernel(
-    pkg: &KernelPackage,
-    kernel: &image::Kernel,
+    g: &Guest,
     steps: &[String],
     accel: Accel,
     args: &VmArgs,
     dir: &Path,
 ) -> Result<report::KernelResult> {
+    let (pkg, kernel) = (g.pkg, g.kernel);
     let kdir = dir.join("kernels").join(&pkg.name);
     let initrd = kdir.join("initrd.cpio");
     image::initramfs(kernel, &initrd)?;
@@ -241,13 +343,17 @@ fn run_kernel(
     // itself off after all of them.
     let per_step = limit + Duration::from_secs(90);
     let budget = per_step * steps.len() as u32 + Duration::from_secs(60);
-    let log = kdir.join("console.log");
+    // The matrix's console.log; an engine guest's beside it, named by its suite.
+    let log = match g.label == pkg.series {
+        true => kdir.join("console.log"),
+        false => kdir.join(format!("console-{}.log", g.label)),
+    };
     eprintln!("[vm] booting {} ({:?})", kernel.release, accel);
     let (console, killed) = guest::boot(&guest::Boot {
-        label: &pkg.series,
+        label: g.label,
         vmlinuz: &kernel.vmlinuz,
         initrd: &initrd,
-        image: &dir.join("disk.img"),
+        image: g.disk,
         steps,
         limit,
         budget,
