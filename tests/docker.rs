@@ -58,6 +58,10 @@ fn check(host: &DockerHost) -> (Option<i32>, Vec<Value>) {
 fn healthy_published_port_is_discovered_and_gives_no_verdict() {
     let host = DockerHost::start("dkhealthy", false);
     host.run_web();
+    let version = host
+        .docker(&["version", "--format", "{{.Server.Version}}"])
+        .unwrap_or_default();
+    common::save_engine_fixtures(&host.lab, &host.sock, &format!("docker-{}", version.trim()));
     let w = watch(&host);
     assert_eq!(w.start["ports"], serde_json::json!([5000]));
     assert_eq!(w.start["published"][0]["container"], "web");

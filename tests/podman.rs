@@ -181,6 +181,11 @@ fn podman_ports_are_found_over_its_api_with_the_container_and_from_netavarks_rul
     for driver in drivers() {
         let engine = PodmanEngine::start("pmports", driver);
         engine.run_web();
+        let version = engine
+            .podman(&["version", "--format", "{{.Server.Version}}"])
+            .unwrap_or_default();
+        let prefix = format!("podman-{}-{}", version.trim(), driver.name());
+        common::save_engine_fixtures(&engine.lab, &engine.sock, &prefix);
         let w = watch(&engine);
         assert_eq!(w.start["ports"], serde_json::json!([5000]), "{driver:?}");
         assert_eq!(w.start["engine"]["name"], "podman", "{driver:?}");
@@ -250,13 +255,34 @@ fn netavarks_dnat_flushed_is_missing_chain_with_podmans_fix() {
         let w = watch(&engine);
         let seen = engine.lab.client_request(CLIENT_TIMEOUT);
         let out = w.stop();
-        eprintln!("{driver:?}: client saw {seen}: {}", out.dump());
         let (code, lines) = check(&engine);
         assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
         let f = lines
             .iter()
             .find(|l| l["cause"] == "missing_chain")
             .unwrap_or_else(|| panic!("{driver:?}: no missing_chain: {lines:#?}"));
+        let what = f["what"].as_str().unwrap_or_default();
+        match seen {
+            // Podman before 5.0: conmon holds the port with a listening socket, accepts the
+            // connection and never answers. Nothing is dropped; check says why.
+            Outcome::Connected => {
+                assert!(out.drops().is_empty(), "{}", out.dump());
+                assert!(
+                    what.contains("conmon") && what.contains("still listens"),
+                    "{f:#}"
+                );
+            }
+            // Nothing holds the port: the host answers the SYN with a RST, a drop watch
+            // attributes to the missing DNAT.
+            Outcome::Refused => {
+                let v = the_verdict(&out, "missing_chain", driver);
+                assert!(
+                    v["fix"].to_string().contains("podman network reload"),
+                    "{v:#}"
+                );
+            }
+            other => panic!("{driver:?}: the client saw {other}: {}", out.dump()),
+        }
         assert_eq!(f["container"], "web", "{f:#}");
         let fix = f["fix"].as_str().unwrap_or_default();
         assert!(fix.contains("podman network reload"), "{f:#}");

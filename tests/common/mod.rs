@@ -381,3 +381,43 @@ pub fn assert_sysctl_author_unrecordable(out: &Output) {
     let note = v["culprit_note"].as_str().unwrap_or_default();
     assert!(note.contains("cannot be recorded on this kernel"), "{note}");
 }
+
+/// Saves a real engine's output as a fixture when `DROPTRACE_FIXTURES` names a directory
+/// (`cargo xtask vm --distro` sets it in its guests and brings the files back to
+/// target/vm/fixtures/SUITE/): the fixtures the parsers' tests and fuzz seeds come from.
+pub fn save_fixture(name: &str, body: &str) {
+    if let Ok(dir) = std::env::var("DROPTRACE_FIXTURES") {
+        let path = std::path::Path::new(&dir).join(name);
+        std::fs::write(&path, body).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// `GET path` on an engine's unix socket (HTTP/1.0: no chunking), the body.
+pub fn engine_get(sock: &std::path::Path, path: &str) -> String {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock)
+        .unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: engine\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("engine answer");
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_else(|| panic!("no HTTP body: {text}"))
+}
+
+/// Saves the engine's container list and namespace `ns`'s rules (`iptables-save`,
+/// `nft -j list ruleset`) as fixtures named `{prefix}-…`.
+pub fn save_engine_fixtures(lab: &tracer::lab::Lab, sock: &std::path::Path, prefix: &str) {
+    if std::env::var_os("DROPTRACE_FIXTURES").is_none() {
+        return;
+    }
+    let api = engine_get(sock, "/v1.41/containers/json");
+    save_fixture(&format!("{prefix}-containers.json"), &api);
+    let save = lab.exec(&lab.host, &["iptables-save"]).unwrap_or_default();
+    save_fixture(&format!("{prefix}-iptables-save.txt"), &save);
+    let nft = lab
+        .exec(&lab.host, &["nft", "-j", "list", "ruleset"])
+        .unwrap_or_default();
+    save_fixture(&format!("{prefix}-nft-list-ruleset.json"), &nft);
+}

@@ -77,6 +77,8 @@ pub enum Detail {
 pub struct Facts {
     /// Host ports a docker-proxy process listens on in the namespace.
     pub proxy_ports: BTreeSet<u16>,
+    /// Host ports Podman's conmon holds with a listening socket in the namespace.
+    pub conmon_ports: BTreeSet<u16>,
     /// A firewalld process runs in the namespace (or its nftables table exists).
     pub firewalld: bool,
     /// Prefix to run commands in the namespace (`ip netns exec NAME `).
@@ -154,7 +156,12 @@ fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Op
             "; docker-proxy still answers on port {port}, so clients connect through it (losing their source address) until something in INPUT blocks the port"
         ));
     }
-    let (fix, keep) = words::missing_chain_fix(Some(p.source));
+    if facts.conmon_ports.contains(&port) {
+        what.push_str(&format!(
+            "; conmon, which holds port {port} for Podman, still listens on it: clients connect, then wait for an answer that never comes (nothing is dropped)"
+        ));
+    }
+    let (fix, keep) = words::missing_chain_fix(p.engine);
     Some(Finding {
         fix,
         fix_persistent: Some(keep),
@@ -210,22 +217,19 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
     out
 }
 
-/// Host ports a `docker-proxy` in network namespace `netns_inode` listens on, from /proc.
-pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
+/// The pids of processes named `comm` in network namespace `netns_inode`, from /proc.
+fn processes_named(comm: &str, netns_inode: u32) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return ports;
+        return Vec::new();
     };
+    let mut out = Vec::new();
     for entry in dir.flatten() {
-        let pid = entry.file_name();
-        let Some(pid) = pid
-            .to_str()
-            .filter(|p| p.chars().all(|c| c.is_ascii_digit()))
-        else {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
             continue;
-        };
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        if comm.trim() != "docker-proxy" {
+        }
+        let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if name.trim() != comm {
             continue;
         }
         let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
@@ -237,9 +241,17 @@ pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
                     .parse::<u32>()
                     .ok()
             });
-        if ns != Some(netns_inode) {
-            continue;
+        if ns == Some(netns_inode) {
+            out.push(pid);
         }
+    }
+    out
+}
+
+/// Host ports a `docker-proxy` in network namespace `netns_inode` listens on, from /proc.
+pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for pid in processes_named("docker-proxy", netns_inode) {
         let args = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let args: Vec<String> = args
             .split(|b| *b == 0)
@@ -252,6 +264,48 @@ pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
         }
     }
     ports
+}
+
+/// TCP ports a `conmon` in network namespace `netns_inode` listens on: rootful Podman before
+/// 5.0 holds each published port open with a listening socket in conmon, which accepts
+/// connections and never answers them once the DNAT is gone.
+pub fn conmon_ports(netns_inode: u32) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for pid in processes_named("conmon", netns_inode) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let sockets: BTreeSet<u64> = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            })
+            .collect();
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"));
+            ports.extend(
+                listening(&text.unwrap_or_default())
+                    .filter(|(_, inode)| sockets.contains(inode))
+                    .map(|(port, _)| port),
+            );
+        }
+    }
+    ports
+}
+
+/// (local port, socket inode) of each LISTEN socket in a /proc/net/tcp table.
+fn listening(table: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+        if *state != "0A" {
+            return None;
+        }
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        Some((port, inode.parse().ok()?))
+    })
 }
 
 /// Whether firewalld runs in (or has written its table into) the namespace.
@@ -292,6 +346,7 @@ mod tests {
             container_port: Some(5000),
             network: Some("bridge".into()),
             source: "docker",
+            engine: Some("docker"),
         }]
     }
 

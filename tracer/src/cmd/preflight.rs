@@ -54,6 +54,7 @@ async fn scene(req: &PreflightRequest) -> Result<Scene, Error> {
                 container_port: None,
                 network: None,
                 source: "--port",
+                engine: None,
             });
         }
     }
@@ -203,6 +204,7 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
     };
     let facts = Facts {
         proxy_ports: check::docker_proxy_ports(s.netns.inode),
+        conmon_ports: check::conmon_ports(s.netns.inode),
         firewalld: check::firewalld_present(&s.snapshot, s.netns.inode),
         exec_prefix,
     };

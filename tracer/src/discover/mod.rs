@@ -31,6 +31,9 @@ pub struct PublishedPort {
     pub network: Option<String>,
     /// `docker`, `podman` (engine API) or `nat-rule` (found in the ruleset).
     pub source: &'static str,
+    /// The engine that publishes it (`docker`, `podman`), from its API or from whose rules
+    /// translate it (netavark's are Podman's); None when unknown. The fixes follow it.
+    pub engine: Option<&'static str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -130,6 +133,7 @@ pub fn published_from_summaries(
                 container_port: Some(p.private_port),
                 network: network.clone(),
                 source,
+                engine: Some(source),
             });
         }
     }
@@ -304,11 +308,12 @@ pub fn from_rules(snap: &Snapshot) -> Vec<PublishedPort> {
                     host_port: lo,
                     proto: rule.proto.clone().unwrap_or_else(|| "tcp".into()),
                     container: None,
-                    container_id: None,
+                    container_id: netavark_container(nat, &chain.name),
                     container_ip: to.map(|(a, _)| a),
                     container_port: to.and_then(|(_, p)| p).or(Some(lo)),
                     network: None,
                     source: "nat-rule",
+                    engine: engine_of_chain(&chain.name),
                 });
             }
         }
@@ -347,7 +352,38 @@ fn published_by_nft(rule: &crate::observe::state::nft::Rule) -> Option<Published
         container_port: to_port.or(Some(*port)),
         network: None,
         source: "nat-rule",
+        engine: match rule.table.as_str() {
+            "netavark" => Some("podman"),
+            t if t.starts_with("docker") => Some("docker"),
+            _ => None,
+        },
     })
+}
+
+/// Whose nat chain this is: Docker's `DOCKER`, netavark's `NETAVARK-*` (Podman's).
+fn engine_of_chain(chain: &str) -> Option<&'static str> {
+    match chain {
+        "DOCKER" => Some("docker"),
+        c if c.starts_with("NETAVARK") => Some("podman"),
+        _ => None,
+    }
+}
+
+/// The container a netavark DNAT chain serves: netavark jumps to it from
+/// NETAVARK-HOSTPORT-DNAT with `--comment "dnat name: NETWORK id: CONTAINER_ID"`.
+fn netavark_container(nat: &crate::observe::state::iptables::Table, chain: &str) -> Option<String> {
+    let hostport = nat
+        .chains
+        .iter()
+        .find(|c| c.name == "NETAVARK-HOSTPORT-DNAT")?;
+    hostport
+        .rules
+        .iter()
+        .filter(|r| r.target.as_deref() == Some(chain))
+        .find_map(|r| {
+            let id = r.spec.split(" id: ").nth(1)?;
+            Some(short_id(id.trim_matches(|c: char| !c.is_ascii_hexdigit())))
+        })
 }
 
 /// `--container NAME|ID`: the ports of that container, or an error listing the known ones.

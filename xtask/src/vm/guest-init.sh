@@ -48,6 +48,11 @@ stacks() {
 ( sleep "$budget"; echo "@@DTVM budget exhausted after ${budget}s@@"; dmesg -n 8; echo t >/proc/sysrq-trigger; poweroff_now ) &
 
 uname -r | sed 's/^/@@DTVM kernel /; s/$/@@/'
+# Files the tests leave for the host (real engines' rules and API answers): printed at the
+# end as a base64 tarball between markers; `cargo xtask vm` unpacks them.
+export DROPTRACE_FIXTURES=/tmp/fixtures
+mkdir -p "$DROPTRACE_FIXTURES"
+
 refused=
 for step in $steps; do
   # A kernel droptrace refuses fails every test the same way: say so once, still run the demo
@@ -84,5 +89,10 @@ for step in $steps; do
   echo "@@DTVM step=$step end rc=$rc secs=$secs@@"
   [ "$step" = probe ] && [ "$rc" -eq 3 ] && refused="droptrace refused this kernel (exit 3)"
 done
+if [ -n "$(ls -A "$DROPTRACE_FIXTURES")" ]; then
+  echo "@@DTVM artifacts begin@@"
+  tar -C "$DROPTRACE_FIXTURES" -cz . | base64 -w 120
+  echo "@@DTVM artifacts end@@"
+fi
 echo "@@DTVM done@@"
 poweroff_now

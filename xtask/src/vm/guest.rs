@@ -187,6 +187,8 @@ pub struct StepRun {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GuestRun {
     pub release: Option<String>,
+    /// The base64 tarball of files the tests left (`DROPTRACE_FIXTURES`), if any.
+    pub artifacts: Option<String>,
     pub steps: Vec<StepRun>,
     pub done: bool,
     pub budget_exhausted: bool,
@@ -196,7 +198,20 @@ pub struct GuestRun {
 pub fn parse_console(text: &str) -> GuestRun {
     let mut run = GuestRun::default();
     let mut current: Option<StepRun> = None;
+    let mut artifacts: Option<String> = None;
     for line in text.lines() {
+        if let Some(b64) = artifacts.as_mut() {
+            if line.contains("@@DTVM artifacts end@@") {
+                run.artifacts = artifacts.take();
+            } else {
+                b64.push_str(line.trim());
+            }
+            continue;
+        }
+        if line.contains("@@DTVM artifacts begin@@") {
+            artifacts = Some(String::new());
+            continue;
+        }
         let Some(marker) = line
             .find("@@DTVM ")
             .map(|i| &line[i + 7..])

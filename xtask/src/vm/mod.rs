@@ -318,6 +318,26 @@ fn install_payload(
     Ok(())
 }
 
+/// Unpacks the guest's base64 tarball of fixtures into `out` (emptied first).
+fn unpack_artifacts(b64: &str, out: &Path) -> Result<()> {
+    use std::io::Write as _;
+    if out.exists() {
+        fs::remove_dir_all(out)?;
+    }
+    fs::create_dir_all(out)?;
+    let tarball = out.with_extension("tar.gz.b64");
+    fs::File::create(&tarball)?.write_all(b64.as_bytes())?;
+    let script = format!(
+        "base64 -d '{}' | tar -xz -C '{}'",
+        tarball.display(),
+        out.display()
+    );
+    image::run(Command::new("sh").args(["-c", &script]))
+        .context("unpacking the guest's fixtures")?;
+    fs::remove_file(&tarball)?;
+    Ok(())
+}
+
 /// One guest to boot: a kernel and the disk image it boots with.
 struct Guest<'a> {
     label: &'a str,
@@ -362,6 +382,15 @@ fn run_kernel(
         verbose: args.verbose,
     })?;
     let run = guest::parse_console(&console);
+    if let Some(b64) = &run.artifacts {
+        let out = dir.join("fixtures").join(g.label);
+        unpack_artifacts(b64, &out)?;
+        eprintln!(
+            "[vm {}] the tests' fixtures are in {}",
+            g.label,
+            out.display()
+        );
+    }
     Ok(report::KernelResult::new(
         pkg,
         &kernel.release,

@@ -344,8 +344,8 @@ impl Observer<'_> {
             engine: self
                 .published
                 .iter()
-                .find(|p| p.host_port == port && p.source != "nat-rule")
-                .map(|p| p.source),
+                .filter(|p| p.host_port == port)
+                .find_map(|p| p.engine),
         };
         let a = attribute(&facts, now, &ctx);
         self.book.learn(sig, a.clone());

@@ -66,6 +66,7 @@ fn published() -> Vec<PublishedPort> {
         container_port: Some(5000),
         network: Some("bridge".into()),
         source: "docker",
+        engine: Some("docker"),
     }]
 }
 
