@@ -92,6 +92,23 @@ pub fn web_root(ctx: &Path) -> PathBuf {
 impl DockerHost {
     /// A client namespace and a host namespace with a real dockerd in it.
     pub fn start(label: &str, userland_proxy: bool) -> DockerHost {
+        let mut host = Self::new(label);
+        host.start_dockerd(userland_proxy);
+        host
+    }
+
+    /// A client namespace and a host namespace where firewalld runs first, then dockerd,
+    /// which finds firewalld on the (private) system bus and integrates with it: its bridge
+    /// in firewalld's `docker` zone, its rules restored after each firewalld reload.
+    pub fn start_under_firewalld(label: &str) -> DockerHost {
+        let mut host = Self::new(label);
+        host.start_firewalld();
+        host.start_dockerd(false);
+        host
+    }
+
+    /// The lab and the state directory, no daemon yet.
+    fn new(label: &str) -> DockerHost {
         super::require_root();
         let mut spec = LabSpec::new(label);
         spec.server = false;
@@ -99,39 +116,48 @@ impl DockerHost {
         let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
         let dir = std::env::temp_dir().join(format!("dt-docker-{}", lab.host));
         std::fs::create_dir_all(&dir).expect("state dir");
-        let d = dir.display();
+        let sock = dir.join("docker.sock");
+        DockerHost {
+            lab,
+            dir,
+            sock,
+            daemon: None,
+            firewalld: None,
+        }
+    }
+
+    fn start_dockerd(&mut self, userland_proxy: bool) {
+        let d = self.dir.display();
+        // With firewalld already up, dockerd reaches it over the same bus a host's would.
+        let bus = match self.firewalld {
+            Some(_) => format!("export DBUS_SYSTEM_BUS_ADDRESS={}\n", self.bus()),
+            None => String::new(),
+        };
         write_script(
-            &dir.join("start-dockerd"),
+            &self.dir.join("start-dockerd"),
             &format!(
                 "{CGROUP_MOUNTS}\
                  mkdir -p /run/containerd && mount -t tmpfs tmpfs /run/containerd\n\
+                 {bus}\
                  exec dockerd --data-root {d}/root --exec-root {d}/exec --pidfile {d}/dockerd.pid \
                    -H unix://{d}/docker.sock --storage-driver vfs --userland-proxy={userland_proxy} \
                    > {d}/dockerd.log 2>&1"
             ),
         );
-        let daemon = spawn_private(&lab.host, &dir.join("start-dockerd"))
+        let daemon = spawn_private(&self.lab.host, &self.dir.join("start-dockerd"))
             .expect("start dockerd (apt-get install docker.io)");
-        let sock = dir.join("docker.sock");
-        let host = DockerHost {
-            lab,
-            dir,
-            sock,
-            daemon: Some(daemon),
-            firewalld: None,
-        };
+        self.daemon = Some(daemon);
         let deadline = Instant::now() + ENGINE_START;
-        while host
+        while self
             .docker(&["version", "--format", "{{.Server.Version}}"])
             .is_err()
         {
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(host.dir.join("dockerd.log")).unwrap_or_default();
+                let log = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
                 panic!("dockerd did not come up in {ENGINE_START:?}:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        host
     }
 
     pub fn docker(&self, args: &[&str]) -> Result<String, String> {
@@ -208,7 +234,7 @@ impl DockerHost {
             &format!(
                 "mkdir -p /run/firewalld && mount -t tmpfs tmpfs /run/firewalld\n\
                  cp -a /etc/firewalld/. {f}/etc/ && mount --bind {f}/etc /etc/firewalld\n\
-                 dbus-daemon --config-file={f}/bus.conf --nofork --nopidfile > {f}/dbus.log 2>&1 &\n\
+                 [ -S {f}/bus ] || dbus-daemon --config-file={f}/bus.conf --nofork --nopidfile > {f}/dbus.log 2>&1 &\n\
                  for i in $(seq 1 50); do [ -S {f}/bus ] && break; sleep 0.1; done\n\
                  export DBUS_SYSTEM_BUS_ADDRESS=unix:path={f}/bus\n\
                  exec firewalld --nofork --nopid --log-file {f}/firewalld.log > {f}/firewalld.out 2>&1"
@@ -229,6 +255,29 @@ impl DockerHost {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// `systemctl restart firewalld`: firewalld is stopped (SIGTERM: it cleans up as it
+    /// exits) and started again on the same bus.
+    pub fn restart_firewalld(&mut self) {
+        if let Some(mut child) = self.firewalld.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + ENGINE_START;
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.start_firewalld();
+    }
+
+    /// firewalld's version (`firewall-cmd --version`), e.g. (2, 3).
+    pub fn firewalld_version(&self) -> (u32, u32) {
+        let v = self.firewall_cmd(&["--version"]).unwrap_or_default();
+        let mut parts = v.trim().split('.').map(|n| n.parse().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
     }
 
     pub fn firewall_cmd(&self, args: &[&str]) -> Result<String, String> {

@@ -92,12 +92,16 @@ impl PodmanEngine {
             ),
         )
         .expect("containers.conf");
-        // Its own /run/netns: the containers' namespaces never show among the host's.
+        // Its own /run/netns, /run/containers and /dev/shm: the containers' namespaces never
+        // show among the host's, netavark's address allocations and Podman's lock file
+        // (/dev/shm/libpod_lock) stay in it.
         write_script(
             &dir.join("start-podman"),
             &format!(
                 "{CGROUP_MOUNTS}\
                  mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns\n\
+                 mkdir -p /run/containers && mount -t tmpfs tmpfs /run/containers\n\
+                 mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm\n\
                  export CONTAINERS_CONF={d}/containers.conf NETAVARK_FW={fw}\n\
                  exec podman --root {d}/root --runroot {d}/run --storage-driver vfs --tmpdir {d}/tmp \
                    system service --time=0 unix://{d}/podman.sock > {d}/podman.log 2>&1"
@@ -114,12 +118,19 @@ impl PodmanEngine {
             service: Some(service),
             web_pid: Default::default(),
         };
+        let mut engine = engine;
         let deadline = Instant::now() + ENGINE_START;
         while engine.podman(&["version"]).is_err() {
-            if Instant::now() > deadline {
+            let exited = engine
+                .service
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
                 let log =
                     std::fs::read_to_string(engine.dir.join("podman.log")).unwrap_or_default();
-                panic!("podman system service did not answer in {ENGINE_START:?}:\n{log}");
+                panic!(
+                    "podman system service did not answer ({exited:?}; {ENGINE_START:?} allowed):\n{log}"
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }

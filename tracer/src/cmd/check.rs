@@ -149,7 +149,10 @@ fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Op
         words::missing(&missing, port, &p.proto)
     );
     if facts.firewalld && !snap.nat_chain_exists("DOCKER") {
-        what.push_str("; firewalld runs here: with its iptables backend (or before 1.0) a firewalld start or reload after the engine removes the engine's nat chains, while firewalld >= 1.0 on nftables leaves them alone (journalctl -u firewalld shows when it last reloaded)");
+        // Measured with Debian's own engines (cargo xtask vm --distro): firewalld 0.9.3 and
+        // 1.3.3 flush dockerd's rules when they start, restart or reload after it; 2.3.1
+        // leaves them; a dockerd that found firewalld on the bus at its start restores them.
+        what.push_str("; firewalld runs here: firewalld 0.9 and 1.x remove the engine's nat rules whenever they start, restart or reload after the engine (2.3 leaves them; a dockerd that found firewalld when it started restores them); journalctl -u firewalld shows when it last did");
     }
     if facts.proxy_ports.contains(&port) {
         what.push_str(&format!(
