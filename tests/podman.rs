@@ -320,3 +320,84 @@ fn a_forward_drop_of_a_podman_container_is_firewall_drop_naming_it() {
         );
     }
 }
+
+/// Rootless Podman publishes with a userspace forwarder on the host port, no DNAT: `ports`,
+/// `check` and `watch` say so; forwarding off harms nothing (measured), and what blocks the
+/// host's input path is found there.
+#[test]
+fn rootless_podman_ports_are_said_to_be_forwarded_in_userspace() {
+    let engine = PodmanEngine::start_rootless("pmrootless");
+    // The engine is known rootless from its socket's peer before any container runs.
+    let human = run_droptrace(&["ports", "--docker-host", engine.sock_arg()]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("podman runs rootless here as uid 65534") && text.contains("not DNATed"),
+        "{text}"
+    );
+    if let Err(e) = engine.try_run_web() {
+        // Some CI sandboxes give /dev/net/tun to root only: no rootless networking there.
+        // Guests (`cargo xtask vm --distro bookworm,trixie`) run this test in full.
+        let tun = std::fs::metadata("/dev/net/tun").map(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.permissions().mode() & 0o006
+        });
+        assert!(
+            e.contains("/dev/net/tun") && tun.is_ok_and(|m| m != 0o006),
+            "rootless podman run: {e}"
+        );
+        eprintln!("skipped: /dev/net/tun is not open to other users here: {e}");
+        return;
+    }
+    let sock = engine.sock_arg();
+    let (code, ports) = json_lines(&["ports", "--docker-host", sock]);
+    assert_eq!(code, Some(0), "{ports:?}");
+    let web = ports
+        .iter()
+        .find(|p| p["host_port"] == 5000)
+        .unwrap_or_else(|| panic!("5000 not listed: {ports:?}"));
+    assert_eq!(web["rootless"], true, "{web}");
+    assert_eq!(web["container"], "web", "{web}");
+
+    let rootless_check = |when: &str, want: Option<i32>| {
+        let (code, lines) = check(&engine);
+        assert_eq!(code, want, "{when}: {lines:#?}");
+        let summary = lines.last().unwrap();
+        assert!(
+            summary["notes"].to_string().contains("not DNATed"),
+            "{summary}"
+        );
+        lines
+    };
+    rootless_check("healthy", Some(0));
+    engine
+        .lab
+        .sysctl(&engine.lab.host, "net.ipv4.ip_forward", "0")
+        .unwrap();
+    assert_eq!(
+        engine.lab.client_request(CLIENT_TIMEOUT),
+        Outcome::Http(200)
+    );
+    rootless_check("ip_forward=0", Some(0));
+
+    let drop = [
+        "-I", "INPUT", "1", "-p", "tcp", "--dport", "5000", "-j", "DROP",
+    ];
+    engine.lab.iptables(&drop).unwrap();
+    let w = watch(&engine);
+    assert!(
+        w.start["notes"].to_string().contains("runs rootless"),
+        "{}",
+        w.start
+    );
+    assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
+    let out = w.stop();
+    let v = the_verdict(&out, "firewall_drop", Driver::Iptables);
+    assert_eq!(v["proximate"]["hook"], "LOCAL_IN", "{v:#}");
+    let lines = rootless_check("INPUT drop", Some(1));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["cause"] == "firewall_drop" && l["port"] == 5000),
+        "{lines:#?}"
+    );
+}

@@ -70,17 +70,23 @@ pub struct PodmanEngine {
     web_pid: std::cell::Cell<Option<i32>>,
 }
 
+/// A client namespace, a host namespace, and a state directory for the engine.
+fn lab_and_dir(label: &str) -> (Lab, PathBuf) {
+    super::require_root();
+    let mut spec = LabSpec::new(label);
+    spec.server = false;
+    spec.docker_by_hand = false;
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let dir = std::env::temp_dir().join(format!("dt-podman-{}", lab.host));
+    std::fs::create_dir_all(dir.join("net")).expect("state dir");
+    (lab, dir)
+}
+
 impl PodmanEngine {
     /// A client namespace and a host namespace with Podman's service in it, netavark set to
     /// `driver`.
     pub fn start(label: &str, driver: Driver) -> PodmanEngine {
-        super::require_root();
-        let mut spec = LabSpec::new(label);
-        spec.server = false;
-        spec.docker_by_hand = false;
-        let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
-        let dir = std::env::temp_dir().join(format!("dt-podman-{}", lab.host));
-        std::fs::create_dir_all(dir.join("net")).expect("state dir");
+        let (lab, dir) = lab_and_dir(label);
         let d = dir.display();
         // Podman 5 reads the driver from containers.conf; older ones pass NETAVARK_FW on.
         let fw = driver.name();
@@ -95,22 +101,52 @@ impl PodmanEngine {
         // Its own /run/netns, /run/containers and /dev/shm: the containers' namespaces never
         // show among the host's, netavark's address allocations and Podman's lock file
         // (/dev/shm/libpod_lock) stay in it.
-        write_script(
-            &dir.join("start-podman"),
-            &format!(
-                "{CGROUP_MOUNTS}\
-                 mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns\n\
-                 mkdir -p /run/containers && mount -t tmpfs tmpfs /run/containers\n\
-                 mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm\n\
-                 export CONTAINERS_CONF={d}/containers.conf NETAVARK_FW={fw}\n\
-                 exec podman --root {d}/root --runroot {d}/run --storage-driver vfs --tmpdir {d}/tmp \
-                   system service --time=0 unix://{d}/podman.sock > {d}/podman.log 2>&1"
-            ),
+        let script = format!(
+            "{CGROUP_MOUNTS}\
+             mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns\n\
+             mkdir -p /run/containers && mount -t tmpfs tmpfs /run/containers\n\
+             mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm\n\
+             export CONTAINERS_CONF={d}/containers.conf NETAVARK_FW={fw}\n\
+             exec podman --root {d}/root --runroot {d}/run --storage-driver vfs --tmpdir {d}/tmp \
+               system service --time=0 unix://{d}/podman.sock > {d}/podman.log 2>&1"
         );
+        Self::launch(lab, dir, driver, &script)
+    }
+
+    /// Rootless Podman: the service runs as uid 65534 (no subordinate ids: one mapped id is
+    /// enough for the web image), its ports forwarded by Podman's own rootless port
+    /// forwarder (slirp4netns with rootlessport before Podman 5, pasta from 5 on).
+    pub fn start_rootless(label: &str) -> PodmanEngine {
+        let (lab, dir) = lab_and_dir(label);
+        for sub in ["home", "xdg", "root", "run", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("rootless dirs");
+        }
+        let chown = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown {}", dir.display());
+        let d = dir.display();
+        let script = format!(
+            "{CGROUP_MOUNTS}\
+             chmod 700 {d}/xdg\n\
+             exec setpriv --reuid 65534 --regid 65534 --clear-groups \
+               env HOME={d}/home XDG_RUNTIME_DIR={d}/xdg \
+               podman --root {d}/root --runroot {d}/run --storage-driver vfs --tmpdir {d}/tmp \
+                 --cgroup-manager cgroupfs --events-backend file \
+               system service --time=0 unix://{d}/podman.sock > {d}/podman.log 2>&1"
+        );
+        Self::launch(lab, dir, Driver::Iptables, &script)
+    }
+
+    /// Runs the service's start script in the lab's host namespace and waits for its API.
+    fn launch(lab: Lab, dir: PathBuf, driver: Driver, script: &str) -> PodmanEngine {
+        write_script(&dir.join("start-podman"), script);
         let service = spawn_private(&lab.host, &dir.join("start-podman"))
             .expect("start podman (apt-get install podman)");
         let sock = dir.join("podman.sock");
-        let engine = PodmanEngine {
+        let mut engine = PodmanEngine {
             lab,
             dir,
             sock,
@@ -118,7 +154,6 @@ impl PodmanEngine {
             service: Some(service),
             web_pid: Default::default(),
         };
-        let mut engine = engine;
         let deadline = Instant::now() + ENGINE_START;
         while engine.podman(&["version"]).is_err() {
             let exited = engine
@@ -160,6 +195,12 @@ impl PodmanEngine {
     /// `podman run -d --name web -p 5000:5000` of an image imported from a tarball of
     /// busybox-static serving HTTP on 5000; waits until a remote client gets its page.
     pub fn run_web(&self) {
+        self.try_run_web()
+            .unwrap_or_else(|e| panic!("podman run: {e}"));
+    }
+
+    /// `run_web`, with `podman run`'s error returned rather than a panic.
+    pub fn try_run_web(&self) -> Result<(), String> {
         let ctx = web_root(&self.dir.join("image"));
         let tar = self.dir.join("image.tar");
         let out = Command::new("tar")
@@ -195,10 +236,10 @@ impl PodmanEngine {
             "5000:5000",
             "dtweb",
         ])
-        .unwrap_or_else(|e| {
+        .map_err(|e| {
             let log = std::fs::read_to_string(self.dir.join("podman.log")).unwrap_or_default();
-            panic!("podman run: {e}\n{log}")
-        });
+            format!("{e}\n{log}")
+        })?;
         let pid = self.podman(&["inspect", "-f", "{{.State.Pid}}", "web"]);
         self.web_pid
             .set(pid.ok().and_then(|p| p.trim().parse().ok()));
@@ -206,12 +247,11 @@ impl PodmanEngine {
         loop {
             let seen = self.lab.client_request(Duration::from_secs(1));
             if seen == lab::Outcome::Http(200) {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "the published port never answered: {seen}"
-            );
+            if Instant::now() > deadline {
+                return Err(format!("the published port never answered: {seen}"));
+            }
             std::thread::sleep(Duration::from_millis(200));
         }
     }

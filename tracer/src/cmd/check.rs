@@ -83,6 +83,8 @@ pub struct Facts {
     pub firewalld: bool,
     /// Prefix to run commands in the namespace (`ip netns exec NAME `).
     pub exec_prefix: String,
+    /// The ports come from a rootless engine: no DNAT, no forwarding to check.
+    pub rootless: bool,
 }
 
 fn finding(cause: Cause, p: Option<&PublishedPort>, what: String, detail: Detail) -> Finding {
@@ -193,10 +195,17 @@ fn translated_port(snap: &Snapshot, p: &PublishedPort) -> Option<u16> {
 
 /// The checks, as a pure function of the state.
 pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec<Finding> {
-    let mut out = forwarding_findings(snap, published, &facts.exec_prefix);
+    // A rootless engine's forwarder receives its ports on the host's input path: only what
+    // blocks that path applies.
+    let mut out = match facts.rootless {
+        true => Vec::new(),
+        false => forwarding_findings(snap, published, &facts.exec_prefix),
+    };
     for p in published {
         let port = p.host_port;
-        out.extend(untranslated_finding(snap, p, facts));
+        if !facts.rootless {
+            out.extend(untranslated_finding(snap, p, facts));
+        }
         let (hook, blockers) = rules::path_blockers(snap, port, translated_port(snap, p));
         for rule in blockers {
             let cause = if rule.verdict == "REJECT" {

@@ -31,6 +31,13 @@ struct Scene {
     engine_note: Option<String>,
 }
 
+impl Scene {
+    fn rootless_note(&self) -> Option<String> {
+        let e = self.engine.as_ref().filter(|e| e.rootless)?;
+        Some(crate::report::words::rootless_note(&e.name, e.uid))
+    }
+}
+
 async fn scene(req: &PreflightRequest) -> Result<Scene, Error> {
     let (engine, mut published, engine_note) =
         match discover::find_engine(req.docker_host.as_deref(), false).await? {
@@ -77,6 +84,8 @@ struct PortLine<'a> {
     #[serde(flatten)]
     port: &'a PublishedPort,
     netns: u32,
+    /// Published by a rootless engine: forwarded in userspace, not DNATed.
+    rootless: bool,
 }
 
 /// `droptrace ports`
@@ -91,6 +100,7 @@ pub async fn ports<W: Write>(req: PreflightRequest, mut out: W) -> Result<(), Er
                     kind: "port",
                     port: p,
                     netns: s.netns.inode,
+                    rootless: s.engine.as_ref().is_some_and(|e| e.rootless),
                 },
             )
             .map_err(|e| Error::Io(e.to_string()))?;
@@ -150,6 +160,9 @@ pub async fn ports<W: Write>(req: PreflightRequest, mut out: W) -> Result<(), Er
     if s.published.is_empty() {
         writeln!(out, "no published port found").map_err(io)?;
     }
+    if let Some(note) = s.rootless_note() {
+        writeln!(out, "note: {note}").map_err(io)?;
+    }
     Ok(())
 }
 
@@ -161,6 +174,8 @@ struct CheckSummary {
     findings: usize,
     ports: Vec<u16>,
     netns: u32,
+    /// What the findings cannot say (a rootless engine's ports).
+    notes: Vec<String>,
 }
 
 /// Each finding's culprit from the recorder's journal (the default one when it exists); a
@@ -205,6 +220,7 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
     let facts = Facts {
         proxy_ports: check::docker_proxy_ports(s.netns.inode),
         conmon_ports: check::conmon_ports(s.netns.inode),
+        rootless: s.engine.as_ref().is_some_and(|e| e.rootless),
         firewalld: check::firewalld_present(&s.snapshot, s.netns.inode),
         exec_prefix,
     };
@@ -217,6 +233,7 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
         findings: findings.len(),
         ports: s.published.iter().map(|p| p.host_port).collect(),
         netns: s.netns.inode,
+        notes: s.rootless_note().into_iter().collect(),
     };
     if req.json {
         for f in &findings {
@@ -258,7 +275,7 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
             )
             .map_err(io)?;
         }
-        for p in &s.snapshot.problems {
+        for p in s.snapshot.problems.iter().chain(&summary.notes) {
             writeln!(out, "note: {p}").map_err(io)?;
         }
     }

@@ -44,10 +44,15 @@ pub struct Engine {
     /// The engine's pid (from the socket's peer credentials) and its network namespace.
     pub pid: Option<u32>,
     pub netns_path: Option<PathBuf>,
+    /// The uid it runs as (the socket's peer credentials).
+    pub uid: Option<u32>,
+    /// It runs as a user other than root (rootless Podman or Docker): its ports are
+    /// forwarded by a userspace process, with no DNAT.
+    pub rootless: bool,
 }
 
-/// The pid at the other end of a unix socket (SO_PEERCRED).
-fn socket_peer_pid(path: &Path) -> Option<u32> {
+/// The pid and uid at the other end of a unix socket (SO_PEERCRED).
+fn socket_peer(path: &Path) -> Option<(u32, u32)> {
     let stream = UnixStream::connect(path).ok()?;
     let mut cred = libc::ucred {
         pid: 0,
@@ -65,7 +70,7 @@ fn socket_peer_pid(path: &Path) -> Option<u32> {
             &mut len,
         )
     };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    (rc == 0 && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
 }
 
 fn short_id(id: &str) -> String {
@@ -183,8 +188,24 @@ pub fn engine_sockets(
         .filter_map(|spec| unix_socket(&spec).ok())
         .collect();
     out.extend([DEFAULT_DOCKER_HOST, PODMAN_SOCKET].map(PathBuf::from));
+    out.extend(rootless_sockets(Path::new("/run/user")));
     out.dedup();
     Ok((out, false))
+}
+
+/// Rootless engines' sockets under `run_user` (/run/user/UID/podman/podman.sock,
+/// /run/user/UID/docker.sock), in uid order: asked after the rootful ones, so that a host
+/// running only rootless containers is not mistaken for one without an engine.
+fn rootless_sockets(run_user: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = std::fs::read_dir(run_user) else {
+        return Vec::new();
+    };
+    let mut uids: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
+    uids.sort();
+    uids.iter()
+        .flat_map(|d| [d.join("podman/podman.sock"), d.join("docker.sock")])
+        .filter(|s| s.exists())
+        .collect()
 }
 
 /// The first engine that answers among `engine_sockets`, with its published ports. None
@@ -250,13 +271,16 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
         .list_containers(None)
         .await
         .map_err(|e| no_engine(e.to_string()))?;
-    let pid = socket_peer_pid(socket);
+    let peer = socket_peer(socket);
+    let pid = peer.map(|(pid, _)| pid);
     let engine = Engine {
         socket: socket.to_path_buf(),
         name: source.to_string(),
         version: version.version,
         pid,
         netns_path: pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))),
+        uid: peer.map(|(_, uid)| uid),
+        rootless: peer.is_some_and(|(_, uid)| uid != 0),
     };
     Ok((engine, published_from_summaries(&list, source)))
 }

@@ -57,6 +57,19 @@ const PODMAN_MISSING_CHAIN_FIX: &str = "have netavark rewrite its rules (podman 
 const PODMAN_MISSING_CHAIN_KEEP: &str = "find what removes netavark's rules (a firewall reload without firewalld's netavark integration, an `nft flush ruleset` or `iptables -F`), and run `podman network reload --all` after it";
 const FIREWALL_KEEP: &str = "change it where the firewall is managed (firewalld zone / nftables.conf / the tool that writes it), or it comes back on reload";
 
+/// What a rootless engine's ports are, said by `ports`, `check` and `watch`: no DNAT and no
+/// forwarding, so what droptrace attributes for rootful engines does not apply to them.
+pub fn rootless_note(engine: &str, uid: Option<u32>) -> String {
+    let forwarder = match engine {
+        "podman" => "pasta, or slirp4netns with rootlessport",
+        _ => "rootlesskit's port driver",
+    };
+    let uid = uid.map_or(String::new(), |u| format!(" as uid {u}"));
+    format!(
+        "{engine} runs rootless here{uid}: its published ports are not DNATed; a userspace forwarder ({forwarder}) listens on each host port and connects to the container from inside the engine's own network namespace. ip_forward and nat chains do not matter to these ports; a kernel drop on their way happens in this namespace's input path (watched and checked here) or inside that network namespace (watch it with --netns /proc/PID/ns/net of the forwarder's container)"
+    )
+}
+
 /// How to restore a published port's DNAT now, and how to keep it, for the engine that
 /// publishes it.
 pub fn missing_chain_fix(engine: Option<&str>) -> (String, String) {

@@ -674,6 +674,9 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     notes.extend(trace_notes);
     notes.extend(found.monitor_note.take());
     notes.extend(found.before.problems.iter().cloned());
+    if let Some(e) = found.engine.as_ref().filter(|e| e.rootless) {
+        notes.push(crate::report::words::rootless_note(&e.name, e.uid));
+    }
     let start = start_record(&req, &found, &tracer, &notes);
 
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
