@@ -27,8 +27,9 @@ APT_PACKAGES=(
   # the namespace lab: a server in the "container", a client, inspection
   busybox-static curl bpftool kmod util-linux
   # the real components of the incident tests: dockerd (with containerd, runc), firewalld,
-  # and Podman's network backend netavark (run by hand, as Podman runs it)
-  docker.io firewalld dbus netavark
+  # Podman (rootful and rootless: conmon, its runtime, slirp4netns, newuidmap) and its network
+  # backend netavark (also run by hand, as Podman runs it)
+  docker.io firewalld dbus netavark podman slirp4netns uidmap
   # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
   iperf3 bpftrace
   # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages;
@@ -36,8 +37,8 @@ APT_PACKAGES=(
   tshark prometheus man-db bash-completion systemd
   # build: C toolchain for -sys crates, git for cargo; a virtualenv for the Python test tools
   build-essential pkg-config git ca-certificates python3-venv
-  # cargo xtask vm, the kernel matrix: guests under QEMU, their bookworm userland, and the
-  # tools that unpack Debian's kernel modules
+  # cargo xtask vm, the kernel matrix and the engine guests: guests under QEMU, their Debian
+  # userlands (debootstrap), and the tools that unpack Debian's kernel modules
   qemu-system-x86 debootstrap xz-utils zstd
 )
 

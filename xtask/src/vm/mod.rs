@@ -59,6 +59,9 @@ pub struct VmArgs {
     /// Debian security archive URI (default: the one this machine's apt sources use).
     #[arg(long)]
     security_mirror: Option<String>,
+    /// Guests booted at once (default: one per CPU; a TCG guest keeps one CPU busy).
+    #[arg(long)]
+    jobs: Option<usize>,
 }
 
 const MATRIX_TESTS: &str = "drops,attribution,culprit,reliability,recorder";
@@ -145,7 +148,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
     steps.extend(tests.iter().cloned());
     let mut accel = args.accel;
-    let mut results = Vec::new();
+    let mut guests = Vec::new();
     for plan in &plans {
         let mut kernels = Vec::new();
         for pkg in &plan.kernels {
@@ -170,22 +173,20 @@ pub fn run(args: VmArgs) -> Result<()> {
             };
             eprintln!("[vm] accelerator: {accel:?}");
         }
-        for (pkg, kernel) in &kernels {
-            let label = match &args.distro {
-                Some(_) => plan.userland.suite.to_string(),
-                None => pkg.series.clone(),
-            };
-            let guest = Guest {
-                label: &label,
+        for (pkg, kernel) in kernels {
+            guests.push(Guest {
+                label: match &args.distro {
+                    Some(_) => plan.userland.suite.to_string(),
+                    None => pkg.series.clone(),
+                },
+                suite: plan.userland.suite,
                 pkg,
                 kernel,
-                disk: &disk,
-            };
-            let mut result = run_kernel(&guest, &steps, accel, &args, &dir)?;
-            result.suite = plan.userland.suite.to_string();
-            results.push(result);
+                disk: disk.clone(),
+            });
         }
     }
+    let results = boot_all(&guests, &steps, accel, &args, &dir)?;
     let matrix = report::Matrix {
         accel,
         steps,
@@ -339,11 +340,56 @@ fn unpack_artifacts(b64: &str, out: &Path) -> Result<()> {
 }
 
 /// One guest to boot: a kernel and the disk image it boots with.
-struct Guest<'a> {
-    label: &'a str,
-    pkg: &'a KernelPackage,
-    kernel: &'a image::Kernel,
-    disk: &'a Path,
+struct Guest {
+    label: String,
+    suite: &'static str,
+    pkg: KernelPackage,
+    kernel: image::Kernel,
+    disk: PathBuf,
+}
+
+/// Boots every guest, `--jobs` at a time, and returns their results in `guests`' order.
+fn boot_all(
+    guests: &[Guest],
+    steps: &[String],
+    accel: Accel,
+    args: &VmArgs,
+    dir: &Path,
+) -> Result<Vec<report::KernelResult>> {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, guests.len().max(1));
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<Result<report::KernelResult>>>> =
+        Mutex::new((0..guests.len()).map(|_| None).collect());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(g) = guests.get(i) else { break };
+                    let result = run_kernel(g, steps, accel, args, dir).map(|mut r| {
+                        r.suite = g.suite.to_string();
+                        r
+                    });
+                    if let Ok(mut all) = results.lock() {
+                        all[i] = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    let all = results
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a guest's thread panicked"))?;
+    all.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a guest was never booted"))))
+        .collect()
 }
 
 fn run_kernel(
@@ -353,7 +399,7 @@ fn run_kernel(
     args: &VmArgs,
     dir: &Path,
 ) -> Result<report::KernelResult> {
-    let (pkg, kernel) = (g.pkg, g.kernel);
+    let (pkg, kernel) = (&g.pkg, &g.kernel);
     let kdir = dir.join("kernels").join(&pkg.name);
     let initrd = kdir.join("initrd.cpio");
     image::initramfs(kernel, &initrd)?;
@@ -370,10 +416,10 @@ fn run_kernel(
     };
     eprintln!("[vm] booting {} ({:?})", kernel.release, accel);
     let (console, killed) = guest::boot(&guest::Boot {
-        label: g.label,
+        label: &g.label,
         vmlinuz: &kernel.vmlinuz,
         initrd: &initrd,
-        image: g.disk,
+        image: &g.disk,
         steps,
         limit,
         budget,
@@ -383,7 +429,7 @@ fn run_kernel(
     })?;
     let run = guest::parse_console(&console);
     if let Some(b64) = &run.artifacts {
-        let out = dir.join("fixtures").join(g.label);
+        let out = dir.join("fixtures").join(&g.label);
         unpack_artifacts(b64, &out)?;
         eprintln!(
             "[vm {}] the tests' fixtures are in {}",
