@@ -149,6 +149,18 @@ fn json_lines(args: &[&str]) -> (Option<i32>, Vec<Value>) {
     (out.status.code(), lines)
 }
 
+/// `droptrace ports ARGS --json`'s line for port 5000.
+fn port_5000(args: &[&str]) -> Value {
+    let mut all = vec!["ports"];
+    all.extend_from_slice(args);
+    let (code, ports) = json_lines(&all);
+    assert_eq!(code, Some(0), "{ports:?}");
+    ports
+        .into_iter()
+        .find(|p| p["host_port"] == 5000)
+        .unwrap_or_else(|| panic!("ports {args:?}: 5000 not listed"))
+}
+
 fn check(engine: &PodmanEngine) -> (Option<i32>, Vec<Value>) {
     json_lines(&["check", "--docker-host", engine.sock_arg()])
 }
@@ -201,24 +213,18 @@ fn podman_ports_are_found_over_its_api_with_the_container_and_from_netavarks_rul
             out.dump()
         );
 
-        let (code, ports) = json_lines(&["ports", "--docker-host", engine.sock_arg()]);
-        assert_eq!(code, Some(0), "{ports:?}");
-        let web = ports
-            .iter()
-            .find(|p| p["host_port"] == 5000)
-            .unwrap_or_else(|| panic!("{driver:?}: 5000 not listed: {ports:?}"));
+        let web = port_5000(&["--docker-host", engine.sock_arg()]);
         assert_eq!(web["container"], "web", "{web}");
         assert_eq!(web["source"], "podman", "{web}");
         assert_eq!(web["container_ip"], engine.web_ip().to_string(), "{web}");
 
         // Without the API: netavark's DNAT in the namespace's ruleset.
-        let (code, ports) = json_lines(&["ports", "--netns", &engine.lab.host]);
-        assert_eq!(code, Some(0), "{ports:?}");
-        let web = ports
-            .iter()
-            .find(|p| p["host_port"] == 5000)
-            .unwrap_or_else(|| panic!("{driver:?}: 5000 not found in rules: {ports:?}"));
+        let web = port_5000(&["--netns", &engine.lab.host]);
         assert_eq!(web["source"], "nat-rule", "{web}");
+        assert_eq!(
+            web["engine"], "podman",
+            "netavark's rules are Podman's: {web}"
+        );
         assert_eq!(web["container_ip"], engine.web_ip().to_string(), "{web}");
 
         let (code, lines) = check(&engine);
@@ -349,12 +355,7 @@ fn rootless_podman_ports_are_said_to_be_forwarded_in_userspace() {
         return;
     }
     let sock = engine.sock_arg();
-    let (code, ports) = json_lines(&["ports", "--docker-host", sock]);
-    assert_eq!(code, Some(0), "{ports:?}");
-    let web = ports
-        .iter()
-        .find(|p| p["host_port"] == 5000)
-        .unwrap_or_else(|| panic!("5000 not listed: {ports:?}"));
+    let web = port_5000(&["--docker-host", sock]);
     assert_eq!(web["rootless"], true, "{web}");
     assert_eq!(web["container"], "web", "{web}");
 

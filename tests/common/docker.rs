@@ -50,6 +50,32 @@ pub fn spawn_private(ns: &str, script: &Path) -> std::io::Result<Child> {
         .spawn()
 }
 
+/// A client namespace, a host namespace for an engine (no server of the lab's own), and a
+/// state directory for the engine (`/tmp/dt-ENGINE-HOSTNS`).
+pub fn engine_lab(label: &str, engine: &str) -> (Lab, PathBuf) {
+    super::require_root();
+    let mut spec = LabSpec::new(label);
+    spec.server = false;
+    spec.docker_by_hand = false;
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let dir = std::env::temp_dir().join(format!("dt-{engine}-{}", lab.host));
+    std::fs::create_dir_all(&dir).expect("state dir");
+    (lab, dir)
+}
+
+/// Runs an engine's client (no stdin): its stdout, or its stderr when it fails.
+pub fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// The docker CLI of Debian's docker.io (a newer client elsewhere on PATH works too: the API
 /// version is negotiated).
 fn docker_bin() -> &'static str {
@@ -109,13 +135,7 @@ impl DockerHost {
 
     /// The lab and the state directory, no daemon yet.
     fn new(label: &str) -> DockerHost {
-        super::require_root();
-        let mut spec = LabSpec::new(label);
-        spec.server = false;
-        spec.docker_by_hand = false;
-        let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
-        let dir = std::env::temp_dir().join(format!("dt-docker-{}", lab.host));
-        std::fs::create_dir_all(&dir).expect("state dir");
+        let (lab, dir) = engine_lab(label, "docker");
         let sock = dir.join("docker.sock");
         DockerHost {
             lab,
@@ -161,19 +181,13 @@ impl DockerHost {
     }
 
     pub fn docker(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(docker_bin())
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock.display()))
-            .args(args)
-            .env("DOCKER_BUILDKIT", "0")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output(
+            Command::new(docker_bin())
+                .arg("-H")
+                .arg(format!("unix://{}", self.sock.display()))
+                .args(args)
+                .env("DOCKER_BUILDKIT", "0"),
+        )
     }
 
     /// `docker run -d --name web -p 5000:5000` of an image built `FROM scratch` with
@@ -281,18 +295,12 @@ impl DockerHost {
     }
 
     pub fn firewall_cmd(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.lab.host, "firewall-cmd"])
-            .args(args)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus())
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output(
+            Command::new("ip")
+                .args(["netns", "exec", &self.lab.host, "firewall-cmd"])
+                .args(args)
+                .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus()),
+        )
     }
 }
 

@@ -238,7 +238,9 @@ impl Watch {
             start: Value::Null,
             early: Vec::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading takes about a second on a host; an emulated guest sharing its CPU with a
+        // build has taken over 20.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match watch.lines.recv_timeout(left) {

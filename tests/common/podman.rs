@@ -9,14 +9,15 @@
 use std::{
     net::IpAddr,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::{Duration, Instant},
 };
 
-use tracer::lab::{self, Lab, LabSpec};
+use tracer::lab::{self, Lab};
 
 use super::docker::{
-    CGROUP_MOUNTS, ENGINE_START, WEB_ENTRYPOINT, spawn_private, web_root, write_script,
+    CGROUP_MOUNTS, ENGINE_START, WEB_ENTRYPOINT, engine_lab, output, spawn_private, web_root,
+    write_script,
 };
 
 /// netavark's firewall drivers: `iptables` (every netavark), `nftables` (netavark >= 1.12).
@@ -70,23 +71,12 @@ pub struct PodmanEngine {
     web_pid: std::cell::Cell<Option<i32>>,
 }
 
-/// A client namespace, a host namespace, and a state directory for the engine.
-fn lab_and_dir(label: &str) -> (Lab, PathBuf) {
-    super::require_root();
-    let mut spec = LabSpec::new(label);
-    spec.server = false;
-    spec.docker_by_hand = false;
-    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
-    let dir = std::env::temp_dir().join(format!("dt-podman-{}", lab.host));
-    std::fs::create_dir_all(dir.join("net")).expect("state dir");
-    (lab, dir)
-}
-
 impl PodmanEngine {
     /// A client namespace and a host namespace with Podman's service in it, netavark set to
     /// `driver`.
     pub fn start(label: &str, driver: Driver) -> PodmanEngine {
-        let (lab, dir) = lab_and_dir(label);
+        let (lab, dir) = engine_lab(label, "podman");
+        std::fs::create_dir_all(dir.join("net")).expect("network config dir");
         let d = dir.display();
         // Podman 5 reads the driver from containers.conf; older ones pass NETAVARK_FW on.
         let fw = driver.name();
@@ -117,7 +107,7 @@ impl PodmanEngine {
     /// enough for the web image), its ports forwarded by Podman's own rootless port
     /// forwarder (slirp4netns with rootlessport before Podman 5, pasta from 5 on).
     pub fn start_rootless(label: &str) -> PodmanEngine {
-        let (lab, dir) = lab_and_dir(label);
+        let (lab, dir) = engine_lab(label, "podman");
         for sub in ["home", "xdg", "root", "run", "tmp"] {
             std::fs::create_dir_all(dir.join(sub)).expect("rootless dirs");
         }
@@ -174,18 +164,12 @@ impl PodmanEngine {
 
     /// The remote client against this service.
     pub fn podman(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("timeout")
-            .args(["120", "podman", "--remote", "--url"])
-            .arg(format!("unix://{}", self.sock.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        output(
+            Command::new("timeout")
+                .args(["120", "podman", "--remote", "--url"])
+                .arg(format!("unix://{}", self.sock.display()))
+                .args(args),
+        )
     }
 
     pub fn sock_arg(&self) -> &str {

@@ -464,6 +464,76 @@ mod tests {
         assert_eq!(p.container_id.as_deref().map(str::len), Some(12));
     }
 
+    /// A real engine's answers for `run -d --name web -p 5000:5000`, saved by the engine
+    /// tests in each suite's guest (testdata/engines/README.md): its container list, and the
+    /// rules it wrote as `iptables-save` text and `nft -j list ruleset`.
+    struct EngineFixture {
+        name: &'static str,
+        engine: &'static str,
+        api: &'static str,
+        iptables_save: &'static str,
+        nft_json: &'static str,
+    }
+
+    macro_rules! engine_fixture {
+        ($engine:literal, $prefix:literal) => {
+            EngineFixture {
+                name: $prefix,
+                engine: $engine,
+                api: include_str!(concat!("testdata/engines/", $prefix, "-containers.json")),
+                iptables_save: include_str!(concat!(
+                    "testdata/engines/",
+                    $prefix,
+                    "-iptables-save.txt"
+                )),
+                nft_json: include_str!(concat!(
+                    "testdata/engines/",
+                    $prefix,
+                    "-nft-list-ruleset.json"
+                )),
+            }
+        };
+    }
+
+    const ENGINE_FIXTURES: &[EngineFixture] = &[
+        engine_fixture!("docker", "docker-20.10.5"),
+        engine_fixture!("podman", "podman-4.3.1-iptables"),
+    ];
+
+    /// The API and the rules agree on the published port, whichever engine wrote them; the
+    /// rules alone name the engine (and netavark's comment the container).
+    #[test]
+    fn real_engines_publish_the_same_port_in_their_api_and_their_rules() {
+        use crate::observe::state::{iptables, nft};
+        for f in ENGINE_FIXTURES {
+            let list: Vec<ContainerSummary> =
+                serde_json::from_str(f.api).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            let api = published_from_summaries(&list, f.engine);
+            assert_eq!(api.len(), 1, "{}: {api:#?}", f.name);
+            let web = &api[0];
+            assert_eq!(web.host_port, 5000, "{}", f.name);
+            assert_eq!(web.container.as_deref(), Some("web"), "{}", f.name);
+            let snap = Snapshot {
+                iptables: vec![iptables::parse("iptables-nft", f.iptables_save)],
+                nft: nft::parse(f.nft_json).unwrap_or_else(|e| panic!("{}: {e}", f.name)),
+                ..Snapshot::default()
+            };
+            let rules = from_rules(&snap);
+            assert_eq!(rules.len(), 1, "{}: {rules:#?}", f.name);
+            let found = &rules[0];
+            assert_eq!(found.host_port, 5000, "{}", f.name);
+            assert_eq!(found.container_ip, web.container_ip, "{}", f.name);
+            assert_eq!(found.container_port, Some(5000), "{}", f.name);
+            assert_eq!(found.engine, Some(f.engine), "{}", f.name);
+            if snap.iptables[0]
+                .table("nat")
+                .is_some_and(|t| t.chains.iter().any(|c| c.name == "NETAVARK-HOSTPORT-DNAT"))
+            {
+                assert_eq!(found.container_id, web.container_id, "{}", f.name);
+            }
+        }
+    }
+
     #[test]
     fn containers_are_selected_by_name_or_id_prefix() {
         let list: Vec<ContainerSummary> = serde_json::from_str(CONTAINERS_JSON).unwrap();
