@@ -15,6 +15,11 @@ use serde::Serialize;
 use crate::{error::Error, observe::state::Snapshot};
 
 pub const DEFAULT_DOCKER_HOST: &str = "/var/run/docker.sock";
+/// How long each engine request may take. Podman's compatible API has taken over 5 s to list
+/// containers under load (measured in an emulated guest); a hung engine still cannot hold
+/// droptrace longer than this per request.
+const ENGINE_TIMEOUT_SECS: u64 = 20;
+
 /// Podman's Docker-compatible socket (rootful).
 pub const PODMAN_SOCKET: &str = "/run/podman/podman.sock";
 
@@ -253,7 +258,7 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
     let path = socket
         .to_str()
         .ok_or_else(|| no_engine("path is not UTF-8".into()))?;
-    let docker = Docker::connect_with_unix(path, 5, API_DEFAULT_VERSION)
+    let docker = Docker::connect_with_unix(path, ENGINE_TIMEOUT_SECS, API_DEFAULT_VERSION)
         .map_err(|e| no_engine(e.to_string()))?
         .negotiate_version()
         .await
@@ -497,6 +502,7 @@ mod tests {
 
     const ENGINE_FIXTURES: &[EngineFixture] = &[
         engine_fixture!("docker", "docker-20.10.5"),
+        engine_fixture!("docker", "docker-20.10.24"),
         engine_fixture!("podman", "podman-4.3.1-iptables"),
     ];
 

@@ -3,6 +3,7 @@
 //! own deadline passes (then QEMU is killed: nothing here can leave CI stuck).
 use std::{
     fs,
+    os::unix::process::CommandExt,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -67,6 +68,15 @@ fn qemu(accel: Accel, vmlinuz: &Path, initrd: &Path, append: &str) -> Command {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
+    // QEMU dies with the thread that started it (which waits for it): a killed
+    // `cargo xtask vm` leaves no guest running.
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     cmd
 }
 
