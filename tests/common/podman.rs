@@ -124,7 +124,7 @@ impl PodmanEngine {
              exec setpriv --reuid 65534 --regid 65534 --clear-groups \
                env HOME={d}/home XDG_RUNTIME_DIR={d}/xdg \
                podman --root {d}/root --runroot {d}/run --storage-driver vfs --tmpdir {d}/tmp \
-                 --cgroup-manager cgroupfs --events-backend file \
+                 --cgroup-manager cgroupfs --events-backend file --log-level info \
                system service --time=0 unix://{d}/podman.sock > {d}/podman.log 2>&1"
         );
         Self::launch(lab, dir, Driver::Iptables, &script)
@@ -145,7 +145,7 @@ impl PodmanEngine {
             web_pid: Default::default(),
         };
         let deadline = Instant::now() + ENGINE_START;
-        while engine.podman(&["version"]).is_err() {
+        while let Err(client) = engine.podman(&["version"]) {
             let exited = engine
                 .service
                 .as_mut()
@@ -154,7 +154,7 @@ impl PodmanEngine {
                 let log =
                     std::fs::read_to_string(engine.dir.join("podman.log")).unwrap_or_default();
                 panic!(
-                    "podman system service did not answer ({exited:?}; {ENGINE_START:?} allowed):\n{log}"
+                    "podman system service did not answer ({exited:?}; {ENGINE_START:?} allowed): {client}\n{log}"
                 );
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -503,7 +503,9 @@ mod tests {
     const ENGINE_FIXTURES: &[EngineFixture] = &[
         engine_fixture!("docker", "docker-20.10.5"),
         engine_fixture!("docker", "docker-20.10.24"),
+        engine_fixture!("docker", "docker-26.1.5"),
         engine_fixture!("podman", "podman-4.3.1-iptables"),
+        engine_fixture!("podman", "podman-5.4.2-iptables"),
     ];
 
     /// The API and the rules agree on the published port, whichever engine wrote them; the

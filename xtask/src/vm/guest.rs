@@ -3,8 +3,8 @@
 //! own deadline passes (then QEMU is killed: nothing here can leave CI stuck).
 use std::{
     fs,
-    os::unix::process::CommandExt,
     io::{BufRead, BufReader, Write},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,

@@ -284,7 +284,7 @@ impl Matrix {
             match k.status {
                 Status::Pass => {}
                 Status::Refused if !required => {}
-                other => bad.push(format!("{} {other:?}", k.release)),
+                other => bad.push(format!("{} ({} userland) {other:?}", k.release, k.suite)),
             }
         }
         for series in must_pass {
@@ -297,7 +297,7 @@ impl Matrix {
             }
         }
         if !bad.is_empty() {
-            bail!("kernel matrix: {}", bad.join("; "));
+            bail!("cargo xtask vm: {}", bad.join("; "));
         }
         Ok(())
     }
