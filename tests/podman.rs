@@ -17,7 +17,7 @@ use std::{
 use common::{
     Output, Watch,
     netavark::PodmanHost,
-    podman::{Driver, PodmanEngine, drivers},
+    podman::{PodmanEngine, drivers},
     run_droptrace,
 };
 use serde_json::Value;
@@ -171,18 +171,37 @@ fn watch(engine: &PodmanEngine) -> Watch {
 }
 
 /// The run's one final verdict: its cause, naming Podman's container.
-fn the_verdict(out: &Output, cause: &str, driver: Driver) -> Value {
+fn the_verdict(out: &Output, cause: &str, engine: &PodmanEngine) -> Value {
+    let driver = engine.driver;
     let v: Vec<&Value> = out
         .of_type("verdict")
         .into_iter()
         .filter(|v| v["final"] == true)
         .collect();
-    assert_eq!(
-        v.len(),
-        1,
-        "{driver:?}: one verdict expected: {}",
-        out.dump()
-    );
+    if v.len() != 1 {
+        // What the namespace looked like, to tell a missed drop from a path not taken.
+        let lab = &engine.lab;
+        let state: Vec<String> = [
+            &["iptables-save", "-c"][..],
+            &["nft", "list", "ruleset"],
+            &["sysctl", "-a", "--pattern", "forwarding|ip_forward"],
+            &["conntrack", "-L"],
+            &["ip", "-d", "addr"],
+        ]
+        .iter()
+        .map(|cmd| {
+            format!(
+                "$ {cmd:?}\n{}",
+                lab.exec(&lab.host, cmd).unwrap_or_else(|e| e.to_string())
+            )
+        })
+        .collect();
+        panic!(
+            "{driver:?}: one verdict expected: {}\n{}",
+            out.dump(),
+            state.join("\n")
+        );
+    }
     assert_eq!(v[0]["cause"], cause, "{driver:?}: {}", out.dump());
     assert_eq!(v[0]["container"], "web", "{driver:?}: {:#}", v[0]);
     v[0].clone()
@@ -201,6 +220,12 @@ fn podman_ports_are_found_over_its_api_with_the_container_and_from_netavarks_rul
         let w = watch(&engine);
         assert_eq!(w.start["ports"], serde_json::json!([5000]), "{driver:?}");
         assert_eq!(w.start["engine"]["name"], "podman", "{driver:?}");
+        assert_eq!(
+            w.start["netns"],
+            common::netns_inode(&engine.lab.host),
+            "{driver:?}: the engine's namespace is watched: {}",
+            w.start
+        );
         assert_eq!(w.start["published"][0]["container"], "web", "{driver:?}");
         assert_eq!(
             engine.lab.client_request(CLIENT_TIMEOUT),
@@ -245,7 +270,7 @@ fn forwarding_off_for_a_podman_port_is_forwarding_disabled_naming_the_container(
             .unwrap();
         assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
         let out = w.stop();
-        the_verdict(&out, "forwarding_disabled", driver);
+        the_verdict(&out, "forwarding_disabled", &engine);
         let (code, lines) = check(&engine);
         assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
         assert_eq!(lines[0]["cause"], "forwarding_disabled", "{lines:#?}");
@@ -281,7 +306,7 @@ fn netavarks_dnat_flushed_is_missing_chain_with_podmans_fix() {
             // Nothing holds the port: the host answers the SYN with a RST, a drop watch
             // attributes to the missing DNAT.
             Outcome::Refused => {
-                let v = the_verdict(&out, "missing_chain", driver);
+                let v = the_verdict(&out, "missing_chain", &engine);
                 assert!(
                     v["fix"].to_string().contains("podman network reload"),
                     "{v:#}"
@@ -309,7 +334,7 @@ fn a_forward_drop_of_a_podman_container_is_firewall_drop_naming_it() {
         let w = watch(&engine);
         assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
         let out = w.stop();
-        let v = the_verdict(&out, "firewall_drop", driver);
+        let v = the_verdict(&out, "firewall_drop", &engine);
         assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
         let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
         assert!(
@@ -392,7 +417,7 @@ fn rootless_podman_ports_are_said_to_be_forwarded_in_userspace() {
     );
     assert_eq!(engine.lab.client_request(CLIENT_TIMEOUT), Outcome::Timeout);
     let out = w.stop();
-    let v = the_verdict(&out, "firewall_drop", Driver::Iptables);
+    let v = the_verdict(&out, "firewall_drop", &engine);
     assert_eq!(v["proximate"]["hook"], "LOCAL_IN", "{v:#}");
     let lines = rootless_check("INPUT drop", Some(1));
     assert!(

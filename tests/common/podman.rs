@@ -118,8 +118,14 @@ impl PodmanEngine {
             .expect("chown");
         assert!(chown.success(), "chown {}", dir.display());
         let d = dir.display();
+        // On cgroup v2, a subtree of its own, delegated to the user as systemd does for a
+        // login session: rootless Podman reads and writes its own cgroup.
+        let cg = format!("/sys/fs/cgroup/{}", lab.host);
         let script = format!(
             "{CGROUP_MOUNTS}\
+             if [ -f /sys/fs/cgroup/cgroup.controllers ]; then\n\
+               mkdir -p {cg} && chown -R 65534:65534 {cg} && echo $$ > {cg}/cgroup.procs\n\
+             fi\n\
              chmod 700 {d}/xdg\n\
              exec setpriv --reuid 65534 --regid 65534 --clear-groups \
                env HOME={d}/home XDG_RUNTIME_DIR={d}/xdg \
@@ -277,6 +283,8 @@ impl Drop for PodmanEngine {
         }
         // The service, conmon and the containers' processes left in the namespace.
         lab::kill_namespace_processes(&self.lab.host);
+        // The rootless service's delegated cgroup, if it made one (empty now).
+        let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{}", self.lab.host));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
