@@ -167,7 +167,14 @@ fn check(engine: &PodmanEngine) -> (Option<i32>, Vec<Value>) {
 
 fn watch(engine: &PodmanEngine) -> Watch {
     // No --port, no --netns: both come from Podman's API.
-    Watch::start(&["--docker-host", engine.sock_arg()])
+    let w = Watch::start(&["--docker-host", engine.sock_arg()]);
+    assert_eq!(
+        w.start["netns"],
+        common::netns_inode(&engine.lab.host),
+        "the engine's namespace is watched: {}",
+        w.start
+    );
+    w
 }
 
 /// The run's one final verdict: its cause, naming Podman's container.
@@ -196,10 +203,15 @@ fn the_verdict(out: &Output, cause: &str, engine: &PodmanEngine) -> Value {
             )
         })
         .collect();
+        // And whether a watch told the namespace and port directly sees the drop.
+        let direct = Watch::start(&["--netns", &lab.host, "--port", "5000"]);
+        let seen = lab.client_request(CLIENT_TIMEOUT);
+        let direct = direct.stop();
         panic!(
-            "{driver:?}: one verdict expected: {}\n{}",
+            "{driver:?}: one verdict expected: {}\n{}\nwith --netns and --port (client saw {seen}): {}",
             out.dump(),
-            state.join("\n")
+            state.join("\n"),
+            direct.dump()
         );
     }
     assert_eq!(v[0]["cause"], cause, "{driver:?}: {}", out.dump());
@@ -220,12 +232,6 @@ fn podman_ports_are_found_over_its_api_with_the_container_and_from_netavarks_rul
         let w = watch(&engine);
         assert_eq!(w.start["ports"], serde_json::json!([5000]), "{driver:?}");
         assert_eq!(w.start["engine"]["name"], "podman", "{driver:?}");
-        assert_eq!(
-            w.start["netns"],
-            common::netns_inode(&engine.lab.host),
-            "{driver:?}: the engine's namespace is watched: {}",
-            w.start
-        );
         assert_eq!(w.start["published"][0]["container"], "web", "{driver:?}");
         assert_eq!(
             engine.lab.client_request(CLIENT_TIMEOUT),
