@@ -292,6 +292,16 @@ fn netavarks_dnat_flushed_is_missing_chain_with_podmans_fix() {
         let w = watch(&engine);
         let seen = engine.lab.client_request(CLIENT_TIMEOUT);
         let out = w.stop();
+        // What the client met, kept beside the engine's fixtures (the README's table).
+        let version = engine.podman(&["version", "--format", "{{.Server.Version}}"]);
+        common::save_fixture(
+            &format!(
+                "podman-{}-{}-nat-flushed-client.txt",
+                version.unwrap_or_default().trim(),
+                driver.name()
+            ),
+            &format!("{seen}\n"),
+        );
         let (code, lines) = check(&engine);
         assert_eq!(code, Some(1), "{driver:?}: {lines:#?}");
         let f = lines

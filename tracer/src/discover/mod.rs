@@ -506,6 +506,7 @@ mod tests {
         engine_fixture!("docker", "docker-26.1.5"),
         engine_fixture!("podman", "podman-4.3.1-iptables"),
         engine_fixture!("podman", "podman-5.4.2-iptables"),
+        engine_fixture!("podman", "podman-5.4.2-nftables"),
     ];
 
     /// The API and the rules agree on the published port, whichever engine wrote them; the
