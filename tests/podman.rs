@@ -310,8 +310,9 @@ fn netavarks_dnat_flushed_is_missing_chain_with_podmans_fix() {
             .unwrap_or_else(|| panic!("{driver:?}: no missing_chain: {lines:#?}"));
         let what = f["what"].as_str().unwrap_or_default();
         match seen {
-            // Podman before 5.0: conmon holds the port with a listening socket, accepts the
-            // connection and never answers. Nothing is dropped; check says why.
+            // Rootful Podman (4.3.1, 5.4.2): conmon holds the port with a listening
+            // socket, accepts the connection and never answers. Nothing is dropped; check
+            // says why.
             Outcome::Connected => {
                 assert!(out.drops().is_empty(), "{}", out.dump());
                 assert!(
@@ -395,6 +396,15 @@ fn rootless_podman_ports_are_said_to_be_forwarded_in_userspace() {
         eprintln!("skipped: /dev/net/tun is not open to other users here: {e}");
         return;
     }
+    // Kept beside the fixtures: the guests' runs show the rootless path really ran.
+    let version = engine.podman(&["version", "--format", "{{.Server.Version}}"]);
+    common::save_fixture(
+        &format!(
+            "podman-{}-rootless-ran.txt",
+            version.unwrap_or_default().trim()
+        ),
+        "a remote client reached the rootless container\n",
+    );
     let sock = engine.sock_arg();
     let web = port_5000(&["--docker-host", sock]);
     assert_eq!(web["rootless"], true, "{web}");

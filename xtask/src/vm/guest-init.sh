@@ -16,8 +16,9 @@ mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
-# /dev/net/tun, as a host's udev would have it (rootless Podman's pasta and slirp4netns).
-modprobe tun 2>/dev/null
+# /dev/net/tun as a host's udev leaves it, open to every user (rootless Podman's pasta and
+# slirp4netns need it; devtmpfs alone makes it root's).
+modprobe tun 2>/dev/null && chmod 666 /dev/net/tun
 hostname droptrace-vm
 
 arg() { tr ' ' '\n' </proc/cmdline | sed -n "s/^dtvm\.$1=//p"; }
