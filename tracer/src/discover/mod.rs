@@ -78,6 +78,66 @@ fn socket_peer(path: &Path) -> Option<(u32, u32)> {
     (rc == 0 && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
 }
 
+/// The process holding the engine's listening socket, and its uid. SO_PEERCRED names the
+/// process that called listen(), which may have handed the socket on and exited: seen with
+/// Podman 5.4's service, whose peer pid was later another process, in another network
+/// namespace. So the peer is checked in /proc, and the holder searched for when it is not it.
+fn engine_process(socket: &Path) -> Option<(u32, u32)> {
+    let peer = socket_peer(socket);
+    if let Some((pid, uid)) = peer
+        && holds_listener(pid, socket)
+    {
+        return Some((pid, uid));
+    }
+    let pids = std::fs::read_dir("/proc").ok()?;
+    pids.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| holds_listener(*pid, socket))
+        .and_then(|pid| Some((pid, process_uid(pid)?)))
+        .or(peer)
+}
+
+/// Whether `pid` has the listening unix socket bound at `socket` among its descriptors.
+fn holds_listener(pid: u32, socket: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) else {
+        return false;
+    };
+    let Some(inode) = listening_inode(&table, socket) else {
+        return false;
+    };
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
+    })
+}
+
+/// The inode of the listening socket bound at `socket` in a /proc/net/unix table
+/// (`Num RefCount Protocol Flags Type St Inode Path`; flag 00010000 is a listener).
+fn listening_inode(table: &str, socket: &Path) -> Option<u64> {
+    let canonical = std::fs::canonicalize(socket).ok();
+    let same = |p: &str| {
+        Path::new(p) == socket || canonical.is_some() && std::fs::canonicalize(p).ok() == canonical
+    };
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (flags, inode, path) = (f.get(3)?, f.get(6)?, f.get(7)?);
+        (*flags == "00010000" && same(path)).then(|| inode.parse().ok())?
+    })
+}
+
+/// The real uid of a process, from /proc/PID/status.
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn short_id(id: &str) -> String {
     id.chars().take(12).collect()
 }
@@ -276,7 +336,7 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
         .list_containers(None)
         .await
         .map_err(|e| no_engine(e.to_string()))?;
-    let peer = socket_peer(socket);
+    let peer = engine_process(socket);
     let pid = peer.map(|(pid, _)| pid);
     let engine = Engine {
         socket: socket.to_path_buf(),
@@ -541,6 +601,21 @@ mod tests {
                 assert_eq!(found.container_id, web.container_id, "{}", f.name);
             }
         }
+    }
+
+    /// `ip netns exec $N cat /proc/net/unix` with Debian 12's `podman system service --time=0
+    /// unix:///tmp/cap/podman.sock` running in namespace $N (its fd 7 is socket:[3048976]).
+    #[test]
+    fn the_engines_listener_is_found_in_proc_net_unix() {
+        let table = include_str!("testdata/proc-net-unix-podman-service.txt");
+        let sock = Path::new("/tmp/cap/podman.sock");
+        assert_eq!(listening_inode(table, sock), Some(3048976));
+        // Its unnamed datagram socket and other paths are not it.
+        assert_eq!(
+            listening_inode(table, Path::new("/tmp/cap/other.sock")),
+            None
+        );
+        assert_eq!(listening_inode("", sock), None);
     }
 
     #[test]
