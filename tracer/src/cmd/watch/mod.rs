@@ -691,6 +691,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         exec_prefix: exec_prefix(&req, &found.netns),
         ports: found.ports,
         published: found.published,
+        rootless: found.engine.as_ref().is_some_and(|e| e.rootless),
         before: found.before,
         latest: None,
         answers: Answers::default(),

@@ -62,6 +62,9 @@ pub(super) struct Observer<'w> {
     pub ports: Vec<u16>,
     /// Published ports known from the engine (or the DNAT rules).
     pub published: Vec<PublishedPort>,
+    /// The engine is rootless: its ports are forwarded in userspace, never DNATed, so a drop
+    /// on the way in is no missing DNAT.
+    pub rootless: bool,
     pub exec_prefix: String,
     /// The state at start, and the latest read (with when).
     pub before: Snapshot,
@@ -337,10 +340,11 @@ impl Observer<'_> {
             port,
             exec_prefix: self.exec_prefix.clone(),
             before: Some(&self.before),
-            published_elsewhere: self
-                .published
-                .iter()
-                .any(|p| p.host_port == port && p.source != "nat-rule"),
+            published_elsewhere: !self.rootless
+                && self
+                    .published
+                    .iter()
+                    .any(|p| p.host_port == port && p.source != "nat-rule"),
             engine: self
                 .published
                 .iter()
