@@ -390,10 +390,10 @@ fn rootless_podman_ports_are_said_to_be_forwarded_in_userspace() {
             m.permissions().mode() & 0o006
         });
         assert!(
-            e.contains("/dev/net/tun") && tun.is_ok_and(|m| m != 0o006),
+            e.contains("/dev/net/tun") && tun.map_or(true, |m| m != 0o006),
             "rootless podman run: {e}"
         );
-        eprintln!("skipped: /dev/net/tun is not open to other users here: {e}");
+        eprintln!("skipped: /dev/net/tun is missing or not open to other users here: {e}");
         return;
     }
     // Kept beside the fixtures: the guests' runs show the rootless path really ran.
