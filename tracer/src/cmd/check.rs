@@ -284,17 +284,7 @@ pub fn docker_proxy_ports(netns_inode: u32) -> BTreeSet<u16> {
 pub fn conmon_ports(netns_inode: u32) -> BTreeSet<u16> {
     let mut ports = BTreeSet::new();
     for pid in processes_named("conmon", netns_inode) {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        let sockets: BTreeSet<u64> = fds
-            .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .filter_map(|l| {
-                let l = l.to_string_lossy().into_owned();
-                l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-            })
-            .collect();
+        let sockets = crate::discover::socket_inodes(&pid);
         for table in ["tcp", "tcp6"] {
             let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}"));
             ports.extend(

@@ -105,11 +105,21 @@ fn holds_listener(pid: u32, socket: &Path) -> bool {
     let Some(inode) = listening_inode(&table, socket) else {
         return false;
     };
-    let wanted = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-        fds.flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()))
-    })
+    socket_inodes(pid).contains(&inode)
+}
+
+/// The inodes of the sockets among a process's descriptors (`/proc/PID/fd` → `socket:[N]`).
+pub fn socket_inodes(pid: impl std::fmt::Display) -> std::collections::BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Default::default();
+    };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect()
 }
 
 /// The inode of the listening socket bound at `socket` in a /proc/net/unix table
