@@ -240,3 +240,194 @@ impl WithStdin for std::process::Command {
         (out.status.success(), text)
     }
 }
+
+/// A request whose payload carries a secret: what an incident's dropped packet may hold.
+const SECRET: &str = "droptrace-test-secret-6b1f0c2e";
+
+fn secret_request() -> Vec<u8> {
+    let mut body = format!("POST /login HTTP/1.1\r\nHost: registry\r\nX-Token: {SECRET}\r\n\r\n");
+    while body.len() < 200 {
+        body.push('x');
+    }
+    body.into_bytes()
+}
+
+/// The lab with Docker's path healthy for the handshake and a DOCKER-USER rule that drops
+/// every data packet to the port: the request (in page fragments, as TCP sends it) dies in
+/// FORWARD.
+fn data_drop_lab(label: &str) -> Lab {
+    require_root();
+    let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("lab: {e}"));
+    lab.iptables(&[
+        "-I",
+        "DOCKER-USER",
+        "-p",
+        "tcp",
+        "--dport",
+        "5000",
+        "-m",
+        "length",
+        "--length",
+        "100:65535",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    lab
+}
+
+/// Connects from the client, sends `payload`, and waits for the retransmissions to be
+/// dropped too (bounded).
+fn send_from_client(lab: &Lab, payload: Vec<u8>) {
+    use std::io::Write;
+    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(move || {
+        let target = std::net::SocketAddr::from((tracer::lab::HOST_ADDR, 5000));
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .expect("the handshake passes the length rule");
+        s.write_all(&payload).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    })
+    .unwrap();
+}
+
+/// Every packet in the pcapng: (captured length, length on the wire, IP header length, TCP
+/// header length, the TCP payload as tshark decodes it, hex).
+fn packets(file: &std::path::Path) -> Vec<(usize, usize, usize, usize, String)> {
+    let out = std::process::Command::new("tshark")
+        .args(["-r", file.to_str().unwrap(), "-T", "fields"])
+        .args(["-e", "frame.cap_len", "-e", "frame.len", "-e", "ip.hdr_len"])
+        .args(["-e", "tcp.hdr_len", "-e", "tcp.payload", "-e", "tcp.len"])
+        .output()
+        .expect("tshark (apt-get install tshark)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .filter(|l| {
+            // Only the dropped request: the rule drops data packets, tcp.len is their payload.
+            l.split('\t').nth(5).is_some_and(|n| n == "200")
+        })
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let n = |i: usize| f[i].parse::<usize>().unwrap_or_else(|_| panic!("{l}"));
+            (n(0), n(1), n(2), n(3), f[4].replace(':', ""))
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in walk(dir) {
+        let bytes = std::fs::read(&entry).unwrap_or_default();
+        if bytes.windows(needle.len()).any(|w| w == needle) {
+            found.push(entry.display().to_string());
+        }
+    }
+    found
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn by_default_the_pcap_and_bundle_hold_headers_only_and_no_payload_byte() {
+    let lab = data_drop_lab("nopayload");
+    let dir = std::env::temp_dir().join(format!("droptrace-nopayload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let pcap = dir.with_extension("pcapng");
+    let watch = Watch::start(&[
+        "--port",
+        "5000",
+        "--netns",
+        &lab.host,
+        "--evidence",
+        dir.to_str().unwrap(),
+        "--pcap",
+        pcap.to_str().unwrap(),
+    ]);
+    send_from_client(&lab, secret_request());
+    let out = watch.stop();
+    assert!(out.status.success(), "{}", out.dump());
+    let note = out.of_type("start")[0]["notes"].to_string();
+    assert!(
+        note.contains("headers only"),
+        "the start line says what is kept: {note}"
+    );
+    for file in [pcap.clone(), dir.join("drops.pcapng")] {
+        let got = packets(&file);
+        assert!(
+            !got.is_empty(),
+            "the request's drops are in {}: {}",
+            file.display(),
+            out.dump()
+        );
+        for (cap, wire, ip, tcp, payload) in got {
+            assert_eq!(cap, ip + tcp, "captured through the TCP header, no further");
+            assert_eq!(wire, ip + tcp + 200, "the original length is the packet's");
+            assert!(payload.is_empty(), "no payload byte: {payload}");
+        }
+    }
+    let mut leaks = files_containing(&dir, SECRET.as_bytes());
+    if out.dump().contains(SECRET) {
+        leaks.push("droptrace's output".to_string());
+    }
+    if std::fs::read(&pcap)
+        .unwrap()
+        .windows(SECRET.len())
+        .any(|w| w == SECRET.as_bytes())
+    {
+        leaks.push(pcap.display().to_string());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&pcap);
+    assert!(leaks.is_empty(), "the secret reached: {leaks:?}");
+}
+
+#[test]
+fn snaplen_keeps_the_payload_byte_for_byte_from_page_fragments() {
+    let lab = data_drop_lab("snaplen");
+    let dir = std::env::temp_dir().join(format!("droptrace-snaplen-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let watch = Watch::start(&[
+        "--port",
+        "5000",
+        "--netns",
+        &lab.host,
+        "--evidence",
+        dir.to_str().unwrap(),
+        "--snaplen",
+        "1024",
+    ]);
+    let request = secret_request();
+    send_from_client(&lab, request.clone());
+    let out = watch.stop();
+    assert!(out.status.success(), "{}", out.dump());
+    let note = out.of_type("start")[0]["notes"].to_string();
+    assert!(note.contains("payload included"), "{note}");
+    let got = packets(&dir.join("drops.pcapng"));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!got.is_empty(), "{}", out.dump());
+    for (cap, wire, ip, tcp, payload) in got {
+        assert_eq!(cap, wire, "the whole packet was kept");
+        assert_eq!(wire, ip + tcp + request.len());
+        assert_eq!(payload, hex(&request), "every payload byte is the one sent");
+    }
+    assert!(
+        report.contains("payload included"),
+        "the report says so:\n{report}"
+    );
+}

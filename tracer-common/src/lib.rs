@@ -27,6 +27,11 @@ pub struct KernelOffsets {
     pub skb_iif: u32,
     /// `sk_buff.len` (unsigned int)
     pub skb_len: u32,
+    /// `sk_buff.tail` (sk_buff_data_t: an offset from head on 64-bit kernels): where the
+    /// linear part of the packet ends; bytes past it in the head buffer are not the packet.
+    pub skb_tail: u32,
+    /// `sk_buff.data` (unsigned char *): where `bpf_skb_output` starts copying.
+    pub skb_data: u32,
     /// `sk_buff.sk` (struct sock *)
     pub skb_sk: u32,
     /// `net_device.ifindex` (int)
@@ -107,6 +112,8 @@ impl KernelOffsets {
         skb_dev: 0,
         skb_iif: 0,
         skb_len: 0,
+        skb_tail: 0,
+        skb_data: 0,
         skb_sk: 0,
         dev_ifindex: 0,
         dev_nd_net: 0,
@@ -160,8 +167,8 @@ pub struct WatchConfig {
     pub netns: u32,
     /// Non-zero: report every watched drop, even without a port/address match (debugging).
     pub match_all: u32,
-    /// Non-zero: copy the first HDR_LEN bytes of each dropped packet (from its IP header)
-    /// into the event, for `--pcap` / `--evidence`.
+    /// Non-zero: copy each dropped packet's headers (from its IP header through its transport
+    /// header, never past the linear part) into the event, for `--pcap` / `--evidence`.
     pub capture_headers: u32,
     /// Non-zero: frees with `teardown_reason` at a teardown site are counted in
     /// `stat::TEARDOWN` instead of reported as drops: a FIN or RST that TCP's receive
@@ -175,6 +182,10 @@ pub struct WatchConfig {
     /// FLOW_INTERVAL_NS; the rest are only counted in DROP_FLOWS. 0 sends every event
     /// (`--every-drop`).
     pub flow_burst: u32,
+    /// `--snaplen`: bytes to keep of each captured packet from its IP header, payload included
+    /// (at most SNAP_MAX); 0 keeps the headers only. Bytes past the linear part come through
+    /// `bpf_skb_output` (PAYLOADS), where the program can call it.
+    pub snaplen: u32,
 }
 
 /// The aggregation interval of `WatchConfig::flow_burst`.
@@ -272,6 +283,7 @@ impl WatchConfig {
         skip_teardown: 0,
         teardown_reason: 0,
         flow_burst: 0,
+        snaplen: 0,
     };
 }
 
@@ -427,7 +439,9 @@ pub mod stat {
     /// Drops (or signals) counted in no flow because DROP_FLOWS was full: each was sent as
     /// an event of its own instead.
     pub const FLOW_FULL: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// `--snaplen` payload records PAYLOADS could not take (the event keeps its linear bytes).
+    pub const PAYLOAD_LOST: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// What a ring event reports.
@@ -514,8 +528,28 @@ pub struct DropEvent {
     pub hdr: [u8; HDR_LEN],
 }
 
-/// Bytes of each dropped packet captured for pcap, from the IP header.
-pub const HDR_LEN: usize = 96;
+/// Bytes of each dropped packet's linear part the event can carry, from the IP header: an IPv6
+/// header (40) with extension headers and the largest TCP header (60) fit.
+pub const HDR_LEN: usize = 128;
+
+/// The most `--snaplen` keeps of one packet.
+pub const SNAP_MAX: u32 = 1024;
+
+/// What precedes the packet bytes in a PAYLOADS record (`bpf_skb_output` appends `len` bytes
+/// copied from `skb->data`): which drop event they belong to, and where `skb->data` lies
+/// relative to the IP header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadMeta {
+    /// The drop event's `ktime_ns` and `location`: the pair identifies it.
+    pub ktime_ns: u64,
+    pub location: u64,
+    /// `skb->data` minus the IP header's address: positive when the stack had already pulled
+    /// the IP (and transport) header, negative when data still points at the MAC header.
+    pub data_from_ip: i32,
+    /// Bytes appended after this header.
+    pub len: u32,
+}
 
 /// A DropEvent without its header bytes: what the ring carries when no header is captured
 /// (half the ring space per event in a storm). `hdr` is the last field.
@@ -649,11 +683,13 @@ mod pod {
     unsafe impl aya::Pod for super::Ancestor {}
     unsafe impl aya::Pod for super::Process {}
     unsafe impl aya::Pod for super::ChangeEvent {}
+    unsafe impl aya::Pod for super::PayloadMeta {}
 }
 
 // The ring record's size is part of the contract with the decoder; a field added without
 // updating both sides fails the build here instead of garbling events.
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 208);
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 240);
+const _: () = assert!(core::mem::size_of::<PayloadMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Process>() == 376);
 const _: () = assert!(core::mem::size_of::<DropFlowKey>() == 64);
 const _: () = assert!(core::mem::offset_of!(DropEvent, hdr) == EVENT_HEAD);

@@ -2,7 +2,7 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, PerfEventByteArray, RingBuf},
 };
 use tracer_common::{
     AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey, FibRecord, FlowKey, KernelOffsets,
@@ -16,6 +16,11 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ZERO);
 /// Namespace filter and switches of this run.
 #[unsafe(no_mangle)]
 pub static CONFIG: Global<WatchConfig> = Global::new(WatchConfig::ZERO);
+
+/// `--snaplen`'s packet bytes past the linear part, from `bpf_skb_output` (one buffer per
+/// CPU; userspace opens them only when asked for a snaplen).
+#[map]
+pub static PAYLOADS: PerfEventByteArray = PerfEventByteArray::new(0);
 
 /// Watched ports (host byte order), matched against source or destination port.
 #[map]

@@ -5,17 +5,21 @@
 //! `skb->head + skb->network_header` points at the IPv4/IPv6 header whenever `skb->protocol`
 //! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
 //! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf};
+use aya_ebpf::{
+    bindings::BPF_F_CURRENT_CPU,
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    maps::PerfEventByteArray,
+};
 use aya_log_ebpf::warn;
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey,
-    EVENT_HEAD, FLOW_INTERVAL_NS, FlowKey, HDR_LEN, KernelOffsets, TEARDOWN_RCV_SITES,
-    TEARDOWN_SITES, WatchConfig, flow, kind, stat,
+    EVENT_HEAD, FLOW_INTERVAL_NS, FlowKey, HDR_LEN, KernelOffsets, PayloadMeta, SNAP_MAX,
+    TEARDOWN_RCV_SITES, TEARDOWN_SITES, WatchConfig, flow, kind, stat,
 };
 
 use crate::maps::{
     CONFIG, COUNTERS, DROP_FLOWS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS,
-    TEARDOWN, WATCH_ADDR_PORT, WATCH_PORT, bump,
+    PAYLOADS, TEARDOWN, WATCH_ADDR_PORT, WATCH_PORT, bump,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -72,9 +76,18 @@ impl From<i32> for NotParsed {
     }
 }
 
+/// Where a parsed packet lies in kernel memory: its IP header, the end of its transport
+/// header (where the payload begins), and the end of its linear part (`head + tail`): bytes
+/// after that in the head buffer are not the packet, its payload sits in page fragments.
+struct Extent {
+    ip: u64,
+    headers_end: u64,
+    linear_end: u64,
+}
+
 /// Fills addresses, protocol, ports and flags from the packet headers.
 #[inline(always)]
-fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<u64, NotParsed> {
+fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<Extent, NotParsed> {
     let protocol = u16::from_be(read::<u16>(skb, off.skb_protocol)?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Err(NotParsed::NotIp);
@@ -82,6 +95,8 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<u64, NotPa
     let head: u64 = read(skb, off.skb_head)?;
     let nh: u16 = read(skb, off.skb_network_header)?;
     let ip = head + nh as u64;
+    let tail: u32 = read(skb, off.skb_tail)?;
+    let linear_end = head + tail as u64;
     let l4 = match protocol {
         ETH_P_IP => {
             let hdr: [u8; 20] = read(ip, 0)?;
@@ -95,7 +110,12 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<u64, NotPa
             // A non-first fragment has no transport header: keep the addresses, no ports.
             let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
             if frag_off != 0 {
-                return Ok(ip);
+                let headers_end = ip + ((hdr[0] & 0x0f) as u64) * 4;
+                return Ok(Extent {
+                    ip,
+                    headers_end,
+                    linear_end,
+                });
             }
             ip + ((hdr[0] & 0x0f) as u64) * 4
         }
@@ -123,26 +143,34 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<u64, NotPa
         }
         _ => return Err(NotParsed::NotIp),
     };
-    match ev.proto {
+    let headers_end = match ev.proto {
         IPPROTO_TCP => {
             let th: [u8; 14] = read(l4, 0)?;
             ev.sport = u16::from_be_bytes([th[0], th[1]]);
             ev.dport = u16::from_be_bytes([th[2], th[3]]);
             ev.tcp_flags = th[13];
+            l4 + ((th[12] >> 4) as u64) * 4
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
             let ports: [u8; 4] = read(l4, 0)?;
             ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
             ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            // SCTP's common header is 12 bytes; UDP's 8.
+            l4 + if ev.proto == IPPROTO_UDP { 8 } else { 12 }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let ih: [u8; 2] = read(l4, 0)?;
             ev.icmp_type = ih[0];
             ev.icmp_code = ih[1];
+            l4 + 8
         }
-        _ => {}
-    }
-    Ok(ip)
+        _ => l4,
+    };
+    Ok(Extent {
+        ip,
+        headers_end,
+        linear_end,
+    })
 }
 
 /// The watched port this packet matches, if any: destination first (the published port of an
@@ -339,25 +367,28 @@ fn take_trail(skb: u64) -> u16 {
 
 /// kfree_skb: a packet freed with a drop reason.
 #[inline(always)]
-pub fn on_drop(skb: u64, location: u64, reason: u32) {
+/// `TYPED`: `skb` is the tp_btf argument itself, a pointer the verifier knows as a
+/// `struct sk_buff`, so `bpf_skb_output` may copy its payload (`--snaplen`); the classic
+/// tracepoint's `skb` is a plain number and keeps the linear part only.
+pub fn on_drop<const TYPED: bool>(skb: u64, location: u64, reason: u32) {
     let trail = take_trail(skb);
     // SAFETY: lookups in a map that only the loader writes, before the program is attached.
     if unsafe { IGNORED_REASONS.get(&reason) }.is_some() {
         return;
     }
-    observe(skb, kind::DROP, reason, location, trail, 0, 0);
+    observe::<TYPED>(skb, kind::DROP, reason, location, trail, 0, 0);
 }
 
 /// icmp_send: the kernel answers `skb` with an ICMP error (a REJECT, or a routing error).
 #[inline(always)]
 pub fn on_icmp_send(skb: u64, icmp_type: u8, icmp_code: u8) {
-    observe(skb, kind::ICMP_SENT, 0, 0, 0, icmp_type, icmp_code);
+    observe::<false>(skb, kind::ICMP_SENT, 0, 0, 0, icmp_type, icmp_code);
 }
 
 /// tcp_send_reset: the TCP stack answers `skb` with a RST (`reason`: enum sk_rst_reason).
 #[inline(always)]
 pub fn on_rst(skb: u64, reason: u32) {
-    observe(skb, kind::RST_SENT, reason, 0, 0, 0, 0);
+    observe::<false>(skb, kind::RST_SENT, reason, 0, 0, 0, 0);
 }
 
 /// A free at a teardown site with no specific reason (see WatchConfig::skip_teardown): a FIN
@@ -445,9 +476,74 @@ fn next_in_flow(v: &mut DropFlowCount, now: u64, burst: u32) -> bool {
     true
 }
 
+/// Copies the packet's own bytes from its IP header into the event: through the transport
+/// header by default (no payload byte reaches userspace), up to `snaplen` with `--snaplen`,
+/// and never past the linear part, whatever lies after it in the head buffer (other memory,
+/// not the packet).
+#[inline(always)]
+fn capture(ev: &mut DropEvent, at: &Extent, snaplen: u32) {
+    let want = if snaplen == 0 {
+        at.headers_end.saturating_sub(at.ip)
+    } else {
+        snaplen as u64
+    };
+    let linear = at.linear_end.saturating_sub(at.ip);
+    let n = want.min(linear).min(ev.len as u64).min(HDR_LEN as u64) as u32;
+    if n == 0 {
+        return;
+    }
+    // SAFETY: fault-tolerant kernel read of n <= HDR_LEN bytes into the event's own buffer.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            ev.hdr.as_mut_ptr().cast(),
+            n,
+            at.ip as *const core::ffi::c_void,
+        )
+    };
+    if r == 0 {
+        ev.hdr_len = n as u16;
+    }
+}
+
+/// `--snaplen` past the linear part: `bpf_skb_output` copies the packet from `skb->data`
+/// (page fragments included) into PAYLOADS, headed by which event it belongs to. Sent before
+/// the event itself, so userspace holding the event already finds it.
+#[inline(always)]
+fn send_payload(skb: u64, ev: &DropEvent, off: &KernelOffsets, ip: u64, snaplen: u32) {
+    let Ok(data) = read::<u64>(skb, off.skb_data) else {
+        return;
+    };
+    let data_from_ip = data.wrapping_sub(ip) as i64;
+    // skb->len counts from data: bytes before the IP header (a MAC header) come first.
+    let want = snaplen.min(SNAP_MAX) as i64 - data_from_ip.min(0).max(-(SNAP_MAX as i64));
+    let len = want.clamp(0, ev.len as i64) as u32;
+    let meta = PayloadMeta {
+        ktime_ns: ev.ktime_ns,
+        location: ev.location,
+        data_from_ip: data_from_ip.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+        len,
+    };
+    let flags = BPF_F_CURRENT_CPU | ((len as u64) << 32);
+    // SAFETY: `skb` is the program's typed sk_buff argument (TYPED), PAYLOADS a perf event
+    // array, `meta` a stack value of the size passed. A full perf buffer loses the record
+    // (counted by the kernel); the event still carries the linear bytes.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_output(
+            skb as *mut core::ffi::c_void,
+            (&PAYLOADS as *const PerfEventByteArray).cast_mut().cast(),
+            flags,
+            (&meta as *const PayloadMeta).cast_mut().cast(),
+            core::mem::size_of::<PayloadMeta>() as u64,
+        )
+    };
+    if r != 0 {
+        bump(stat::PAYLOAD_LOST);
+    }
+}
+
 /// Shared body of every hook: namespace filter, parse, watch filter, count, emit.
 #[inline(always)]
-fn observe(
+fn observe<const TYPED: bool>(
     skb: u64,
     event_kind: u8,
     reason: u32,
@@ -466,7 +562,7 @@ fn observe(
     if cfg.netns != 0 && netns != cfg.netns {
         return;
     }
-    // The event (208 bytes) is built in per-CPU scratch space: with the parsing state it
+    // The event (240 bytes) is built in per-CPU scratch space: with the parsing state it
     // would not fit the 512-byte BPF stack.
     let Some(slot) = DROP_SCRATCH.get_ptr_mut(event_kind as u32) else {
         return;
@@ -482,8 +578,8 @@ fn observe(
     ev.reason = reason;
     ev.netns = netns;
     ev.kind = event_kind;
-    let ip = match parse(skb, &off, ev) {
-        Ok(ip) => ip,
+    let extent = match parse(skb, &off, ev) {
+        Ok(extent) => extent,
         Err(NotParsed::NotIp) => return,
         Err(NotParsed::Unreadable) => {
             bump(stat::READ_ERRORS);
@@ -527,15 +623,9 @@ fn observe(
     ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
     ev.len = read(skb, off.skb_len).unwrap_or(0);
     if cfg.capture_headers != 0 && event_kind == kind::DROP {
-        // A fixed-size read keeps the verifier's bounds simple; a packet shorter than HDR_LEN
-        // still has its head buffer there, and hdr_len says how much is the packet.
-        // SAFETY: fault-tolerant kernel read into the event's own buffer.
-        if unsafe { bpf_probe_read_kernel_buf(ip as *const u8, &mut ev.hdr) }.is_ok() {
-            ev.hdr_len = if (ev.len as usize) < HDR_LEN {
-                ev.len as u16
-            } else {
-                HDR_LEN as u16
-            };
+        capture(ev, &extent, cfg.snaplen);
+        if TYPED && cfg.snaplen > ev.hdr_len as u32 && ev.len > ev.hdr_len as u32 {
+            send_payload(skb, ev, &off, extent.ip, cfg.snaplen);
         }
     }
     // Default wakeup policy: the kernel wakes the reader only when it had caught up with this

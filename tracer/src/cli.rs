@@ -223,6 +223,7 @@ pub struct DemoArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("capture").args(["pcap", "evidence"]).multiple(true)))]
 pub struct WatchArgs {
     /// Port to watch, as source or destination (repeatable; 1-65535).
     #[arg(long = "port", short = 'p', value_name = "PORT",
@@ -283,10 +284,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
-    /// Write the headers of dropped packets (captured in the kernel, up to 96 bytes from the
-    /// IP header) to this pcapng file, with the drop reason in each packet's comment.
+    /// Write the headers of dropped packets (captured in the kernel, from the IP header
+    /// through the transport header: no payload byte) to this pcapng file, with the drop
+    /// reason in each packet's comment.
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<std::path::PathBuf>,
+
+    /// With --pcap or --evidence: keep up to N bytes of each dropped packet from its IP
+    /// header, payload included (at most 1024). Payload can hold secrets: by default none is
+    /// kept.
+    #[arg(long, value_name = "N", requires = "capture", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub snaplen: Option<u32>,
 
     /// Write an evidence bundle into this directory: events.jsonl, verdicts.json,
     /// drops.pcapng, state snapshots at start and at the first verdict, report.md (files 0600).

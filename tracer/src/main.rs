@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 quiet: false,
                 drop_privileges: true,
                 pcap: args.pcap,
+                snaplen: args.snaplen,
                 metrics: args.metrics,
                 evidence: args.evidence,
                 docker_host: args.docker_host,

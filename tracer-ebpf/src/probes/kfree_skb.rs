@@ -27,7 +27,7 @@ pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
     let reason: u64 = ctx.arg(2);
-    on_drop(skb, location, reason as u32);
+    on_drop::<true>(skb, location, reason as u32);
     0
 }
 
@@ -35,7 +35,7 @@ pub fn kfree_skb_btf(ctx: BtfTracePointContext) -> i32 {
 pub fn kfree_skb_btf_no_reason(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let location: u64 = ctx.arg(1);
-    on_drop(skb, location, REASON_UNREPORTED);
+    on_drop::<true>(skb, location, REASON_UNREPORTED);
     0
 }
 
@@ -56,7 +56,7 @@ pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
         )
     };
     match (skb, location, reason) {
-        (Ok(skb), Ok(location), Ok(reason)) => on_drop(skb, location, reason),
+        (Ok(skb), Ok(location), Ok(reason)) => on_drop::<false>(skb, location, reason),
         // A record the program cannot read is a drop it cannot report: counted, not hidden.
         _ => {
             bump(stat::READ_ERRORS);

@@ -389,6 +389,8 @@ pub struct Totals {
     pub events: u64,
     pub counter_full: u64,
     pub read_errors: u64,
+    /// `--snaplen` payload copies the kernel could not hand over (perf buffer full).
+    pub payload_lost: u64,
     /// Drops and signals counted in no flow (DROP_FLOWS full), each sent as an event.
     pub flow_full: u64,
 }
@@ -733,6 +735,20 @@ impl Tracer {
         RingBuf::try_from(map).map_err(|e| Error::Load(format!("EVENTS: {e}")))
     }
 
+    /// `--snaplen`'s payload map (PAYLOADS), where the drop program can copy payloads
+    /// (tp_btf: a typed sk_buff); otherwise a sentence saying what is kept instead.
+    pub fn take_payloads(&mut self, snaplen: u32) -> Result<aya::maps::Map, String> {
+        if self.hook != DropHook::TpBtf {
+            return Err(format!(
+                "--snaplen {snaplen}: the drop hook is {}, which cannot copy page fragments: only each packet's linear part is kept",
+                self.hook.name()
+            ));
+        }
+        self.ebpf
+            .take_map("PAYLOADS")
+            .ok_or_else(|| "map PAYLOADS missing from the eBPF object".to_string())
+    }
+
     /// Reads the exact counters and the program's health counters.
     pub fn totals(&self) -> Result<Totals, Error> {
         let map_err =
@@ -757,6 +773,7 @@ impl Tracer {
         totals.events = read(stat::EVENTS)?;
         totals.counter_full = read(stat::COUNTER_FULL)?;
         totals.read_errors = read(stat::READ_ERRORS)?;
+        totals.payload_lost = read(stat::PAYLOAD_LOST)?;
         totals.signals_lost = read(stat::SIGNALS_LOST)?;
         totals.teardown = read(stat::TEARDOWN)?;
         totals.flow_full = read(stat::FLOW_FULL)?;

@@ -5,5 +5,6 @@ pub mod correlate;
 pub mod event;
 pub mod facts;
 pub mod infer;
+pub mod payload;
 pub mod state;
 pub mod tracerules;

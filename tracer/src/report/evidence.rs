@@ -23,7 +23,7 @@ use pcap_file::{
     },
 };
 use serde_json::Value;
-use tracer_common::{DropEvent, HDR_LEN};
+use tracer_common::HDR_LEN;
 
 use crate::{discover::netns::Netns, error::Error, observe::event::DropRecord};
 
@@ -46,10 +46,13 @@ pub fn private_file(path: &Path) -> Result<File, Error> {
 pub struct PcapSink {
     writer: PcapNgWriter<BufWriter<File>>,
     interfaces: HashMap<(u32, u32), u32>,
+    /// The most bytes a packet block holds (the interfaces' snaplen).
+    snaplen: u32,
 }
 
 impl PcapSink {
-    pub fn create(path: &Path) -> Result<Self, Error> {
+    /// `snaplen`: `--snaplen`, or None for headers only.
+    pub fn create(path: &Path, snaplen: Option<u32>) -> Result<Self, Error> {
         let file = private_file(path)?;
         let writer = PcapNgWriter::new(BufWriter::new(file)).map_err(|e| Error::Unwritable {
             path: path.display().to_string(),
@@ -58,6 +61,7 @@ impl PcapSink {
         Ok(Self {
             writer,
             interfaces: HashMap::new(),
+            snaplen: snaplen.map_or(HDR_LEN as u32, |n| n.max(HDR_LEN as u32)),
         })
     }
 
@@ -68,7 +72,7 @@ impl PcapSink {
         let id = self.interfaces.len() as u32;
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::RAW,
-            snaplen: HDR_LEN as u32,
+            snaplen: self.snaplen,
             options: vec![
                 InterfaceDescriptionOption::IfName(Cow::Owned(ifname.to_string())),
                 InterfaceDescriptionOption::IfDescription(Cow::Owned(format!(
@@ -83,8 +87,16 @@ impl PcapSink {
         Ok(id)
     }
 
-    pub fn write(&mut self, ev: &DropEvent, rec: &DropRecord, wall_ns: i64) -> std::io::Result<()> {
-        let len = (ev.hdr_len as usize).min(HDR_LEN);
+    /// One packet: `packet` is what was captured from its IP header, `original_len` its
+    /// length on the wire.
+    pub fn write(
+        &mut self,
+        packet: &[u8],
+        original_len: u32,
+        rec: &DropRecord,
+        wall_ns: i64,
+    ) -> std::io::Result<()> {
+        let len = packet.len();
         if len == 0 {
             return Ok(());
         }
@@ -107,8 +119,8 @@ impl PcapSink {
         let epb = EnhancedPacketBlock {
             interface_id: id,
             timestamp: Duration::from_nanos(wall_ns.max(0) as u64),
-            original_len: ev.len.max(len as u32),
-            data: Cow::Borrowed(&ev.hdr[..len]),
+            original_len: original_len.max(len as u32),
+            data: Cow::Borrowed(packet),
             options: vec![EnhancedPacketOption::Comment(Cow::Owned(comment))],
         };
         self.writer
@@ -131,7 +143,7 @@ pub struct Bundle {
 }
 
 impl Bundle {
-    pub fn create(dir: &Path) -> Result<Self, Error> {
+    pub fn create(dir: &Path, snaplen: Option<u32>) -> Result<Self, Error> {
         let unwritable = |e: std::io::Error| Error::Unwritable {
             path: dir.display().to_string(),
             why: e.to_string(),
@@ -142,7 +154,7 @@ impl Bundle {
             .create(dir)
             .map_err(unwritable)?;
         let events = BufWriter::new(private_file(&dir.join("events.jsonl"))?);
-        let pcap = PcapSink::create(&dir.join("drops.pcapng"))?;
+        let pcap = PcapSink::create(&dir.join("drops.pcapng"), snaplen)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             events,

@@ -74,6 +74,9 @@ pub struct SummaryRecord {
     pub uncounted: u64,
     /// Kernel reads of skb/headers that failed.
     pub read_errors: u64,
+    /// `--snaplen`: captured drops whose payload bytes were lost (a full perf buffer), so
+    /// their packets hold the linear part only.
+    pub payload_lost: u64,
     pub hook: &'static str,
     /// Per watched port: what the kernel did with its packets.
     pub flows: Vec<FlowRecord>,

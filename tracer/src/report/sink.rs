@@ -22,10 +22,12 @@ use crate::{
     },
 };
 
-/// One dropped packet: the record as printed, and the raw event (its captured headers).
+/// One dropped packet: the record as printed, the raw event, and the packet's captured bytes
+/// from its IP header (only real packet bytes: headers, or up to `--snaplen`).
 pub struct Dropped<'a> {
     pub rec: &'a DropRecord,
     pub ev: &'a DropEvent,
+    pub packet: &'a [u8],
     pub wall_ns: i64,
 }
 
@@ -188,7 +190,7 @@ impl<W: Write> Sink for Printer<W> {
 
 impl Sink for PcapSink {
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
-        self.write(d.ev, d.rec, d.wall_ns)
+        self.write(d.packet, d.ev.len, d.rec, d.wall_ns)
     }
     fn needs_records(&self) -> bool {
         true
@@ -213,7 +215,7 @@ impl Sink for Bundle {
     }
     fn dropped(&mut self, d: &Dropped) -> io::Result<()> {
         self.record(d.rec)?;
-        self.pcap.write(d.ev, d.rec, d.wall_ns)
+        self.pcap.write(d.packet, d.ev.len, d.rec, d.wall_ns)
     }
     fn needs_records(&self) -> bool {
         true

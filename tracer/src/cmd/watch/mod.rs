@@ -38,6 +38,7 @@ use crate::{
         changes::{ChangeRecord, NftMonitor, Resolver},
         correlate::Answers,
         event::{self, Clock, Namer},
+        payload::Payloads,
         state::{self, Snapshot},
         tracerules::{self, RuleTracer, TRACE_TABLE},
     },
@@ -87,6 +88,8 @@ pub struct WatchRequest {
     pub metrics: Option<SocketAddr>,
     /// Write the dropped packets' headers here as pcapng.
     pub pcap: Option<PathBuf>,
+    /// Bytes of each captured packet to keep, payload included (None: headers only).
+    pub snaplen: Option<u32>,
     /// Write an evidence bundle into this directory.
     pub evidence: Option<PathBuf>,
     /// Drop the capabilities no longer needed once attached (the CLI does; the demo, which
@@ -148,6 +151,10 @@ async fn drain(
     obs: &mut Observer<'_>,
     tracer: &Tracer,
 ) -> std::io::Result<usize> {
+    // Payload records precede their events: read them first, so every event finds its own.
+    if let Some(p) = obs.payloads.as_mut() {
+        p.drain();
+    }
     let mut n = 0;
     while let Some(item) = rb.next() {
         n += 1;
@@ -164,6 +171,20 @@ async fn drain(
 /// which at 150k events/s was a sleep and a wakeup every few events, half the CPU spent.
 const STORM_BATCH: usize = 64;
 const STORM_WAIT: Duration = Duration::from_millis(2);
+
+/// What the pcap keeps of each dropped packet, said in the start line (and so in the
+/// bundle's report): no payload unless asked.
+fn capture_note(req: &WatchRequest) -> Option<String> {
+    if req.pcap.is_none() && req.evidence.is_none() {
+        return None;
+    }
+    Some(match req.snaplen {
+        None => "packets captured: each dropped packet's headers only (IP through TCP/UDP/ICMP), no payload byte; --snaplen N keeps more".into(),
+        Some(n) => format!(
+            "packets captured: up to {n} bytes of each dropped packet from its IP header, payload included (--snaplen): the files can hold what the packets carried"
+        ),
+    })
+}
 
 /// How to run a command in the watched namespace, for the fixes droptrace prints.
 fn exec_prefix(req: &WatchRequest, ns: &Netns) -> String {
@@ -500,6 +521,8 @@ fn kernel_sites() -> std::sync::mpsc::Receiver<Places> {
 /// drop reasons' names and the functions already placed, for the observer.
 struct Loaded {
     tracer: Tracer,
+    /// `--snaplen`'s payload buffers, when asked for and the drop hook can fill them.
+    payloads: Option<Payloads>,
     ring: Ring,
     changes_ring: Ring,
     caps: Capabilities,
@@ -522,6 +545,7 @@ fn load(req: &WatchRequest, netns: &Netns) -> Result<Loaded, Error> {
             WatchConfig {
                 netns: netns.inode,
                 capture_headers: u32::from(req.pcap.is_some() || req.evidence.is_some()),
+                snaplen: req.snaplen.unwrap_or(0),
                 flow_burst: if req.every_drop { 0 } else { FLOW_BURST },
                 ..WatchConfig::ZERO
             },
@@ -571,8 +595,18 @@ fn load(req: &WatchRequest, netns: &Netns) -> Result<Loaded, Error> {
     tracer.attach_change_probes();
     let changes_ring = pollable(tracer.take_changes()?, "change ring")?;
     let ring = pollable(tracer.take_ring()?, "event ring")?;
+    let payloads = req.snaplen.and_then(|n| {
+        match tracer.take_payloads(n).and_then(|m| Payloads::open(m, n)) {
+            Ok(p) => Some(p),
+            Err(note) => {
+                tracer.notes.push(note);
+                None
+            }
+        }
+    });
     Ok(Loaded {
         tracer,
+        payloads,
         ring,
         changes_ring,
         caps,
@@ -603,10 +637,10 @@ fn sinks<'w>(
         format,
     ));
     if let Some(path) = &req.pcap {
-        sinks.push(PcapSink::create(path)?);
+        sinks.push(PcapSink::create(path, req.snaplen)?);
     }
     if let Some(dir) = &req.evidence {
-        sinks.push(Bundle::create(dir)?);
+        sinks.push(Bundle::create(dir, req.snaplen)?);
     }
     if let Some(exporter) = exporter {
         sinks.push(MetricsSink(exporter));
@@ -661,6 +695,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     let discovering = discover(&req).await?;
     let Loaded {
         mut tracer,
+        payloads,
         mut ring,
         mut changes_ring,
         caps,
@@ -671,6 +706,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
     tracer.watch(&found.ports, &found.addr_ports, &found.before.local_addrs)?;
     let (rule_tracer, trace_notes) = rule_tracer(&req, &found.netns, found.removed_leftover);
     let mut notes = tracer.notes.clone();
+    notes.extend(capture_note(&req));
     notes.extend(trace_notes);
     notes.extend(found.monitor_note.take());
     notes.extend(found.before.problems.iter().cloned());
@@ -703,6 +739,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
             crate::journal::locate(req.journal.as_deref()),
         ),
         bundle_dir: req.evidence.clone(),
+        payloads,
         first_verdict_seen: false,
         notes: notes.clone(),
         signals: tracer.signals.clone(),

@@ -26,6 +26,7 @@ use crate::{
         correlate::Answers,
         event::{self, DropRecord, Namer, Observed},
         facts::{Answer, RouteFact},
+        payload::Payloads,
         state::{self, Snapshot},
         tracerules::RuleTracer,
     },
@@ -75,6 +76,8 @@ pub(super) struct Observer<'w> {
     pub changes: ChangeLog,
     /// The evidence bundle's directory, for its state snapshots.
     pub bundle_dir: Option<PathBuf>,
+    /// `--snaplen`'s payload buffers (None: each packet's linear headers only).
+    pub payloads: Option<Payloads>,
     pub first_verdict_seen: bool,
     /// The start line's notes, also written into the bundle's snapshots.
     pub notes: Vec<String>,
@@ -272,9 +275,14 @@ impl Observer<'_> {
                 .or_insert_with(|| (port, attribution.cause, rec.container.clone()));
         }
         let wall_ns = self.namer.clock.wall_ns(ev.ktime_ns);
+        let packet: std::borrow::Cow<[u8]> = match self.payloads.as_mut() {
+            Some(p) => p.packet(ev).into(),
+            None => ev.hdr[..usize::from(ev.hdr_len).min(ev.hdr.len())].into(),
+        };
         self.sinks.dropped(&Dropped {
             rec: &rec,
             ev,
+            packet: &packet,
             wall_ns,
         })?;
         let verdict = self.book.add(port, &rec, &attribution);
@@ -638,6 +646,7 @@ impl Observer<'_> {
             counters,
             uncounted: totals.counter_full,
             read_errors: totals.read_errors,
+            payload_lost: totals.payload_lost + self.payloads.as_ref().map_or(0, |p| p.lost),
             hook,
             flows,
             teardown: totals.teardown,

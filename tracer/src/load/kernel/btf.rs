@@ -92,6 +92,8 @@ impl KernelBtf {
             skb_dev: self.field_offset("sk_buff", &["dev"])?,
             skb_iif: self.field_offset("sk_buff", &["skb_iif"])?,
             skb_len: self.field_offset("sk_buff", &["len"])?,
+            skb_tail: self.field_offset("sk_buff", &["tail"])?,
+            skb_data: self.field_offset("sk_buff", &["data"])?,
             skb_sk: self.field_offset("sk_buff", &["sk"])?,
             dev_ifindex: self.field_offset("net_device", &["ifindex"])?,
             dev_nd_net: self.field_offset("net_device", &["nd_net"])?,
