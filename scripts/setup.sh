@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Takes a fresh Debian 12 / Ubuntu 22.04+ machine (as root) to a built `droptrace` binary:
-#   - the apt packages droptrace and its integration tests use,
-#   - the pinned Rust toolchain (rust-toolchain.toml) with rust-src, rustfmt and clippy,
-#   - bpf-linker linked against rustc's own libLLVM (an LLVM at least as new as rustc's),
-#   - a release build of the workspace (the eBPF object is built by tracer/build.rs),
-#   - the static binary target/dist/droptrace (x86_64 musl) that runs on any x86_64 Linux.
+# For a BUILD machine: takes a fresh Debian 12 / Ubuntu 22.04+ machine (as root) to a built
+# `droptrace` and its demo. The host that has the incident needs none of this: copy it the
+# static binary (`cargo xtask dist` → target/dist/droptrace) and run that.
+#
+# What it installs, and nothing else:
+#   - the apt packages that building droptrace and running its demo need: compilers, the
+#     netfilter and iproute2 tools droptrace reads, busybox (the demo's server and client).
+#     None of them starts a service or touches the firewall: no container engine, no firewall
+#     manager, no dbus, no Prometheus, no QEMU (scripts/test.sh installs those, for tests);
+#   - the pinned Rust toolchain (rust-toolchain.toml) with rust-src, rustfmt and clippy;
+#   - bpf-linker linked against rustc's own libLLVM (an LLVM at least as new as rustc's);
+#   - a release build (the eBPF object is built by tracer/build.rs), installed as
+#     /usr/local/bin/droptrace with its shell completions and man pages.
 # Every step says what failed and what to do; nothing here is silent.
 #
-# Usage: scripts/setup.sh            (everything)
+# Usage: scripts/setup.sh            (everything above)
 #        SKIP_APT=1 scripts/setup.sh (toolchain and build only)
 set -euo pipefail
 
@@ -19,27 +26,17 @@ BPF_LINKER_VERSION=0.13.0
 say() { printf '[setup] %s\n' "$*" >&2; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || die "run as root: apt-get and the eBPF build/tests need it (sudo $0)"
+say "build machine setup: installs build tools and the demo's netfilter tools, starts no service"
+[ "$(id -u)" -eq 0 ] || die "run as root: apt-get and the eBPF build need it (sudo $0)"
 
 APT_PACKAGES=(
-  # droptrace reads these tools' output (state snapshots, rule counters)
-  iptables nftables conntrack iproute2 procps
-  # the namespace lab: a server in the "container", a client, inspection
-  busybox-static curl bpftool kmod util-linux
-  # the real components of the incident tests: dockerd (with containerd, runc), firewalld,
-  # Podman (rootful and rootless: conmon, its runtime, slirp4netns, newuidmap) and its network
-  # backend netavark (also run by hand, as Podman runs it)
-  docker.io firewalld dbus netavark podman slirp4netns uidmap
-  # cargo xtask bench: load, the kernel's own counters, the peer tool it is compared with
-  iperf3 bpftrace
-  # reading droptrace's pcapng and validating its metrics in the tests; man renders its pages;
-  # systemd-analyze verifies the recorder's unit
-  tshark prometheus man-db bash-completion systemd
-  # build: C toolchain for -sys crates, git for cargo; a virtualenv for the Python test tools
-  build-essential pkg-config git ca-certificates python3-venv
-  # cargo xtask vm, the kernel matrix and the engine guests: guests under QEMU, their Debian
-  # userlands (debootstrap), and the tools that unpack Debian's kernel modules
-  qemu-system-x86 debootstrap xz-utils zstd
+  # droptrace reads these tools' output (state snapshots, rule counters); the demo's lab uses
+  # them inside its own network namespaces only
+  iptables nftables conntrack iproute2 procps kmod util-linux
+  # the demo's server and client in the lab's namespaces
+  busybox-static curl
+  # build: C toolchain for -sys crates, git for cargo
+  build-essential pkg-config git ca-certificates
 )
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
@@ -80,24 +77,6 @@ if [ "$have_linker" != "bpf-linker $BPF_LINKER_VERSION" ]; then
 fi
 bpf-linker --version >/dev/null 2>&1 || die "bpf-linker does not run: see $llvm_prefix/bpf-linker-install.log"
 
-if ! cargo "+$TOOLCHAIN" fuzz --version >/dev/null 2>&1; then
-  say "cargo-fuzz (the parsers' fuzz targets, fuzz/)"
-  cargo "+$TOOLCHAIN" install cargo-fuzz@0.13.2 --locked >/dev/null 2>"$llvm_prefix/cargo-fuzz-install.log" \
-    || die "installing cargo-fuzz failed (log: $llvm_prefix/cargo-fuzz-install.log)"
-fi
-
-# The tests validate deploy/daemonset.yaml against the Kubernetes schema with this validator
-# (PyPI), in a virtualenv of its own so the system's Python stays untouched.
-TOOLS_VENV=/opt/droptrace-tools/venv
-if ! "$TOOLS_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -qx 1.37.0; then
-  say "kubernetes-validate 1.37.0 (PyPI) in $TOOLS_VENV"
-  python3 -m venv "$TOOLS_VENV" \
-    || die "python3 -m venv failed: install python3-venv (apt-get install python3-venv)"
-  "$TOOLS_VENV/bin/pip" install --quiet kubernetes-validate==1.37.0 \
-    || die "pip could not install kubernetes-validate: check access to PyPI"
-fi
-ln -sf "$TOOLS_VENV/bin/kubernetes-validate" /usr/local/bin/kubernetes-validate
-
 say "cargo build --release (the eBPF object is built by tracer/build.rs)"
 cargo build --release --locked -p tracer || die "build failed: see the compiler output above"
 say "built: $(pwd)/target/release/droptrace"
@@ -113,6 +92,4 @@ for completion in bash:/usr/share/bash-completion/completions/droptrace \
 done
 target/release/droptrace manpages /usr/local/share/man/man1 >/dev/null \
   || die "cannot write the man pages to /usr/local/share/man/man1"
-say "cargo xtask dist (the static binary, for any x86_64 Linux)"
-cargo xtask dist >/dev/null || die "the static build failed: see the compiler output above"
-say "built: $(pwd)/target/dist/droptrace (static: copy it to any x86_64 host)"
+say "done. For the host that has the incident, build the static binary: cargo xtask dist (→ target/dist/droptrace)"

@@ -16,13 +16,13 @@ use tracer::{discover::netns::Netns, lab::Outcome};
 
 const DAEMONSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
 
-/// kubernetes-validate (PyPI; scripts/setup.sh installs it) on one manifest: (passed, output).
+/// kubernetes-validate (PyPI; scripts/test.sh installs it) on one manifest: (passed, output).
 fn kubernetes_validate(path: &std::path::Path) -> (bool, String) {
     let out = Command::new("kubernetes-validate")
         .arg("--strict")
         .arg(path)
         .output()
-        .expect("kubernetes-validate (scripts/setup.sh installs it from PyPI)");
+        .expect("kubernetes-validate (scripts/test.sh installs it from PyPI)");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -11,7 +11,7 @@ fn every_parser_survives_a_fuzz_smoke_run() {
         .unwrap_or(false);
     assert!(
         has_fuzz,
-        "cargo-fuzz is not installed: scripts/setup.sh installs it"
+        "cargo-fuzz is not installed: scripts/test.sh installs it"
     );
     let out = std::process::Command::new("bash")
         .args([script, "5"])

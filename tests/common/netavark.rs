@@ -38,7 +38,7 @@ impl PodmanHost {
         super::require_root();
         assert!(
             std::path::Path::new(NETAVARK).exists(),
-            "netavark is not installed: scripts/setup.sh installs it (apt-get install netavark)"
+            "netavark is not installed: scripts/test.sh installs it (apt-get install netavark)"
         );
         let mut spec = LabSpec::new(label);
         spec.docker_by_hand = false;

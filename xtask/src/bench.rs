@@ -670,7 +670,7 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
             .stdout
             .is_empty()
         {
-            bail!("{tool} is not installed: scripts/setup.sh installs it");
+            bail!("{tool} is not installed: scripts/test.sh installs it");
         }
     }
     let mut spec = LabSpec::new("bench");
