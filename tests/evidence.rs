@@ -291,27 +291,63 @@ fn send_from_client(lab: &Lab, payload: Vec<u8>) {
     .unwrap();
 }
 
-/// Every packet in the pcapng: (captured length, length on the wire, IP header length, TCP
-/// header length, the TCP payload as tshark decodes it, hex).
-fn packets(file: &std::path::Path) -> Vec<(usize, usize, usize, usize, String)> {
+/// (captured length, length on the wire, IP header length, TCP header length, payload hex).
+type Captured = (usize, usize, usize, usize, String);
+
+/// Every dropped request in the pcapng, as its blocks say: (captured length, length on the
+/// wire, IP header length, TCP header length, the captured TCP payload in hex). Read with
+/// pcap-file, so it runs in the matrix guests too, and checked against tshark's own reading
+/// wherever tshark is installed (scripts/test.sh installs it; the guests have none).
+fn packets(file: &std::path::Path) -> Vec<Captured> {
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let mut reader = PcapNgReader::new(std::fs::File::open(file).unwrap()).expect("a pcapng");
+    let mut got = Vec::new();
+    while let Some(block) = reader.next_block() {
+        let Block::EnhancedPacket(epb) = block.expect("a readable block") else {
+            continue;
+        };
+        let data = &epb.data;
+        let ip = usize::from(data[0] & 0x0f) * 4;
+        let tcp = usize::from(data[ip + 12] >> 4) * 4;
+        let total = usize::from(u16::from_be_bytes([data[2], data[3]]));
+        // Only the dropped request: the rule drops data packets of 200 payload bytes.
+        if total != ip + tcp + 200 {
+            continue;
+        }
+        let payload = data.get(ip + tcp..).unwrap_or_default();
+        got.push((data.len(), epb.original_len as usize, ip, tcp, hex(payload)));
+    }
+    assert_eq!(
+        got,
+        tshark_packets(file).unwrap_or_else(|| got.clone()),
+        "tshark reads it the same"
+    );
+    got
+}
+
+/// tshark's reading of the same packets, None where tshark is not installed in a matrix guest
+/// (DROPTRACE_BIN set); on the build machine it must be there.
+fn tshark_packets(file: &std::path::Path) -> Option<Vec<Captured>> {
     let out = std::process::Command::new("tshark")
         .args(["-r", file.to_str().unwrap(), "-T", "fields"])
         .args(["-e", "frame.cap_len", "-e", "frame.len", "-e", "ip.hdr_len"])
         .args(["-e", "tcp.hdr_len", "-e", "tcp.payload", "-e", "tcp.len"])
-        .output()
-        .expect("tshark (apt-get install tshark)");
+        .output();
+    let out = match out {
+        Err(_) if std::env::var_os("DROPTRACE_BIN").is_some() => return None,
+        other => other.expect("tshark (scripts/test.sh installs it)"),
+    };
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    text.lines()
-        .filter(|l| {
-            // Only the dropped request: the rule drops data packets, tcp.len is their payload.
-            l.split('\t').nth(5).is_some_and(|n| n == "200")
-        })
+    let rows = text
+        .lines()
+        .filter(|l| l.split('\t').nth(5).is_some_and(|n| n == "200"))
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
             let n = |i: usize| f[i].parse::<usize>().unwrap_or_else(|_| panic!("{l}"));
             (n(0), n(1), n(2), n(3), f[4].replace(':', ""))
         })
-        .collect()
+        .collect();
+    Some(rows)
 }
 
 fn hex(bytes: &[u8]) -> String {
