@@ -8,6 +8,8 @@ use crate::observe::changes::ChangeRecord;
 pub fn needs_culprit(why: &Why) -> bool {
     match why {
         Why::KernelDrop { rp_filter } => rp_filter.is_some(),
+        // Load fills the table, not a change: what fills it is in the fix.
+        Why::ConntrackFull { .. } => false,
         _ => true,
     }
 }
@@ -17,6 +19,7 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
     let mut rev = changes.iter().rev();
     let ruleset = |c: &&ChangeRecord| c.source != "sysctl";
     match why {
+        Why::ConntrackFull { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
             // The family's `conf.all.forwarding` turns every interface's off with it.
             let family = key.split('.').take(2).collect::<Vec<_>>().join(".");

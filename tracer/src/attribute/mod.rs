@@ -12,7 +12,13 @@ pub mod verdict;
 use serde::Serialize;
 
 pub use crate::observe::facts::{Answer, DropFacts, Hook};
-use crate::{load::kernel::btf::UNREPORTED, observe::state::Snapshot};
+use crate::{
+    load::kernel::btf::UNREPORTED,
+    observe::state::{
+        Snapshot,
+        conntrack::{self, Fill},
+    },
+};
 use rules::{Blamed, Missing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -29,6 +35,9 @@ pub enum Cause {
     FirewallDrop,
     /// Any other kernel drop, named by its reason.
     KernelDrop,
+    /// The conntrack table is full: conntrack itself refused the new connection's entry and
+    /// dropped its packet before any rule saw it.
+    ConntrackFull,
 }
 
 impl Cause {
@@ -39,6 +48,7 @@ impl Cause {
             Cause::FirewallReject => "firewall_reject",
             Cause::FirewallDrop => "firewall_drop",
             Cause::KernelDrop => "kernel_drop",
+            Cause::ConntrackFull => "conntrack_full",
         }
     }
 }
@@ -63,6 +73,13 @@ pub enum Why {
     /// Any other reason the kernel gave; with the reverse-path filter's sysctls for
     /// IP_RPFILTER.
     KernelDrop { rp_filter: Option<RpFilter> },
+    /// Conntrack refused a new entry: the table at `fill` (count against the host-wide max),
+    /// its statistics now, and how many refusals (`drop`) it counted since droptrace started.
+    ConntrackFull {
+        fill: Fill,
+        stats: Option<conntrack::Stats>,
+        refused_since_start: Option<u64>,
+    },
 }
 
 impl Why {
@@ -73,6 +90,7 @@ impl Why {
             Why::Firewall { reject: true, .. } => Cause::FirewallReject,
             Why::Firewall { .. } => Cause::FirewallDrop,
             Why::KernelDrop { .. } => Cause::KernelDrop,
+            Why::ConntrackFull { .. } => Cause::ConntrackFull,
         }
     }
 
@@ -220,6 +238,7 @@ pub fn infer_hook(d: &DropFacts, now: &Snapshot) -> Option<Hook> {
 pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     let hook = infer_hook(d, now);
     let why = forwarding(d, now)
+        .or_else(|| conntrack_full(d, now, ctx, hook))
         .or_else(|| missing_chain(d, now, ctx, hook))
         .or_else(|| firewall(d, now, ctx, hook))
         .unwrap_or_else(|| kernel_drop(d, now));
@@ -249,6 +268,27 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     Some(Why::ForwardingDisabled {
         still_off: off.is_some(),
         sysctl: off.unwrap_or_else(|| rules::forwarding_keys(d.ipv6, &d.ifname).0),
+    })
+}
+
+/// Conntrack dropped the packet itself: a packet with no conntrack entry, dropped by
+/// netfilter on the hooks where conntrack creates entries (PRE_ROUTING for arriving packets,
+/// LOCAL_OUT for the host's own), while the table is at its limit. No rule is involved, so
+/// none may be blamed; the refusals counter (`conntrack -S` drop) says how often.
+fn conntrack_full(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hook>) -> Option<Why> {
+    let at_entry = matches!(hook, Some(Hook::PreRouting | Hook::LocalOut));
+    if d.reason != "NETFILTER_DROP" || d.dnat.is_some() || !at_entry {
+        return None;
+    }
+    let fill = Fill::of(&now.sysctls).filter(Fill::full)?;
+    let refused_since_start = match (now.conntrack, ctx.before.and_then(|b| b.conntrack)) {
+        (Some(now), Some(before)) => Some(now.drop.saturating_sub(before.drop)),
+        _ => None,
+    };
+    Some(Why::ConntrackFull {
+        fill,
+        stats: now.conntrack,
+        refused_since_start,
     })
 }
 
@@ -353,6 +393,7 @@ mod tests {
             ],
             iptables: vec![iptables::parse("iptables-legacy", rules)],
             nft: nft::Ruleset::default(),
+            conntrack: None,
             problems: vec![],
         }
     }
@@ -400,6 +441,44 @@ mod tests {
             traced: None,
             route: None,
         }
+    }
+
+    /// A new connection's SYN that netfilter dropped before conntrack gave it an entry, with
+    /// the table at `count` of 64.
+    fn refused_syn(count: &str, hook: Option<Hook>) -> (DropFacts, Snapshot) {
+        let mut d = syn("NETFILTER_DROP", "nf_hook_slow", "198.51.100.1", None);
+        d.nf_hook = hook;
+        let mut snap = docker();
+        snap.sysctls.set("net.netfilter.nf_conntrack_count", count);
+        snap.sysctls.set("net.netfilter.nf_conntrack_max", "64");
+        (d, snap)
+    }
+
+    #[test]
+    fn a_full_table_is_conntrack_full_and_blames_no_rule() {
+        for hook in [Some(Hook::PreRouting), None] {
+            let (d, snap) = refused_syn("64", hook);
+            let a = attribute(&d, &snap, &ctx());
+            assert_eq!(a.cause, Cause::ConntrackFull, "{hook:?}: {}", a.sentence);
+            assert_eq!((a.rule.as_deref(), a.hook), (None, Some(Hook::PreRouting)));
+            assert!(
+                a.fix
+                    .starts_with("sysctl -w net.netfilter.nf_conntrack_max=65536"),
+                "{}",
+                a.fix
+            );
+        }
+    }
+
+    #[test]
+    fn the_same_drop_with_room_in_the_table_is_the_firewall() {
+        let (d, snap) = refused_syn("20", Some(Hook::PreRouting));
+        assert_eq!(attribute(&d, &snap, &ctx()).cause, Cause::FirewallDrop);
+        // A tracked packet (conntrack had made its entry) was not refused by conntrack.
+        let (mut d, snap) = refused_syn("64", Some(Hook::Forward));
+        d.dnat = Some(true);
+        d.dst = "172.17.0.2".parse().unwrap();
+        assert_ne!(attribute(&d, &snap, &ctx()).cause, Cause::ConntrackFull);
     }
 
     fn ctx() -> Context<'static> {

@@ -14,7 +14,7 @@ use crate::{
     discover::PublishedPort,
     observe::{
         facts::Hook,
-        state::{RuleRef, Snapshot},
+        state::{RuleRef, Snapshot, conntrack::Fill},
     },
     report::words,
 };
@@ -51,6 +51,11 @@ impl Detail {
                 missing: missing.clone(),
                 died: Died::NoListener,
             },
+            Detail::ConntrackFull(fill) => Why::ConntrackFull {
+                fill: *fill,
+                stats: None,
+                refused_since_start: None,
+            },
             Detail::Blocked { hook, rule } => Why::Firewall {
                 hook: *hook,
                 blamed: None,
@@ -70,6 +75,8 @@ pub enum Detail {
     Untranslated(Missing),
     /// This rule (or policy) on `hook` stops the port's traffic.
     Blocked { hook: Hook, rule: RuleRef },
+    /// The conntrack table is at its limit: every new connection is dropped.
+    ConntrackFull(Fill),
 }
 
 /// What `check` knows besides the ruleset.
@@ -141,6 +148,31 @@ fn forwarding_findings(snap: &Snapshot, published: &[PublishedPort], prefix: &st
     out
 }
 
+/// The conntrack table at its limit: new connections to every port are dropped, with the
+/// same words and fix as a `conntrack_full` verdict.
+fn conntrack_finding(snap: &Snapshot) -> Option<Finding> {
+    let fill = Fill::of(&snap.sysctls).filter(Fill::full)?;
+    let refused = snap
+        .conntrack
+        .map(|s| format!("; conntrack -S counts {} refused entries (drop)", s.drop))
+        .unwrap_or_default();
+    let what = format!(
+        "the conntrack table is full: nf_conntrack_count = {} of nf_conntrack_max = {} (one limit for the whole host){refused}; conntrack drops the first packet of every new connection before any rule sees it",
+        fill.count, fill.max
+    );
+    let (fix, keep) = words::conntrack_fix(fill.max);
+    Some(Finding {
+        fix,
+        fix_persistent: Some(keep),
+        ..finding(
+            Cause::ConntrackFull,
+            None,
+            what,
+            Detail::ConntrackFull(fill),
+        )
+    })
+}
+
 /// A published port that is not translated, by the verdict's rule and in its words.
 fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
     let port = p.host_port;
@@ -201,6 +233,7 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
         true => Vec::new(),
         false => forwarding_findings(snap, published, &facts.exec_prefix),
     };
+    out.extend(conntrack_finding(snap));
     for p in published {
         let port = p.host_port;
         if !facts.rootless {

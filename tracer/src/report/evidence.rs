@@ -257,8 +257,12 @@ pub fn write_snapshot(bundle_dir: &Path, label: &str, ns: &Netns, ports: &[u16],
                 "sysctl".into(),
                 "-a".into(),
                 "-r".into(),
-                "forwarding|ip_forward|rp_filter|bridge-nf".into(),
+                "forwarding|ip_forward|rp_filter|bridge-nf|nf_conntrack_(count|max|buckets|tcp_be_liberal)".into(),
             ],
+        ),
+        (
+            "conntrack-stats.txt".into(),
+            vec!["conntrack".into(), "-S".into()],
         ),
     ];
     for port in ports {

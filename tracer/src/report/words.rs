@@ -3,6 +3,7 @@
 //! same way.
 use std::net::{IpAddr, SocketAddr};
 
+use crate::observe::state::conntrack::{self, Fill};
 use crate::{
     attribute::{
         Attribution, Cause, Context, Diagnosis, Died, RpFilter, Why,
@@ -294,6 +295,17 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             *forwarding_also_off,
         ),
         Why::KernelDrop { rp_filter } => kernel_drop(d, ctx, rp_filter.as_ref()),
+        Why::ConntrackFull {
+            fill,
+            stats,
+            refused_since_start,
+        } => conntrack_full(
+            d,
+            ctx,
+            diag.hook,
+            fill,
+            (stats.as_ref(), *refused_since_start),
+        ),
     };
     evidence.extend(more);
     let blamed = diag.why.blamed();
@@ -467,6 +479,69 @@ fn kernel_drop(d: &DropFacts, ctx: &Context, rp: Option<&RpFilter>) -> Words {
     (sentence, evidence, fix, None)
 }
 
+/// nf_conntrack_max to suggest: twice the limit that was reached (at least 65536, the
+/// smallest default of a machine with 1 GiB).
+pub fn conntrack_max_fix(max: u64) -> u64 {
+    max.saturating_mul(2).max(65536)
+}
+
+/// Raising the host-wide limit, now and for good. `nf_conntrack_max` is writable only in the
+/// initial namespace, so the fix runs there whatever namespace was watched; the hash table
+/// grows with it (the kernel's own default is one bucket per entry).
+pub fn conntrack_fix(max: u64) -> (String, String) {
+    let new = conntrack_max_fix(max);
+    (
+        format!(
+            "sysctl -w net.netfilter.nf_conntrack_max={new} && echo {new} > /sys/module/nf_conntrack/parameters/hashsize (in the host's initial namespace: the limit is one for the whole host), then find what fills the table"
+        ),
+        format!(
+            "echo 'net.netfilter.nf_conntrack_max = {new}' > /etc/sysctl.d/90-conntrack.conf && echo 'options nf_conntrack hashsize={new}' > /etc/modprobe.d/nf_conntrack.conf"
+        ),
+    )
+}
+
+fn conntrack_full(
+    d: &DropFacts,
+    ctx: &Context,
+    hook: Option<Hook>,
+    fill: &Fill,
+    (stats, refused_since_start): (Option<&conntrack::Stats>, Option<u64>),
+) -> Words {
+    let mut evidence = vec![format!(
+        "nf_conntrack_count = {} in this namespace, nf_conntrack_max = {} (one limit for the whole host){}: the table is full",
+        fill.count,
+        fill.max,
+        fill.buckets
+            .map(|b| format!(", nf_conntrack_buckets = {b}"))
+            .unwrap_or_default()
+    )];
+    if let Some(s) = stats {
+        let since = refused_since_start
+            .map(|n| format!(" ({n} since droptrace started)"))
+            .unwrap_or_default();
+        evidence.push(format!(
+            "conntrack -S: drop = {}{since}, early_drop = {}, insert_failed = {}: conntrack itself refused new entries (no entry could be evicted), so no rule saw the packet and no rule's counter rose",
+            s.drop, s.early_drop, s.insert_failed
+        ));
+    }
+    evidence.push(
+        "the kernel logs `nf_conntrack: table full, dropping packet` (dmesg, rate-limited)".into(),
+    );
+    let (fix, keep) = conntrack_fix(fill.max);
+    let hook = hook.unwrap_or(Hook::PreRouting).name();
+    let sentence = format!(
+        "the conntrack table is full ({} of {} entries): conntrack drops the first packet of every new connection to {} in {hook}, before any firewall rule sees it; clients time out and retry",
+        fill.count,
+        fill.max,
+        endpoint(&d.dst, d.dport),
+    );
+    let fix = format!(
+        "{fix}: {}conntrack -L | awk '{{print $1, $4}}' | sort | uniq -c | sort -rn | head (entries by protocol and state)",
+        ctx.exec_prefix
+    );
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -483,6 +558,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::ConntrackFull => {
+            "check dmesg for `nf_conntrack: table full, dropping packet` and when it started, /etc/sysctl.conf and /etc/sysctl.d/ for a lowered net.netfilter.nf_conntrack_max, and `conntrack -L` for what fills the table"
         }
         Cause::FirewallDrop | Cause::FirewallReject => {
             "check the firewall's configuration (firewalld zones, /etc/nftables.conf, iptables-save files) and journalctl for who loaded it"

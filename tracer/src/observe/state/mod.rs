@@ -1,6 +1,7 @@
 //! The state of the watched namespace that explains drops: forwarding sysctls, local
 //! addresses, and the firewall rulesets (iptables-nft, iptables-legacy, native nftables),
 //! read without changing anything. `capture` does the I/O; everything else here is pure.
+pub mod conntrack;
 pub mod iptables;
 #[cfg(test)]
 mod layouts;
@@ -46,6 +47,8 @@ pub struct Snapshot {
     /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
     pub iptables: Vec<iptables::Ruleset>,
     pub nft: nft::Ruleset,
+    /// `conntrack -S` of the namespace (None: the tool or the module is absent).
+    pub conntrack: Option<conntrack::Stats>,
     /// What could not be read, said once in the output (a missing binary, a parse error).
     pub problems: Vec<String>,
 }
@@ -369,6 +372,11 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
                 s.set(&key.replace('/', "."), &v);
             }
         }
+        for leaf in conntrack::SYSCTLS {
+            if let Some(v) = read(&format!("net/netfilter/{leaf}")) {
+                s.set(&format!("net.netfilter.{leaf}"), &v);
+            }
+        }
         for iface in &ifaces {
             for leaf in ["forwarding", "rp_filter"] {
                 let key = format!("net/ipv4/conf/{iface}/{leaf}");
@@ -407,13 +415,14 @@ pub fn capture(ns: &Netns) -> Snapshot {
     // The tools run at once, each on a thread of its own: they spend their time starting
     // (fork, exec, dynamic linking), and one after the other they were most of the time
     // to the first verdict.
-    const TOOLS: [&[&str]; 6] = [
+    const TOOLS: [&[&str]; 7] = [
         &["ip", "-j", "addr", "show"],
         &["iptables-nft-save", "-c"],
         &["iptables-legacy-save", "-c"],
         &["ip6tables-nft-save", "-c"],
         &["ip6tables-legacy-save", "-c"],
         &["nft", "-j", "list", "ruleset"],
+        &["conntrack", "-S"],
     ];
     let (outputs, (sysctls, interfaces)) = std::thread::scope(|scope| {
         let runs: Vec<_> = TOOLS
@@ -477,6 +486,10 @@ pub fn capture(ns: &Netns) -> Snapshot {
             Err(e) => snap.problems.push(e),
         }
     }
+    // Without the tool or the conntrack module there are no statistics to read: the
+    // conntrack_full verdict then rests on the table's fill alone, nothing to say.
+    let (stats, _) = next();
+    snap.conntrack = stats.as_deref().and_then(conntrack::parse_stats);
     snap
 }
 

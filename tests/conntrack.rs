@@ -1,0 +1,180 @@
+//! Conntrack incidents, injected for real: the lab's host namespace with its conntrack table
+//! filled to `nf_conntrack_max`, a real client whose SYNs conntrack refuses, and droptrace
+//! naming `conntrack_full`, never a rule.
+//!
+//! `nf_conntrack_max` is one limit for the whole machine, writable only in the initial
+//! namespace: the tests lower it to a little above the largest table droptrace's lab can see
+//! (the root namespace's), restore it on every path (a guard, also on panic), and run one at a
+//! time in this binary of their own.
+mod common;
+
+use std::{sync::Mutex, time::Duration};
+
+use common::{Output, Watch, require_root};
+use serde_json::Value;
+use tracer::lab::{Lab, LabSpec, Outcome};
+
+const MAX_PATH: &str = "/proc/sys/net/netfilter/nf_conntrack_max";
+
+/// One test at a time: they share the host-wide limit.
+static HOST_LIMIT: Mutex<()> = Mutex::new(());
+
+/// The lowered limit, restored when dropped.
+struct LimitGuard {
+    was: String,
+}
+
+impl LimitGuard {
+    fn lower_to(max: u64) -> LimitGuard {
+        let was = std::fs::read_to_string(MAX_PATH)
+            .expect("nf_conntrack loaded (the lab's DNAT loads it)");
+        std::fs::write(MAX_PATH, max.to_string())
+            .expect("write nf_conntrack_max in the initial namespace");
+        LimitGuard {
+            was: was.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for LimitGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(MAX_PATH, &self.was) {
+            eprintln!(
+                "could not restore nf_conntrack_max to {}: {e}; restore it by hand",
+                self.was
+            );
+        }
+    }
+}
+
+fn count_in_root() -> u64 {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()
+        .and_then(|c| c.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Fills the lab host's table with ASSURED entries (which the kernel never evicts to make
+/// room) until conntrack refuses one: the table is then at the limit. Bounded by `max`.
+fn fill_table(lab: &Lab, max: u64) {
+    for i in 0..=max {
+        let sport = (10000 + i).to_string();
+        let r = lab.exec(
+            &lab.host,
+            &[
+                "conntrack",
+                "-I",
+                "-p",
+                "tcp",
+                "-s",
+                "203.0.113.7",
+                "-d",
+                "203.0.113.8",
+                "--sport",
+                &sport,
+                "--dport",
+                "443",
+                "--state",
+                "ESTABLISHED",
+                "-u",
+                "ASSURED",
+                "-t",
+                "600",
+            ],
+        );
+        if r.is_err() {
+            return;
+        }
+    }
+    panic!("conntrack took {max} entries past a limit of {max}");
+}
+
+fn full_lab(label: &str) -> (Lab, LimitGuard) {
+    require_root();
+    let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    // Healthy first: the path works and loads conntrack.
+    assert_eq!(
+        lab.client_request(Duration::from_secs(3)),
+        Outcome::Http(200)
+    );
+    let max = count_in_root() + 64;
+    let guard = LimitGuard::lower_to(max);
+    fill_table(&lab, max);
+    (lab, guard)
+}
+
+fn verdicts(out: &Output) -> Vec<&Value> {
+    out.of_type("verdict")
+        .into_iter()
+        .filter(|v| v["final"] == true)
+        .collect()
+}
+
+#[test]
+fn a_full_conntrack_table_is_named_and_no_rule_is_blamed() {
+    let _one = HOST_LIMIT.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, _limit) = full_lab("ctfull");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(Duration::from_secs(3));
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
+    // The parser's fixture (testdata/conntrack-S-table-full.txt) is this output.
+    common::save_fixture(
+        "conntrack-S-table-full.txt",
+        &lab.exec(&lab.host, &["conntrack", "-S"]).unwrap(),
+    );
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
+    let v = v[0];
+    assert_eq!(v["cause"], "conntrack_full", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "PRE_ROUTING", "{v:#}");
+    assert_eq!(
+        v["proximate"]["rule"],
+        Value::Null,
+        "no rule is blamed: {v:#}"
+    );
+    let evidence = v["evidence"].to_string();
+    assert!(evidence.contains("nf_conntrack_count = "), "{evidence}");
+    assert!(evidence.contains("conntrack -S: drop = "), "{evidence}");
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.starts_with("sysctl -w net.netfilter.nf_conntrack_max="),
+        "{fix}"
+    );
+    assert!(
+        v["fix_persistent"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/etc/sysctl.d/"),
+        "{v:#}"
+    );
+    // `check` sees the same state without eBPF.
+    let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"cause\":\"conntrack_full\"")),
+        "{text}"
+    );
+}
+
+#[test]
+fn control_the_same_lab_with_room_in_the_table_gives_no_verdict() {
+    let _one = HOST_LIMIT.lock().unwrap_or_else(|e| e.into_inner());
+    let (lab, _limit) = full_lab("ctroom");
+    lab.exec(&lab.host, &["conntrack", "-F"])
+        .expect("conntrack -F");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(Duration::from_secs(3));
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    assert!(verdicts(&out).is_empty(), "{}", out.dump());
+    let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
