@@ -329,6 +329,20 @@ fn no_port_given_and_nothing_published_says_how_to_name_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--port"), "{err}");
+    // `check` there has nothing to check: it says so, and how to name a port, rather than
+    // calling zero ports healthy.
+    for json in [false, true] {
+        let mut args = vec!["check", "--netns", lab.ext.as_str()];
+        args.extend(json.then_some("--json"));
+        let out = run_droptrace(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("nothing checked") && err.contains("--port PORT"),
+            "{err}"
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("healthy"));
+    }
 }
 
 #[test]

@@ -43,6 +43,11 @@ pub enum Error {
     #[error("no port to watch: pass --port PORT (for example --port 5000)")]
     NoPorts,
 
+    #[error(
+        "nothing checked: no published port found in namespace {netns} (no container engine answered and no DNAT rule names a port): name one with --port PORT (for example --port 5000), or the engine's socket with --docker-host PATH"
+    )]
+    NothingToCheck { netns: String },
+
     #[error("cannot attach the drop probe: {0}")]
     Attach(String),
 
@@ -95,6 +100,7 @@ impl Error {
         match self {
             Error::BadPort(_)
             | Error::NoPorts
+            | Error::NothingToCheck { .. }
             | Error::UnknownNetns { .. }
             | Error::NotANetns { .. }
             | Error::UnknownContainer { .. }

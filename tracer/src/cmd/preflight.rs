@@ -225,6 +225,12 @@ pub async fn check<W: Write>(req: PreflightRequest, mut out: W) -> Result<bool, 
         exec_prefix,
     };
     let mut findings: Vec<Finding> = check::check(&s.snapshot, &s.published, &facts);
+    if s.published.is_empty() && findings.is_empty() {
+        // "healthy" would claim what was never looked at.
+        return Err(Error::NothingToCheck {
+            netns: s.netns.name.clone(),
+        });
+    }
     let journal_note = name_culprits(&mut findings, req.journal.as_deref(), s.netns.inode);
     let io = |e: std::io::Error| Error::Io(format!("writing output: {e}"));
     let summary = CheckSummary {
