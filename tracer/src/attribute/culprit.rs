@@ -20,6 +20,8 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
     let ruleset = |c: &&ChangeRecord| c.source != "sysctl";
     match why {
         Why::ConntrackFull { .. } => None,
+        // Address and route changes are not recorded yet: the note says where to look.
+        Why::RouteLost { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
             // The family's `conf.all.forwarding` turns every interface's off with it.
             let family = key.split('.').take(2).collect::<Vec<_>>().join(".");

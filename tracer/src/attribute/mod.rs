@@ -6,6 +6,7 @@
 //! combination is unit-tested below on typed sub-causes; the integration tests then prove the
 //! same verdicts against real faults.
 pub mod culprit;
+pub mod routes;
 pub mod rules;
 pub mod verdict;
 
@@ -38,6 +39,9 @@ pub enum Cause {
     /// The conntrack table is full: conntrack itself refused the new connection's entry and
     /// dropped its packet before any rule saw it.
     ConntrackFull,
+    /// The container's bridge lost its address and connected route: DNATed packets find no
+    /// route, or leave by another interface.
+    RouteLost,
 }
 
 impl Cause {
@@ -49,6 +53,7 @@ impl Cause {
             Cause::FirewallDrop => "firewall_drop",
             Cause::KernelDrop => "kernel_drop",
             Cause::ConntrackFull => "conntrack_full",
+            Cause::RouteLost => "route_lost",
         }
     }
 }
@@ -80,6 +85,13 @@ pub enum Why {
         stats: Option<conntrack::Stats>,
         refused_since_start: Option<u64>,
     },
+    /// Packets DNATed to container address `dst` are not routed to `bridge`, which no longer
+    /// holds its subnet: `via` is the interface the kernel chose instead (None: no route).
+    RouteLost {
+        dst: std::net::IpAddr,
+        bridge: routes::Bridge,
+        via: Option<String>,
+    },
 }
 
 impl Why {
@@ -91,6 +103,7 @@ impl Why {
             Why::Firewall { .. } => Cause::FirewallDrop,
             Why::KernelDrop { .. } => Cause::KernelDrop,
             Why::ConntrackFull { .. } => Cause::ConntrackFull,
+            Why::RouteLost { .. } => Cause::RouteLost,
         }
     }
 
@@ -237,13 +250,14 @@ pub fn infer_hook(d: &DropFacts, now: &Snapshot) -> Option<Hook> {
 /// then the kernel's own reason.
 pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     let hook = infer_hook(d, now);
-    let why = forwarding(d, now)
+    let why = route_lost(d, now)
+        .or_else(|| forwarding(d, now))
         .or_else(|| conntrack_full(d, now, ctx, hook))
         .or_else(|| missing_chain(d, now, ctx, hook))
         .or_else(|| firewall(d, now, ctx, hook))
         .unwrap_or_else(|| kernel_drop(d, now));
     let hook = match &why {
-        Why::ForwardingDisabled { .. } => Some(Hook::Routing),
+        Why::ForwardingDisabled { .. } | Why::RouteLost { via: None, .. } => Some(Hook::Routing),
         Why::Firewall { hook, .. } => Some(*hook),
         _ => hook,
     };
@@ -259,8 +273,10 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     let off = rules::forwarding_off(&now.sysctls, d.ipv6, &d.ifname);
     let function = d.function.as_deref();
     let unspecific = matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED);
+    // ip_error also drops what has no route (IP_INNOROUTES): only its forwarding refusal,
+    // or no reason at all on a kernel that reports none, is about forwarding.
     let refused = d.reason == "IP_INADDRERRORS"
-        || function == Some("ip_error")
+        || (function == Some("ip_error") && unspecific)
         || (function == Some("ip6_forward") && unspecific && off.is_some());
     if !routed_away || !refused || d.reason == "IP_RPFILTER" {
         return None;
@@ -268,6 +284,30 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     Some(Why::ForwardingDisabled {
         still_off: off.is_some(),
         sysctl: off.unwrap_or_else(|| rules::forwarding_keys(d.ipv6, &d.ifname).0),
+    })
+}
+
+/// A packet for a container address that no interface's subnet holds any more, while the
+/// bridge it belongs on has lost that subnet: dropped for want of a route (IP_INNOROUTES /
+/// IP_OUTNOROUTES, or at ip_error while forwarding is on, on a kernel without reasons), or
+/// routed by the kernel to another interface (the routing decision) and dropped later.
+pub fn route_lost(d: &DropFacts, now: &Snapshot) -> Option<Why> {
+    if d.ipv6 || now.is_local(&d.dst) || routes::connected(now, &d.dst).is_some() {
+        return None;
+    }
+    let unspecific = matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED);
+    let forwarding_on = rules::forwarding_off(&now.sysctls, false, &d.ifname).is_none();
+    let no_route = matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES")
+        || (d.function.as_deref() == Some("ip_error") && unspecific && forwarding_on);
+    let routed_away = d.route.as_ref().filter(|r| !r.local).map(|r| r.dev.clone());
+    if !no_route && routed_away.is_none() {
+        return None;
+    }
+    let bridge = routes::bridge_for(now, &d.dst)?;
+    Some(Why::RouteLost {
+        dst: d.dst,
+        via: if no_route { None } else { routed_away },
+        bridge,
     })
 }
 
@@ -366,7 +406,7 @@ pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observe::state::{Sysctls, iptables, nft};
+    use crate::observe::state::{IfAddr, Sysctls, iptables, nft};
     use rules::How;
 
     /// The rule blamed and how it was found.
@@ -394,6 +434,16 @@ mod tests {
             iptables: vec![iptables::parse("iptables-legacy", rules)],
             nft: nft::Ruleset::default(),
             conntrack: None,
+            addrs: [
+                ("eth-ext", "198.51.100.1", 24),
+                ("docker0", "172.17.0.1", 16),
+            ]
+            .map(|(iface, addr, prefix)| IfAddr {
+                iface: iface.into(),
+                addr: addr.parse().unwrap(),
+                prefix,
+            })
+            .to_vec(),
             problems: vec![],
         }
     }

@@ -54,6 +54,18 @@ pub struct VerdictRecord {
     pub culprit_note: Option<String>,
 }
 
+/// The proximate reason of a verdict whose packets were routed away, not dropped here.
+pub const ROUTED_AWAY: &str = "ROUTED_AWAY";
+
+/// Where and when a verdict's first packet was seen.
+pub struct Seen<'a> {
+    pub port: u16,
+    pub proto: &'a str,
+    pub time: &'a str,
+    pub netns: u32,
+    pub container: Option<String>,
+}
+
 /// What identifies "the same kind of drop", so the engine runs once per kind, not per packet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Signature {
@@ -112,36 +124,68 @@ impl Book {
             v.last = d.time.clone();
             return None;
         }
+        let proximate = Proximate {
+            reason: d.reason_name().to_string(),
+            reason_inferred_from: d.inferred_reason.as_ref().map(|i| i.function.clone()),
+            location: d.location.clone(),
+            hook: a.hook.map(|h| h.name().to_string()),
+            dnat: d.dnat,
+            rule: a.rule.clone(),
+            icmp: a.icmp.clone(),
+            rule_candidates: a.rule_candidates.clone(),
+        };
+        let at = Seen {
+            port,
+            proto: &d.proto,
+            time: &d.time,
+            netns: d.netns,
+            container: d.container.clone(),
+        };
+        Some(self.open(at, proximate, a))
+    }
+
+    /// A verdict no drop in the namespace makes: packets the kernel routed away from where
+    /// they belong (`route_lost`, from its routing decision). Its proximate reason is
+    /// `ROUTED_AWAY` at `fib_table_lookup`; None when the (port, cause) is open already.
+    pub fn add_routed(&mut self, at: Seen, a: &Attribution) -> Option<VerdictRecord> {
+        if self.groups.contains_key(&(at.port, a.cause)) {
+            return None;
+        }
+        let proximate = Proximate {
+            reason: ROUTED_AWAY.into(),
+            reason_inferred_from: None,
+            location: "fib_table_lookup".into(),
+            hook: a.hook.map(|h| h.name().to_string()),
+            dnat: Some(true),
+            rule: None,
+            icmp: None,
+            rule_candidates: Vec::new(),
+        };
+        Some(self.open(at, proximate, a))
+    }
+
+    fn open(&mut self, at: Seen, proximate: Proximate, a: &Attribution) -> VerdictRecord {
         let v = VerdictRecord {
             kind: "verdict",
             cause: a.cause.name(),
-            port,
-            proto: d.proto.clone(),
+            port: at.port,
+            proto: at.proto.to_string(),
             packets: 1,
-            first: d.time.clone(),
-            last: d.time.clone(),
-            proximate: Proximate {
-                reason: d.reason_name().to_string(),
-                reason_inferred_from: d.inferred_reason.as_ref().map(|i| i.function.clone()),
-                location: d.location.clone(),
-                hook: a.hook.map(|h| h.name().to_string()),
-                dnat: d.dnat,
-                rule: a.rule.clone(),
-                icmp: a.icmp.clone(),
-                rule_candidates: a.rule_candidates.clone(),
-            },
+            first: at.time.to_string(),
+            last: at.time.to_string(),
+            proximate,
             evidence: a.evidence.clone(),
             fix: a.fix.clone(),
             sentence: a.sentence.clone(),
             fix_persistent: a.fix_persistent.clone(),
-            netns: d.netns,
-            container: d.container.clone(),
+            netns: at.netns,
+            container: at.container,
             is_final: false,
             culprit: None,
             culprit_note: None,
         };
-        self.groups.insert(key, v.clone());
-        Some(v)
+        self.groups.insert((at.port, a.cause), v.clone());
+        v
     }
 
     /// Drops the kernel counted without sending (a storm's repeats of a flow whose first
@@ -196,6 +240,11 @@ impl Book {
             .values()
             .map(|v| (v.port, v.cause, counted_as(v).to_string()))
             .collect()
+    }
+
+    /// Whether the (port, cause) verdict is open.
+    pub fn has(&self, port: u16, cause: Cause) -> bool {
+        self.groups.contains_key(&(port, cause))
     }
 
     pub fn is_empty(&self) -> bool {

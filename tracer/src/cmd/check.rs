@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::{
     attribute::{
-        Cause,
+        Cause, routes,
         rules::{self, Missing},
     },
     discover::PublishedPort,
@@ -51,6 +51,11 @@ impl Detail {
                 missing: missing.clone(),
                 died: Died::NoListener,
             },
+            Detail::RouteLost { dst, bridge } => Why::RouteLost {
+                dst: *dst,
+                bridge: bridge.clone(),
+                via: None,
+            },
             Detail::ConntrackFull(fill) => Why::ConntrackFull {
                 fill: *fill,
                 stats: None,
@@ -77,6 +82,11 @@ pub enum Detail {
     Blocked { hook: Hook, rule: RuleRef },
     /// The conntrack table is at its limit: every new connection is dropped.
     ConntrackFull(Fill),
+    /// No interface holds the container address `dst` any more; it belongs on `bridge`.
+    RouteLost {
+        dst: std::net::IpAddr,
+        bridge: routes::Bridge,
+    },
 }
 
 /// What `check` knows besides the ruleset.
@@ -173,6 +183,36 @@ fn conntrack_finding(snap: &Snapshot) -> Option<Finding> {
     })
 }
 
+/// A published port whose container address no interface's subnet holds: the bridge lost its
+/// address (and connected route), as a `route_lost` verdict would say.
+fn route_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
+    let dst = snap
+        .dnats_for(p.host_port)
+        .into_iter()
+        .find_map(|d| d.to.map(|(a, _)| a))
+        .or(p.container_ip)
+        .filter(|a| a.is_ipv4() && !snap.is_local(a))?;
+    if routes::connected(snap, &dst).is_some() {
+        return None;
+    }
+    let bridge = routes::bridge_for(snap, &dst)?;
+    let what = format!(
+        "port {}/{} is DNATed to {dst}, but {} has no IPv4 address: its connected route is gone, so the kernel routes {dst} elsewhere or nowhere (a network manager that takes the bridge over does this)",
+        p.host_port, p.proto, bridge.name
+    );
+    let (fix, keep) = words::route_fix(&facts.exec_prefix, &bridge, p.engine);
+    Some(Finding {
+        fix,
+        fix_persistent: Some(keep),
+        ..finding(
+            Cause::RouteLost,
+            Some(p),
+            what,
+            Detail::RouteLost { dst, bridge },
+        )
+    })
+}
+
 /// A published port that is not translated, by the verdict's rule and in its words.
 fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
     let port = p.host_port;
@@ -238,6 +278,7 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
         let port = p.host_port;
         if !facts.rootless {
             out.extend(untranslated_finding(snap, p, facts));
+            out.extend(route_finding(snap, p, facts));
         }
         let (hook, blockers) = rules::path_blockers(snap, port, translated_port(snap, p));
         for rule in blockers {

@@ -836,6 +836,21 @@ impl Tracer {
         Ok(out)
     }
 
+    /// Every routing decision kept (one per source and destination, at most 4096).
+    pub fn routes(&self) -> Vec<RouteSample> {
+        let Some(map) = self.ebpf.map("ROUTES") else {
+            return Vec::new();
+        };
+        let Ok(routes) = HashMap::<_, RouteKey, RouteSample>::try_from(map) else {
+            return Vec::new();
+        };
+        routes
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
     /// The last routing decision the kernel made for packets from `src` to `dst`, if one was
     /// seen in the watched namespace.
     pub fn route(&self, src: IpAddr, dst: IpAddr) -> Option<RouteSample> {

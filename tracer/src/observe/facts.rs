@@ -51,6 +51,17 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// Whether a firewall's REJECT could have sent it: a RST, or one of the unreachable errors
+    /// a REJECT sends (those `icmp_name` names). A redirect (the kernel routing a packet back
+    /// out the interface it came in on), a time-exceeded or a "fragmentation needed" answers
+    /// routing, not a rule.
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            Answer::Rst => true,
+            Answer::Icmp { name, .. } => *name != "icmp-error",
+        }
+    }
+
     /// An ICMP error of `family` (`ipv4`/`ipv6`), named.
     pub fn icmp(ipv6: bool, icmp_type: u8, code: u8) -> Answer {
         Answer::Icmp {
@@ -66,6 +77,7 @@ pub fn icmp_name(ipv6: bool, icmp_type: u8, code: u8) -> &'static str {
     match (ipv6, icmp_type, code) {
         (false, 3, 0) => "net-unreachable",
         (false, 3, 1) => "host-unreachable",
+        (false, 3, 2) => "proto-unreachable",
         (false, 3, 3) => "port-unreachable",
         (false, 3, 9) => "net-prohibited",
         (false, 3, 10) => "host-prohibited",
@@ -74,6 +86,8 @@ pub fn icmp_name(ipv6: bool, icmp_type: u8, code: u8) -> &'static str {
         (true, 1, 4) => "port-unreachable",
         (true, 1, 3) => "addr-unreachable",
         (true, 1, 0) => "no-route",
+        (true, 1, 5) => "failed-policy",
+        (true, 1, 6) => "reject-route",
         _ => "icmp-error",
     }
 }

@@ -3,6 +3,7 @@
 //! same way.
 use std::net::{IpAddr, SocketAddr};
 
+use crate::attribute::routes::Bridge;
 use crate::observe::state::conntrack::{self, Fill};
 use crate::{
     attribute::{
@@ -223,6 +224,15 @@ fn origin_and_here(d: &DropFacts) -> (String, String) {
 /// conntrack, the answer.
 fn observed(d: &DropFacts, hook: Option<Hook>) -> Vec<String> {
     let (origin, here) = origin_and_here(d);
+    if d.reason == crate::attribute::verdict::ROUTED_AWAY {
+        return vec![format!(
+            "{} {} {} -> {}: not dropped in this namespace; the kernel's routing decision (fib_table_lookup) is the evidence",
+            d.proto,
+            if d.ipv6 { "ipv6" } else { "ipv4" },
+            endpoint(&d.src, d.sport),
+            here,
+        )];
+    }
     let mut evidence = vec![format!(
         "{} {} {} -> {} dropped with {} at {}{}",
         d.proto,
@@ -306,6 +316,7 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             fill,
             (stats.as_ref(), *refused_since_start),
         ),
+        Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
     };
     evidence.extend(more);
     let blamed = diag.why.blamed();
@@ -542,6 +553,65 @@ fn conntrack_full(
     (sentence, evidence, fix, Some(keep))
 }
 
+/// Putting a lost bridge address back (now), and keeping network managers off the engine's
+/// interfaces (for good).
+pub fn route_fix(prefix: &str, bridge: &Bridge, engine: Option<&str>) -> (String, String) {
+    let restart = match engine {
+        Some("podman") => "podman network reload --all",
+        _ => "systemctl restart docker",
+    };
+    let fix = match bridge.gateway() {
+        Some((gw, len)) => format!(
+            "{prefix}ip addr add {gw}/{len} dev {} (the engine's gateway address; {restart} also restores it), then stop the network manager from managing it",
+            bridge.name
+        ),
+        None => format!(
+            "{restart} (the engine re-adds {}'s address), then stop the network manager from managing it",
+            bridge.name
+        ),
+    };
+    let keep = "keep network managers off the engine's interfaces: systemd-networkd, a file /etc/systemd/network/10-container-unmanaged.network with [Match] Name=docker* br-* veth* cni* podman* and [Link] Unmanaged=yes; NetworkManager, unmanaged-devices=interface-name:docker*;interface-name:br-*;interface-name:veth* in [keyfile] of /etc/NetworkManager/conf.d/99-containers.conf".to_string();
+    (fix, keep)
+}
+
+fn route_lost(
+    d: &DropFacts,
+    ctx: &Context,
+    dst: &IpAddr,
+    bridge: &Bridge,
+    via: Option<&str>,
+) -> Words {
+    let (origin, here) = origin_and_here(d);
+    let subnet = bridge
+        .subnet
+        .map(|(n, l)| format!(" (its subnet {n}/{l}, from {})", bridge.source))
+        .unwrap_or_default();
+    let lost = format!(
+        "{} has no IPv4 address{subnet}: its connected route is gone, so nothing routes {dst} to it",
+        bridge.name
+    );
+    let mut evidence = vec![lost.clone()];
+    let how = match via {
+        Some(dev) => {
+            evidence.push(format!(
+                "the kernel routed {} -> {here} via {dev} (a route that is not the bridge's): the packet leaves by the wrong interface",
+                endpoint(&d.src, d.sport)
+            ));
+            format!("routed via {dev}, not {}", bridge.name)
+        }
+        None => {
+            evidence.push(format!("{} at {}: no route to {dst}", d.reason, d.location));
+            format!("dropped with no route ({})", d.reason)
+        }
+    };
+    evidence.push("a network manager (systemd-networkd, NetworkManager) that takes the engine's bridge over removes its address (moby#40217, systemd#28626)".into());
+    let sentence = format!(
+        "the route to the container is lost: packets to {origin} are DNATed to {here} but {how}: {lost}"
+    );
+    let (fix, keep) = route_fix(&ctx.exec_prefix, bridge, ctx.engine);
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -558,6 +628,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::RouteLost => {
+            "check journalctl -u systemd-networkd -u NetworkManager around the time clients started failing, and whether a manager claims the bridge (networkctl status IFACE, nmcli device status)"
         }
         Cause::ConntrackFull => {
             "check dmesg for `nf_conntrack: table full, dropping packet` and when it started, /etc/sysctl.conf and /etc/sysctl.d/ for a lowered net.netfilter.nf_conntrack_max, and `conntrack -L` for what fills the table"

@@ -1,6 +1,7 @@
 //! `droptrace watch`: discover → load → observe → report, until Ctrl-C/SIGTERM or --duration.
 mod changes;
 mod observer;
+mod routes;
 
 use std::{
     io::Write,
@@ -332,6 +333,7 @@ async fn observe(
                 guard.clear_ready();
                 // A storm keeps this branch ready, and the tick below never fires then.
                 obs.tick(tracer, started, false).map_err(io_err)?;
+                obs.check_routes(tracer).await.map_err(io_err)?;
                 if n >= STORM_BATCH {
                     tokio::time::sleep(STORM_WAIT).await;
                 }
@@ -341,6 +343,7 @@ async fn observe(
             _ = tokio::time::sleep(DRAIN_TICK) => {
                 drain(ring.get_mut(), obs, tracer).await.map_err(io_err)?;
                 obs.tick(tracer, started, false).map_err(io_err)?;
+                obs.check_routes(tracer).await.map_err(io_err)?;
             }
         }
     }
@@ -747,6 +750,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         delivered: 0,
         drops_seen: 0,
         ticked: Instant::now(),
+        routes_checked: Instant::now(),
         flows: observer::FlowTally::new(!req.every_drop),
         fast: observer::FastLines::default(),
         netns: found.netns,

@@ -45,7 +45,7 @@ const SNAPSHOT_REUSE: Duration = Duration::from_millis(250);
 /// How long blocking work in progress may still take once the run is asked to end.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 /// How often the sinks are ticked (progress line, metrics).
-const TICK: Duration = Duration::from_secs(1);
+pub(super) const TICK: Duration = Duration::from_secs(1);
 /// How long a new verdict waits for `nft monitor` to report the change that explains it: its
 /// events arrive a moment after the kernel's.
 const MONITOR_WAIT: Duration = Duration::from_millis(300);
@@ -89,6 +89,8 @@ pub(super) struct Observer<'w> {
     pub delivered: u64,
     pub drops_seen: u64,
     pub ticked: Instant,
+    /// When the routing decisions were last checked (`routes::check_routes`).
+    pub routes_checked: Instant,
     /// In-kernel aggregation: on unless `--every-drop`.
     pub flows: FlowTally,
     /// Drop lines written from templates.
@@ -177,7 +179,11 @@ impl Observer<'_> {
         }
         match self.namer.observe(ev) {
             Observed::Signal(sig) => {
-                self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
+                // Only a rejection is a drop's answer: a redirect before a FORWARD drop is
+                // routing's doing (measured: a route lost sends 5/1, then the policy drops).
+                if sig.answer.is_rejection() {
+                    self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
+                }
                 let port = self.published_port(sig.dport);
                 *self.answered.entry((port, sig.proto.clone())).or_default() += 1;
                 self.sinks.signal(&sig)
@@ -344,7 +350,14 @@ impl Observer<'_> {
         if let Some(r) = facts.route.as_mut() {
             r.local |= now.is_local(&r.dst);
         }
-        let ctx = Context {
+        let a = attribute(&facts, now, &self.context(port));
+        self.book.learn(sig, a.clone());
+        a
+    }
+
+    /// What the engine is told besides the drop and the state, for a drop on `port`.
+    pub(super) fn context(&self, port: u16) -> Context<'_> {
+        Context {
             port,
             exec_prefix: self.exec_prefix.clone(),
             before: Some(&self.before),
@@ -358,22 +371,21 @@ impl Observer<'_> {
                 .iter()
                 .filter(|p| p.host_port == port)
                 .find_map(|p| p.engine),
-        };
-        let a = attribute(&facts, now, &ctx);
-        self.book.learn(sig, a.clone());
-        a
+        }
     }
 
     /// A (port, cause) seen for the first time: its culprit, the verdict out, and the
     /// bundle's state snapshot at the first one.
-    async fn new_verdict(
+    pub(super) async fn new_verdict(
         &mut self,
         port: u16,
         mut verdict: VerdictRecord,
         a: &Attribution,
         tracer: &Tracer,
     ) -> io::Result<()> {
-        if needs_culprit(&a.why) && culprit_for(&a.why, &self.changes.seen).is_none() {
+        // Address changes are not recorded: nothing to wait for.
+        let recorded = !matches!(a.why, crate::attribute::Why::RouteLost { .. });
+        if recorded && needs_culprit(&a.why) && culprit_for(&a.why, &self.changes.seen).is_none() {
             self.wait_for_monitor(tracer, MONITOR_WAIT).await;
         }
         let (culprit, note) = self.culprit_or_note(a);
@@ -576,7 +588,7 @@ impl Observer<'_> {
         }
     }
 
-    async fn refresh_snapshot(&mut self) {
+    pub(super) async fn refresh_snapshot(&mut self) {
         let fresh = matches!(&self.latest, Some((at, _)) if at.elapsed() < SNAPSHOT_REUSE);
         if !fresh {
             let snap = self.capture().await;

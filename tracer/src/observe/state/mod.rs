@@ -44,6 +44,8 @@ pub struct Snapshot {
     /// Interface names of the namespace.
     pub interfaces: Vec<String>,
     pub local_addrs: Vec<IpAddr>,
+    /// The same addresses with their interface and prefix: the connected subnets.
+    pub addrs: Vec<IfAddr>,
     /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
     pub iptables: Vec<iptables::Ruleset>,
     pub nft: nft::Ruleset,
@@ -51,6 +53,36 @@ pub struct Snapshot {
     pub conntrack: Option<conntrack::Stats>,
     /// What could not be read, said once in the output (a missing binary, a parse error).
     pub problems: Vec<String>,
+}
+
+/// An address on an interface, `ip addr`'s `172.17.0.1/16 dev docker0`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfAddr {
+    pub iface: String,
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IfAddr {
+    /// Whether `ip` lies in this address's connected subnet.
+    pub fn covers(&self, ip: &IpAddr) -> bool {
+        subnet_contains(self.addr, self.prefix, ip)
+    }
+}
+
+/// Whether `ip` lies in `net/prefix` (same family only).
+pub fn subnet_contains(net: IpAddr, prefix: u8, ip: &IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(*a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(*a) & mask
+        }
+        _ => false,
+    }
 }
 
 /// A DNAT for a published port found in the ruleset.
@@ -398,16 +430,30 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
     .unwrap_or_default()
 }
 
-fn parse_ip_addr_json(text: &str) -> Vec<IpAddr> {
+/// `ip -j addr show`: every address with its interface and prefix.
+fn parse_ip_addr_json(text: &str) -> Vec<IfAddr> {
     let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
     else {
         return Vec::new();
     };
-    links
-        .iter()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .collect()
+    let mut out = Vec::new();
+    for link in &links {
+        let iface = link["ifname"].as_str().unwrap_or_default();
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            let addr: Option<IpAddr> = a["local"].as_str().and_then(|s| s.parse().ok());
+            // Without a prefix (never seen from iproute2), the address alone: a host route.
+            let prefix = a["prefixlen"].as_u64().and_then(|p| u8::try_from(p).ok());
+            if let Some(addr) = addr {
+                let prefix = prefix.unwrap_or(if addr.is_ipv4() { 32 } else { 128 });
+                out.push(IfAddr {
+                    iface: iface.to_string(),
+                    addr,
+                    prefix,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Takes a snapshot of the namespace. Never fails: what cannot be read is in `problems`.
@@ -454,7 +500,8 @@ pub fn capture(ns: &Netns) -> Snapshot {
     let (addrs, problems) = next();
     snap.problems.extend(problems);
     if let Some(text) = addrs {
-        snap.local_addrs = parse_ip_addr_json(&text);
+        snap.addrs = parse_ip_addr_json(&text);
+        snap.local_addrs = snap.addrs.iter().map(|a| a.addr).collect();
     }
     for backend in [
         "iptables-nft",
@@ -568,6 +615,12 @@ mod tests {
             {"ifindex":2,"ifname":"eth-ext","addr_info":[{"family":"inet","local":"198.51.100.1"},{"family":"inet6","local":"2001:db8:1::1"}]}]"#;
         let addrs = parse_ip_addr_json(text);
         assert_eq!(addrs.len(), 3);
+        // iproute2 gives each its prefix: the connected subnet.
+        let real = r#"[{"ifindex":3,"ifname":"docker0","addr_info":[{"family":"inet","local":"172.17.0.1","prefixlen":16,"scope":"global"}]}]"#;
+        let docker0 = &parse_ip_addr_json(real)[0];
+        assert_eq!((docker0.iface.as_str(), docker0.prefix), ("docker0", 16));
+        assert!(docker0.covers(&"172.17.200.9".parse().unwrap()));
+        assert!(!docker0.covers(&"172.18.0.2".parse().unwrap()));
         assert!(parse_ip_addr_json("garbage").is_empty());
     }
 }

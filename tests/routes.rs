@@ -1,0 +1,168 @@
+//! A route or an address lost, injected for real: the lab's bridge loses its address (and so
+//! its connected route), as when a network manager takes docker0 over (moby#40217,
+//! systemd#28626). The DNATed packet then either dies with no route (IP_INNOROUTES at
+//! ip_error), or, where a default route exists, leaves by the wrong interface and nothing is
+//! dropped in the watched namespace: the kernel's routing decision is the evidence. Either
+//! way droptrace names `route_lost` and the bridge, never forwarding.
+mod common;
+
+use std::time::Duration;
+
+use common::{Output, Watch, require_root};
+use serde_json::Value;
+use tracer::lab::{Lab, LabSpec, Outcome};
+
+fn lab(label: &str) -> Lab {
+    require_root();
+    let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    assert_eq!(
+        lab.client_request(Duration::from_secs(3)),
+        Outcome::Http(200)
+    );
+    lab
+}
+
+fn watch_client(lab: &Lab) -> (Outcome, Output) {
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(Duration::from_secs(3));
+    // The routing check runs on the observer's tick: give it one.
+    std::thread::sleep(Duration::from_millis(1200));
+    (seen, watch.stop())
+}
+
+fn the_verdict(out: &Output) -> Value {
+    let finals: Vec<&Value> = out
+        .of_type("verdict")
+        .into_iter()
+        .filter(|v| v["final"] == true)
+        .collect();
+    assert_eq!(finals.len(), 1, "one verdict: {}", out.dump());
+    finals[0].clone()
+}
+
+fn assert_names_the_bridge(v: &Value) {
+    assert_eq!(v["cause"], "route_lost", "{v:#}");
+    let text = format!("{} {}", v["sentence"], v["evidence"]);
+    assert!(text.contains("docker0 has no IPv4 address"), "{text}");
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("ip addr add 172.17.0.1/16 dev docker0"),
+        "{fix}"
+    );
+    let keep = v["fix_persistent"].as_str().unwrap_or_default();
+    assert!(
+        keep.contains("Unmanaged=yes") && keep.contains("unmanaged-devices"),
+        "{keep}"
+    );
+}
+
+#[test]
+fn a_bridge_without_its_address_is_route_lost_not_forwarding() {
+    let lab = lab("rtnone");
+    lab.ip(&lab.host, &["addr", "flush", "dev", "docker0"])
+        .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    let v = the_verdict(&out);
+    assert_names_the_bridge(&v);
+    assert_eq!(v["proximate"]["reason"], "IP_INNOROUTES", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "routing", "{v:#}");
+    // `check` finds the same state without eBPF.
+    let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    let finding: Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|f| f["cause"] == "route_lost")
+        .unwrap_or_else(|| panic!("a route_lost finding: {text}"));
+    assert!(
+        finding["what"]
+            .as_str()
+            .unwrap()
+            .contains("docker0 has no IPv4 address"),
+        "{finding}"
+    );
+    assert!(
+        finding["fix"]
+            .as_str()
+            .unwrap()
+            .contains("ip addr add 172.17.0.1/16 dev docker0")
+    );
+}
+
+/// The host has a default route (its uplink) and docker0 lost its address.
+fn routed_away_lab(label: &str) -> Lab {
+    let lab = lab(label);
+    lab.ip(
+        &lab.host,
+        &["route", "add", "default", "via", "198.51.100.2"],
+    )
+    .unwrap();
+    lab.ip(&lab.host, &["addr", "flush", "dev", "docker0"])
+        .unwrap();
+    lab
+}
+
+#[test]
+fn a_packet_routed_away_from_its_bridge_and_dropped_in_forward_is_route_lost() {
+    // Docker's FORWARD rules accept only what goes out docker0: the misrouted packet dies
+    // there, after an ICMP redirect (the kernel sends it back out where it came in), and
+    // neither the redirect nor the policy is the cause.
+    let lab = routed_away_lab("rtfwd");
+    let (seen, out) = watch_client(&lab);
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    let v = the_verdict(&out);
+    assert_names_the_bridge(&v);
+    assert!(
+        v["sentence"]
+            .to_string()
+            .contains("routed via eth-ext, not docker0"),
+        "{v:#}"
+    );
+    assert_eq!(v["proximate"]["hook"], "FORWARD", "where it died: {v:#}");
+    assert_eq!(
+        v["proximate"]["icmp"],
+        Value::Null,
+        "a redirect is no rejection: {v:#}"
+    );
+}
+
+#[test]
+fn a_packet_routed_away_from_its_bridge_is_a_verdict_with_no_drop_here() {
+    // With FORWARD accepting it (a DOCKER-USER accept), the packet leaves by eth-ext and
+    // nothing dies in this namespace: the routing decision alone makes the verdict.
+    let lab = routed_away_lab("rtaway");
+    lab.iptables(&["-I", "DOCKER-USER", "-j", "ACCEPT"])
+        .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    assert!(
+        out.drops().is_empty(),
+        "nothing dies in this namespace: {}",
+        out.dump()
+    );
+    let v = the_verdict(&out);
+    assert_names_the_bridge(&v);
+    assert!(
+        v["sentence"]
+            .to_string()
+            .contains("routed via eth-ext, not docker0"),
+        "{v:#}"
+    );
+    assert_eq!(v["proximate"]["reason"], "ROUTED_AWAY", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "routing", "{v:#}");
+}
+
+#[test]
+fn control_a_default_route_with_the_bridge_intact_gives_no_verdict() {
+    let lab = lab("rtctl");
+    lab.ip(
+        &lab.host,
+        &["route", "add", "default", "via", "198.51.100.2"],
+    )
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+}
