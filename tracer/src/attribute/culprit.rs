@@ -10,6 +10,8 @@ pub fn needs_culprit(why: &Why) -> bool {
         Why::KernelDrop { rp_filter } => rp_filter.is_some(),
         // Load fills the table, not a change: what fills it is in the fix.
         Why::ConntrackFull { .. } => false,
+        // The engine's design, not a change: its remedy is in the fix.
+        Why::EngineIsolation { .. } => false,
         _ => true,
     }
 }
@@ -21,7 +23,7 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
     match why {
         Why::ConntrackFull { .. } => None,
         // Address and route changes are not recorded yet: the note says where to look.
-        Why::RouteLost { .. } => None,
+        Why::RouteLost { .. } | Why::EngineIsolation { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
             // The family's `conf.all.forwarding` turns every interface's off with it.
             let family = key.split('.').take(2).collect::<Vec<_>>().join(".");

@@ -42,6 +42,9 @@ pub enum Cause {
     /// The container's bridge lost its address and connected route: DNATed packets find no
     /// route, or leave by another interface.
     RouteLost,
+    /// The engine's own isolation rule dropped it, by design (Docker 28+: direct access to a
+    /// container's address, or an unpublished container port).
+    EngineIsolation,
 }
 
 impl Cause {
@@ -54,6 +57,7 @@ impl Cause {
             Cause::KernelDrop => "kernel_drop",
             Cause::ConntrackFull => "conntrack_full",
             Cause::RouteLost => "route_lost",
+            Cause::EngineIsolation => "engine_isolation",
         }
     }
 }
@@ -92,6 +96,14 @@ pub enum Why {
         bridge: routes::Bridge,
         via: Option<String>,
     },
+    /// Docker's isolation rule `blamed` on `hook` dropped it, as `isolation` says; `host` is
+    /// an address of this host that clients can use with the published port.
+    EngineIsolation {
+        hook: Hook,
+        blamed: Blamed,
+        isolation: rules::Isolation,
+        host: Option<std::net::IpAddr>,
+    },
 }
 
 impl Why {
@@ -104,12 +116,14 @@ impl Why {
             Why::KernelDrop { .. } => Cause::KernelDrop,
             Why::ConntrackFull { .. } => Cause::ConntrackFull,
             Why::RouteLost { .. } => Cause::RouteLost,
+            Why::EngineIsolation { .. } => Cause::EngineIsolation,
         }
     }
 
     /// The rule blamed (or the ambiguous candidates), when netfilter dropped it.
     pub fn blamed(&self) -> Option<&Blamed> {
         match self {
+            Why::EngineIsolation { blamed, .. } => Some(blamed),
             Why::Firewall { blamed, .. }
             | Why::MissingChain {
                 died: Died::AtHook { blamed, .. },
@@ -258,7 +272,7 @@ pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
         .unwrap_or_else(|| kernel_drop(d, now));
     let hook = match &why {
         Why::ForwardingDisabled { .. } | Why::RouteLost { via: None, .. } => Some(Hook::Routing),
-        Why::Firewall { hook, .. } => Some(*hook),
+        Why::Firewall { hook, .. } | Why::EngineIsolation { hook, .. } => Some(*hook),
         _ => hook,
     };
     Diagnosis { why, hook }
@@ -292,7 +306,9 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
 /// IP_OUTNOROUTES, or at ip_error while forwarding is on, on a kernel without reasons), or
 /// routed by the kernel to another interface (the routing decision) and dropped later.
 pub fn route_lost(d: &DropFacts, now: &Snapshot) -> Option<Why> {
-    if d.ipv6 || now.is_local(&d.dst) || routes::connected(now, &d.dst).is_some() {
+    // No addresses read at all (`ip` failed) is no evidence that one was lost.
+    let unread = now.addrs.is_empty();
+    if unread || d.ipv6 || now.is_local(&d.dst) || routes::connected(now, &d.dst).is_some() {
         return None;
     }
     let unspecific = matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED);
@@ -365,6 +381,18 @@ fn firewall(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hook>) ->
     }
     let hook = hook.unwrap_or(Hook::Forward);
     let blamed = rules::blame(hook, ctx.port, now, ctx.before, d);
+    let isolation = blamed
+        .as_ref()
+        .filter(|b| !b.is_ambiguous())
+        .and_then(|b| rules::isolation(&b.rule));
+    if let (Some(isolation), Some(blamed)) = (isolation, blamed.clone()) {
+        return Some(Why::EngineIsolation {
+            hook,
+            blamed,
+            host: host_address(now, &isolation),
+            isolation,
+        });
+    }
     let reject = d.answered.is_some() || blamed.as_ref().is_some_and(Blamed::rejects);
     let forwarding_also_off =
         hook != Hook::Forward && !d.ipv6 && now.sysctls.flag("net.ipv4.ip_forward") == Some(false);
@@ -374,6 +402,17 @@ fn firewall(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hook>) ->
         reject,
         forwarding_also_off,
     })
+}
+
+/// An IPv4 address of this host clients can reach the published port on: one not on the
+/// loopback or the engine's bridge.
+fn host_address(now: &Snapshot, isolation: &rules::Isolation) -> Option<std::net::IpAddr> {
+    let (rules::Isolation::DirectAccess { bridge } | rules::Isolation::Unpublished { bridge }) =
+        isolation;
+    now.addrs
+        .iter()
+        .find(|a| a.addr.is_ipv4() && !a.addr.is_loopback() && &a.iface != bridge)
+        .map(|a| a.addr)
 }
 
 /// Anything else the kernel reports, by its reason.

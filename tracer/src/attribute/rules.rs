@@ -123,6 +123,71 @@ impl Blamed {
     }
 }
 
+/// Docker's own isolation rules (Docker 28+), which drop by design: they are never "a rule
+/// to remove", and each has Docker's own remedy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// raw PREROUTING `-d CONTAINER ! -i BRIDGE -j DROP` (nftables: `raw-PREROUTING`, "DROP
+    /// DIRECT ACCESS"): a packet routed straight to a container's address from outside its
+    /// bridge (moby#49792).
+    DirectAccess { bridge: String },
+    /// The per-bridge final DROP in DOCKER `! -i BRIDGE -o BRIDGE -j DROP` (nftables:
+    /// `filter-forward-in__BRIDGE`, "UNPUBLISHED PORT DROP"): a container port not published.
+    Unpublished { bridge: String },
+}
+
+/// Whether `rule` is one of Docker's isolation rules, by its place and shape.
+pub fn isolation(rule: &RuleRef) -> Option<Isolation> {
+    if rule.policy || !rule.verdict.eq_ignore_ascii_case("drop") {
+        return None;
+    }
+    let t = rule.text.as_str();
+    // iptables: `iptables-nft raw PREROUTING rule 1: -d 172.17.0.2/32 ! -i docker0 -j DROP`,
+    // `iptables-nft filter DOCKER rule 2: ! -i docker0 -o docker0 -j DROP`.
+    if let Some((place, spec)) = t.split_once(": ") {
+        let words: Vec<&str> = spec.split_whitespace().collect();
+        match words.as_slice() {
+            ["-d", _, "!", "-i", bridge, "-j", "DROP"] if place.contains(" raw PREROUTING ") => {
+                return Some(Isolation::DirectAccess {
+                    bridge: bridge.to_string(),
+                });
+            }
+            ["!", "-i", a, "-o", b, "-j", "DROP"]
+                if a == b && place.contains(" filter DOCKER ") =>
+            {
+                return Some(Isolation::Unpublished {
+                    bridge: a.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+    // nftables (Docker 29): table ip docker-bridges, chains raw-PREROUTING and
+    // filter-forward-in__BRIDGE.
+    if t.contains("docker-bridges") {
+        if let Some(rest) = t.split("chain filter-forward-in__").nth(1) {
+            let bridge = rest.split_whitespace().next().unwrap_or_default();
+            return Some(Isolation::Unpublished {
+                bridge: bridge.to_string(),
+            });
+        }
+        if t.contains("chain raw-PREROUTING")
+            && let Some(rest) = t.split("iifname != ").nth(1)
+        {
+            // Rendered `iifname != docker0` or, as nft lists it, `iifname != "docker0"`.
+            let bridge = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .trim_matches('"');
+            return Some(Isolation::DirectAccess {
+                bridge: bridge.to_string(),
+            });
+        }
+    }
+    None
+}
+
 /// The rules on `hook` that may have dropped a packet of `d` for watched `port`: DNAT has
 /// rewritten the destination port by the time FORWARD, LOCAL_IN and the later PREROUTING
 /// chains see it, so rules naming either the published or the translated port count; a rule
@@ -255,7 +320,13 @@ pub fn path_blockers(now: &Snapshot, port: u16, to_port: Option<u16>) -> (Hook, 
             !b.names_port && !b.policy && b.verdict == "REJECT"
         }));
     } else if now.published_hints(port).is_empty() {
-        out.extend(pick(&|b| b.policy));
+        // No ACCEPT for the port: Docker's per-bridge DROP for unpublished ports (28+) takes
+        // it before the policy would.
+        let isolating = pick(&|b| matches!(isolation(b), Some(Isolation::Unpublished { .. })));
+        match isolating.is_empty() {
+            true => out.extend(pick(&|b| b.policy)),
+            false => out.extend(isolating),
+        }
     }
     (hook, out)
 }

@@ -192,7 +192,7 @@ fn route_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Fi
         .find_map(|d| d.to.map(|(a, _)| a))
         .or(p.container_ip)
         .filter(|a| a.is_ipv4() && !snap.is_local(a))?;
-    if routes::connected(snap, &dst).is_some() {
+    if snap.addrs.is_empty() || routes::connected(snap, &dst).is_some() {
         return None;
     }
     let bridge = routes::bridge_for(snap, &dst)?;
@@ -282,6 +282,30 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
         }
         let (hook, blockers) = rules::path_blockers(snap, port, translated_port(snap, p));
         for rule in blockers {
+            if let Some(iso) = rules::isolation(&rule) {
+                let what = format!(
+                    "traffic to port {port} in {} meets Docker's own isolation rule {} (it drops by design what the engine does not publish)",
+                    hook.name(),
+                    rule.text
+                );
+                let ctr_port = translated_port(snap, p).unwrap_or(port);
+                let host = snap
+                    .addrs
+                    .iter()
+                    .find(|a| a.addr.is_ipv4() && !a.addr.is_loopback());
+                let (fix, keep) = words::isolation_fix(&iso, host.map(|a| a.addr), port, ctr_port);
+                out.push(Finding {
+                    fix,
+                    fix_persistent: Some(keep),
+                    ..finding(
+                        Cause::EngineIsolation,
+                        Some(p),
+                        what,
+                        Detail::Blocked { hook, rule },
+                    )
+                });
+                continue;
+            }
             let cause = if rule.verdict == "REJECT" {
                 Cause::FirewallReject
             } else {

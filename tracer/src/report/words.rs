@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::attribute::routes::Bridge;
+use crate::attribute::rules::Isolation;
 use crate::observe::state::conntrack::{self, Fill};
 use crate::{
     attribute::{
@@ -317,6 +318,12 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             (stats.as_ref(), *refused_since_start),
         ),
         Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
+        Why::EngineIsolation {
+            hook,
+            blamed,
+            isolation,
+            host,
+        } => engine_isolation(d, ctx, *hook, blamed, (isolation, *host)),
     };
     evidence.extend(more);
     let blamed = diag.why.blamed();
@@ -612,6 +619,67 @@ fn route_lost(
     (sentence, evidence, fix, Some(keep))
 }
 
+/// Docker's own remedies for its isolation rules, never "remove the rule": the engine rewrites
+/// it, and it is there to protect the container.
+pub fn isolation_fix(
+    iso: &Isolation,
+    host: Option<IpAddr>,
+    port: u16,
+    ctr_port: u16,
+) -> (String, String) {
+    let at = host.map_or_else(|| format!("HOST:{port}"), |h| endpoint(&h, port));
+    match iso {
+        Isolation::DirectAccess { bridge } => (
+            format!(
+                "connect to the published port on the host's address ({at}), not to the container's address; if clients must route to containers directly, let Docker allow it: com.docker.network.bridge.trusted_host_interfaces=IFACE on the network (docker network create -o …), dockerd --allow-direct-routing (28.2+), or the network's gateway mode nat-unprotected (-o com.docker.network.bridge.gateway_mode_ipv4=nat-unprotected); Docker's DROP for {bridge} is its protection, not a rule to delete"
+            ),
+            "set it where Docker keeps it: \"allow-direct-routing\": true in /etc/docker/daemon.json, or the network option in the compose file or `docker network create` (networks are created with their options)".into(),
+        ),
+        Isolation::Unpublished { bridge } => (
+            format!(
+                "publish the container port: docker run -p {port}:{ctr_port} … (or ports: [\"{port}:{ctr_port}\"] in compose), then connect to {at}; for routed access without NAT, the network's gateway mode routed or nat-unprotected; Docker's DROP for unpublished ports on {bridge} is its isolation, not a rule to delete"
+            ),
+            "publish it in the container's definition (compose file, run command): Docker writes the ACCEPT for each published port".into(),
+        ),
+    }
+}
+
+fn engine_isolation(
+    d: &DropFacts,
+    ctx: &Context,
+    hook: Hook,
+    blamed: &Blamed,
+    (iso, host): (&Isolation, Option<IpAddr>),
+) -> Words {
+    let (origin, here) = origin_and_here(d);
+    let (what, why) = match iso {
+        Isolation::DirectAccess { bridge } => (
+            "direct-access protection",
+            format!(
+                "a packet routed straight to the container's address {here} from outside {bridge} is dropped by design since Docker 28 (moby#49792): only the published port on the host's address reaches it"
+            ),
+        ),
+        Isolation::Unpublished { bridge } => (
+            "unpublished-port drop",
+            format!(
+                "the container port {} is not published, and Docker 28+ drops what reaches an unpublished port from outside {bridge}",
+                d.dport
+            ),
+        ),
+    };
+    let evidence = vec![
+        format!("{} ({})", blamed.rule.text, how(&blamed.how, ctx.port)),
+        format!("the rule is Docker's own {what}: {why}"),
+    ];
+    let sentence = format!(
+        "Docker's {what} dropped the packet to {origin} in {}: {}",
+        hook.name(),
+        blamed.rule.text
+    );
+    let (fix, keep) = isolation_fix(iso, host, ctx.port, d.dport);
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -628,6 +696,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::EngineIsolation => {
+            "the engine wrote the rule itself (Docker 28 and later): check when the engine was upgraded (apt history, docker version) and how clients reach the container"
         }
         Cause::RouteLost => {
             "check journalctl -u systemd-networkd -u NetworkManager around the time clients started failing, and whether a manager claims the bridge (networkctl status IFACE, nmcli device status)"

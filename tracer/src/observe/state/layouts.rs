@@ -174,13 +174,32 @@ fn docker28_direct_access_drop_is_named_in_raw_prerouting() {
         &snap,
         &ctx(),
     );
-    assert_eq!(a.cause, Cause::FirewallDrop);
+    assert_eq!(
+        a.cause,
+        Cause::EngineIsolation,
+        "Docker's protection: {}",
+        a.sentence
+    );
+    assert!(!a.fix.contains("remove"), "{}", a.fix);
     assert_eq!(a.hook, Some(Hook::PreRouting));
     assert!(
         a.rule
             .unwrap()
             .contains("raw PREROUTING rule 1: -d 172.17.0.2/32 ! -i docker0 -j DROP")
     );
+}
+
+#[test]
+fn docker29_direct_access_drop_is_dockers_protection_in_nftables_too() {
+    let snap = snapshot(Layout::V29, str::to_string);
+    let a = attribute(
+        &drop("NETFILTER_DROP", "172.17.0.2", None, Some(Hook::PreRouting)),
+        &snap,
+        &ctx(),
+    );
+    assert_eq!(a.cause, Cause::EngineIsolation, "{}", a.sentence);
+    assert!(a.rule.unwrap().contains("chain raw-PREROUTING"));
+    assert!(a.fix.contains("allow-direct-routing") && !a.fix.contains("remove"));
 }
 
 #[test]
@@ -209,7 +228,8 @@ fn docker28_unpublished_port_drop_is_reached_through_docker_forward() {
         &now,
         &c,
     );
-    assert_eq!(a.cause, Cause::FirewallDrop);
+    assert_eq!(a.cause, Cause::EngineIsolation, "{}", a.sentence);
+    assert!(a.fix.contains("docker run -p 5000:5000"), "{}", a.fix);
     let rule = a.rule.unwrap();
     assert!(
         rule.contains("filter DOCKER rule 2: ! -i docker0 -o docker0 -j DROP"),
@@ -239,7 +259,7 @@ fn docker29_unpublished_port_drop_is_reached_through_the_verdict_map() {
         &snap,
         &ctx(),
     );
-    assert_eq!(a.cause, Cause::FirewallDrop);
+    assert_eq!(a.cause, Cause::EngineIsolation, "{}", a.sentence);
     let rule = a.rule.unwrap();
     assert!(
         rule.contains("table ip docker-bridges chain filter-forward-in__docker0"),
