@@ -752,3 +752,55 @@ fn human_output_shows_each_verdict_once_and_totals_them_at_the_end() {
     assert_eq!(cols[1], "5000/tcp", "{row}");
     assert!(cols[2].parse::<u64>().unwrap_or(0) >= 1, "{row}");
 }
+
+/// A rule in the other iptables backend: Docker's rules live in iptables-nft (Debian's
+/// `iptables`), a DROP sits in iptables-legacy, so `iptables -L` does not show it
+/// (moby/libnetwork#2331). And the reverse.
+fn rule_in_the_other_backend(engine: Backend) {
+    let lab = lab("otherbe", engine);
+    let other = match engine {
+        Backend::IptablesNft => "iptables-legacy",
+        Backend::IptablesLegacy => "iptables-nft",
+    };
+    lab.exec(
+        &lab.host,
+        &[
+            other, "-I", "FORWARD", "-p", "tcp", "--dport", "5000", "-j", "DROP",
+        ],
+    )
+    .unwrap();
+    let (seen, out) = watch_client(&lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    let rule = rule_of(&v);
+    assert!(
+        rule.starts_with(&format!("{other} ip filter FORWARD rule 1")),
+        "{rule}"
+    );
+    let evidence = v["evidence"].to_string();
+    assert!(
+        evidence.contains(&format!(
+            "the rule is in {other}, while the engine's rules are in {}",
+            engine.iptables()
+        )) && evidence.contains(&format!("`{} -L` does not list it", engine.iptables())),
+        "{evidence}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains(&format!(
+            "{other} -t filter -D FORWARD -p tcp -m tcp --dport 5000 -j DROP"
+        )),
+        "the exact command: {fix}"
+    );
+}
+
+#[test]
+fn a_drop_in_iptables_legacy_beside_the_engines_nft_rules_names_its_backend() {
+    rule_in_the_other_backend(Backend::IptablesNft);
+}
+
+#[test]
+fn a_drop_in_iptables_nft_beside_the_engines_legacy_rules_names_its_backend() {
+    rule_in_the_other_backend(Backend::IptablesLegacy);
+}

@@ -90,6 +90,9 @@ pub enum How {
 pub struct Blamed {
     pub rule: RuleRef,
     pub how: How,
+    /// The engine's iptables backend, when the rule sits in the other one: that backend's
+    /// listing (`iptables -L` on most hosts) does not show it (moby/libnetwork#2331).
+    pub hidden_from: Option<String>,
 }
 
 impl Blamed {
@@ -105,6 +108,7 @@ impl Blamed {
         Some(Blamed {
             rule: rule.clone(),
             how,
+            hidden_from: None,
         })
     }
 
@@ -223,6 +227,83 @@ pub fn blame(
     before: Option<&Snapshot>,
     d: &DropFacts,
 ) -> Option<Blamed> {
+    blame_rule(hook, port, now, before, d).map(|mut b| {
+        b.hidden_from = hidden_from(now, &b.rule);
+        b
+    })
+}
+
+/// `iptables-nft` of `iptables-nft ip filter FORWARD rule 1: …`: the backend holding a rule
+/// (None for nftables rules and for the ones `--trace-rules` named).
+fn backend_of(rule: &RuleRef) -> Option<&str> {
+    let first = rule.text.split_whitespace().next()?;
+    (first.starts_with("iptables-") || first.starts_with("ip6tables-")).then_some(first)
+}
+
+/// `iptables` of `iptables-nft`, `ip6tables` of `ip6tables-legacy`.
+fn family(backend: &str) -> &str {
+    backend.split('-').next().unwrap_or_default()
+}
+
+/// The backend of `family` (`iptables`, `ip6tables`) the engine writes: the one holding its
+/// nat chain or a DNAT (Docker's `DOCKER`, netavark's `NETAVARK-*`).
+pub fn engine_backend<'a>(now: &'a Snapshot, family_name: &str) -> Option<&'a str> {
+    now.iptables
+        .iter()
+        .filter(|rs| family(&rs.backend) == family_name)
+        .find(|rs| {
+            rs.tables.iter().flat_map(|t| &t.chains).any(|c| {
+                c.name == "DOCKER"
+                    || c.name.starts_with("NETAVARK")
+                    || c.rules.iter().any(|r| r.target.as_deref() == Some("DNAT"))
+            })
+        })
+        .map(|rs| rs.backend.as_str())
+}
+
+/// The engine's backend, when `rule` lives in the other backend of the same family.
+pub fn hidden_from(now: &Snapshot, rule: &RuleRef) -> Option<String> {
+    let theirs = backend_of(rule)?;
+    let engine = engine_backend(now, family(theirs))?;
+    (engine != theirs).then(|| engine.to_string())
+}
+
+/// The command that deletes `rule` exactly: `iptables-legacy -t filter -D FORWARD -p tcp …`
+/// for an iptables rule, `nft delete rule inet t c handle 7` for an nftables one. None for a
+/// policy or a rule whose text droptrace did not write.
+pub fn delete_command(rule: &RuleRef) -> Option<String> {
+    if rule.policy {
+        return None;
+    }
+    let (place, spec) = rule.text.split_once(": ")?;
+    let words: Vec<&str> = place.split_whitespace().collect();
+    match words.as_slice() {
+        [backend, _family, table, chain, "rule", _] if backend_of(rule).is_some() => {
+            Some(format!("{backend} -t {table} -D {chain} {spec}"))
+        }
+        [
+            "nftables",
+            "table",
+            family,
+            table,
+            "chain",
+            chain,
+            "handle",
+            handle,
+        ] => Some(format!(
+            "nft delete rule {family} {table} {chain} handle {handle}"
+        )),
+        _ => None,
+    }
+}
+
+fn blame_rule(
+    hook: Hook,
+    port: u16,
+    now: &Snapshot,
+    before: Option<&Snapshot>,
+    d: &DropFacts,
+) -> Option<Blamed> {
     if let Some((text, policy)) = &d.traced {
         let reject = text.to_lowercase().contains("reject");
         let rule = RuleRef {
@@ -329,4 +410,42 @@ pub fn path_blockers(now: &Snapshot, port: u16, to_port: Option<u16>) -> (Hook, 
         }
     }
     (hook, out)
+}
+
+#[cfg(test)]
+mod delete_tests {
+    use super::*;
+
+    fn rule(text: &str, policy: bool) -> RuleRef {
+        RuleRef {
+            text: text.into(),
+            verdict: "DROP".into(),
+            reject_with: None,
+            packets: None,
+            names_port: true,
+            policy,
+        }
+    }
+
+    #[test]
+    fn the_exact_delete_command_of_each_kind_of_rule() {
+        let ipt = rule(
+            "iptables-legacy ip filter FORWARD rule 1: -p tcp -m tcp --dport 5000 -j DROP",
+            false,
+        );
+        assert_eq!(
+            delete_command(&ipt).as_deref(),
+            Some("iptables-legacy -t filter -D FORWARD -p tcp -m tcp --dport 5000 -j DROP")
+        );
+        let nft = rule(
+            "nftables table inet blocker chain forward_block handle 3: tcp dport 5000 counter drop",
+            false,
+        );
+        assert_eq!(
+            delete_command(&nft).as_deref(),
+            Some("nft delete rule inet blocker forward_block handle 3")
+        );
+        let policy = rule("iptables-nft ip filter FORWARD policy DROP", true);
+        assert_eq!(delete_command(&policy), None);
+    }
 }

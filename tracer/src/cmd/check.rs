@@ -311,11 +311,16 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
             } else {
                 Cause::FirewallDrop
             };
-            let what = format!(
+            let mut what = format!(
                 "traffic to port {port} in {} meets {}",
                 hook.name(),
                 rule.text
             );
+            if let Some(engine) = rules::hidden_from(snap, &rule) {
+                what.push_str(&format!(
+                    "; it is in another iptables backend than the engine's rules ({engine}): `{engine} -L` does not list it"
+                ));
+            }
             let (fix, keep) = words::firewall_fix(&rule, &facts.exec_prefix, &p.proto, port);
             out.push(Finding {
                 fix,
@@ -523,7 +528,10 @@ mod tests {
         assert!(f[0].what.contains("DOCKER-USER rule 1"));
         assert_eq!(
             f[0].fix,
-            format!("remove or narrow the rule: {}", rule.text)
+            format!(
+                "remove or narrow the rule {}: iptables-legacy -t filter -D DOCKER-USER -p tcp -m tcp --dport 5000 -j DROP",
+                rule.text
+            )
         );
     }
 

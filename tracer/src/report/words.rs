@@ -93,7 +93,10 @@ pub fn firewall_fix(rule: &RuleRef, prefix: &str, proto: &str, port: u16) -> (St
             "accept the port before the policy applies, e.g. {prefix}iptables -I DOCKER-USER -p {proto} --dport {port} -j RETURN (or restart the container engine so it rewrites its ACCEPT rules)"
         )
     } else {
-        format!("remove or narrow the rule: {}", rule.text)
+        match rules::delete_command(rule) {
+            Some(cmd) => format!("remove or narrow the rule {}: {prefix}{cmd}", rule.text),
+            None => format!("remove or narrow the rule: {}", rule.text),
+        }
     };
     (now, FIREWALL_KEEP.into())
 }
@@ -286,6 +289,16 @@ fn observed(d: &DropFacts, hook: Option<Hook>) -> Vec<String> {
 /// The words of a cause: (sentence, more evidence, fix, how to keep it fixed).
 type Words = (String, Vec<String>, String, Option<String>);
 
+/// Diagnoses one drop and puts it in words: the composition the observer makes, for tests.
+#[cfg(test)]
+pub fn attribute(
+    d: &DropFacts,
+    now: &crate::observe::state::Snapshot,
+    ctx: &Context,
+) -> Attribution {
+    explain(d, crate::attribute::diagnose(d, now, ctx), ctx)
+}
+
 /// A diagnosis in words: the verdict's sentence, evidence and fixes.
 pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
     let mut evidence = observed(d, diag.hook);
@@ -436,6 +449,13 @@ fn firewall(
     let sentence = match blamed {
         Some(b) => {
             evidence.push(format!("{} ({})", blamed_text(b), how(&b.how, ctx.port)));
+            if let (Some(engine), Some(theirs)) =
+                (&b.hidden_from, b.rule.text.split_whitespace().next())
+            {
+                evidence.push(format!(
+                    "the rule is in {theirs}, while the engine's rules are in {engine}: `{engine} -L` does not list it (nor `iptables -L` where `iptables` is {engine}); `{theirs} -L -v` does, both backends' rules apply to every packet"
+                ));
+            }
             format!(
                 "the firewall {} it in {}: {}",
                 verb(reject),
