@@ -188,7 +188,8 @@ pub struct Diagnosis {
     pub hook: Option<Hook>,
 }
 
-/// A diagnosis in words (`report::words::explain`): what verdicts carry.
+/// A diagnosis in words, filled by `report::words::explain` (this stage only diagnoses; the
+/// observer and `check` compose the two): what verdicts carry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Attribution {
     pub cause: Cause,
@@ -437,15 +438,11 @@ fn kernel_drop(d: &DropFacts, now: &Snapshot) -> Why {
     Why::KernelDrop { rp_filter }
 }
 
-/// Diagnoses one drop and puts it in words.
-pub fn attribute(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Attribution {
-    crate::report::words::explain(d, diagnose(d, now, ctx), ctx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::observe::state::{IfAddr, Sysctls, iptables, nft};
+    use crate::report::words::attribute;
     use rules::How;
 
     /// The rule blamed and how it was found.

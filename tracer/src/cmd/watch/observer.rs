@@ -14,8 +14,9 @@ use tracer_common::{DropEvent, DropFlowCount, DropFlowKey, ct, flow, kind};
 use super::changes::ChangeLog;
 use crate::{
     attribute::{
-        Attribution, Cause, Context, DropFacts, attribute,
+        Attribution, Cause, Context, DropFacts,
         culprit::{culprit_for, needs_culprit},
+        diagnose,
         verdict::{Book, Signature, VerdictRecord},
     },
     discover::{PublishedPort, netns::Netns},
@@ -350,7 +351,9 @@ impl Observer<'_> {
         if let Some(r) = facts.route.as_mut() {
             r.local |= now.is_local(&r.dst);
         }
-        let a = attribute(&facts, now, &self.context(port));
+        // The engine diagnoses, the report stage words it: composed here.
+        let ctx = self.context(port);
+        let a = words::explain(&facts, diagnose(&facts, now, &ctx), &ctx);
         self.book.learn(sig, a.clone());
         a
     }

@@ -13,9 +13,10 @@
 //!   `nft -f` and dumped with `nft -j list ruleset`.
 use super::{Snapshot, Sysctls, iptables, nft};
 use crate::{
-    attribute::{Cause, Context, DropFacts, Hook, attribute},
+    attribute::{Cause, Context, DropFacts, Hook},
     cmd::check::{self, Facts},
     discover::{self, PublishedPort},
+    report::words::attribute,
 };
 
 const V20: &str = include_str!("testdata/iptables-nft-save-docker-user-drop.txt");
