@@ -804,3 +804,48 @@ fn a_drop_in_iptables_legacy_beside_the_engines_nft_rules_names_its_backend() {
 fn a_drop_in_iptables_nft_beside_the_engines_legacy_rules_names_its_backend() {
     rule_in_the_other_backend(Backend::IptablesLegacy);
 }
+
+/// firewalld 2.3's reject of DNATed traffic (`ct status dnat reject with icmpx
+/// admin-prohibited` in an inet table, no counter) behind Docker's FORWARD policy DROP. The
+/// kernel rate-limits the ICMP errors a REJECT sends, so in a burst most rejected SYNs leave
+/// no answer: they are the same reject, one verdict, never the policy that did not drop.
+#[test]
+fn a_rejects_rate_limited_packets_are_the_same_verdict_not_the_policy() {
+    let lab = lab("ratelim", Backend::IptablesNft);
+    lab.exec_with_input(
+        &lab.host,
+        &["nft", "-f", "-"],
+        "table inet fw {\n chain dnat_reject {\n  type filter hook forward priority filter + 10;\n  ct status dnat reject with icmpx admin-prohibited\n }\n}\n",
+    )
+    .unwrap();
+    // Every drop and answer its own line, to compare them.
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host, "--every-drop"]);
+    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(|| {
+        let target = SocketAddr::from((lab::HOST_ADDR, 5000));
+        for _ in 0..30 {
+            let _ = std::net::TcpStream::connect_timeout(&target, Duration::from_millis(30));
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = watch.stop();
+    let answered = out.of_type("signal").len();
+    let drops = out.drops().len();
+    assert!(
+        answered < drops,
+        "the burst outran the ICMP rate limit ({answered} answers, {drops} drops)"
+    );
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_reject", Some("FORWARD"));
+    let rule = rule_of(&v);
+    assert!(
+        rule.contains("table inet fw chain dnat_reject") && rule.contains("reject"),
+        "{rule}"
+    );
+    assert!(
+        !out.dump().contains("policy DROP\""),
+        "no policy is blamed: {}",
+        out.dump()
+    );
+}

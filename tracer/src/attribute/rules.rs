@@ -78,6 +78,10 @@ pub enum How {
     TheReject,
     /// No rule's counter moved: the chain's policy.
     Policy,
+    /// The REJECT rule on the hook, for a packet with no answer: the kernel's ICMP rate limit
+    /// suppressed its error (the policy's counter did not move, so the policy did not drop
+    /// it).
+    RateLimited,
     /// A drop rule on the hook, not confirmed by counters.
     Unconfirmed,
     /// Several rules could have dropped it and nothing tells them apart: `rule` is one of
@@ -317,11 +321,19 @@ fn blame_rule(
         return Blamed::of(&rule, How::Traced);
     }
     let all = candidates(hook, port, now, d);
-    if let Some(old) = before.map(|b| candidates(hook, port, b, d))
-        && let Some(b) = counter_rose(&all, &old)
-    {
+    let old = before.map(|b| candidates(hook, port, b, d));
+    if let Some(b) = old.as_ref().and_then(|old| counter_rose(&all, old)) {
         return Some(b);
     }
+    // A policy whose counter was read before and has not moved did not drop it.
+    let idle = |p: &RuleRef| {
+        let then = old
+            .iter()
+            .flatten()
+            .find(|o| o.text == p.text)
+            .and_then(|o| o.packets);
+        matches!((then, p.packets), (Some(a), Some(b)) if a == b)
+    };
     let candidates = all;
     let wants_reject = d.answered.is_some();
     let naming: Vec<&RuleRef> = candidates
@@ -335,10 +347,15 @@ fn blame_rule(
     if wants_reject && let Some(rule) = candidates.iter().find(|c| c.verdict == "REJECT") {
         return Blamed::of(rule, How::TheReject);
     }
-    if let Some(policy) = candidates.iter().find(|c| c.policy) {
+    if let Some(policy) = candidates.iter().find(|c| c.policy && !idle(c)) {
         return Blamed::of(policy, How::Policy);
     }
-    let rules: Vec<&RuleRef> = candidates.iter().collect();
+    // No answer, no policy that moved, a REJECT on the hook: the reject whose ICMP error the
+    // kernel's rate limit suppressed (net.ipv4.icmp_ratelimit), not a second cause.
+    if let Some(rule) = candidates.iter().find(|c| c.verdict == "REJECT") {
+        return Blamed::of(rule, How::RateLimited);
+    }
+    let rules: Vec<&RuleRef> = candidates.iter().filter(|c| !c.policy).collect();
     Blamed::one_of(&rules, How::Unconfirmed)
 }
 

@@ -136,6 +136,7 @@ fn how(h: &How, port: u16) -> String {
         }
         How::TheReject => "it is the REJECT rule on this hook".into(),
         How::Policy => "no drop rule's counter moved: the chain's policy dropped it".into(),
+        How::RateLimited => "no ICMP error was sent for this packet and the chain's policy counter did not move: it is the REJECT rule on this hook, whose errors the kernel rate-limits (net.ipv4.icmp_ratelimit, icmp_msgs_per_sec), so a rejected flow's later packets look like silent drops".into(),
         How::Unconfirmed => "it is a drop rule on this hook (not confirmed by counters)".into(),
         How::Ambiguous { .. } => "neither counters nor the port tell the candidates apart".into(),
     }

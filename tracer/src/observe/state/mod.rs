@@ -295,7 +295,8 @@ impl Snapshot {
                         ),
                         verdict: "DROP".into(),
                         reject_with: None,
-                        packets: None,
+                        // The chain's counters in `iptables-save -c` are its policy's.
+                        packets: Some(base.packets),
                         names_port: false,
                         policy: true,
                     });
