@@ -178,3 +178,110 @@ fn control_the_same_lab_with_room_in_the_table_gives_no_verdict() {
         String::from_utf8_lossy(&check.stdout)
     );
 }
+
+/// A live connection's conntrack entry lost (deleted here, as a table flush, a conntrack
+/// restart or a failover does) with mid-stream pickup off (`nf_conntrack_tcp_loose=0`): the
+/// client's next segment is INVALID, not translated, and reaches the host's own stack.
+/// `invalid_rule` adds an INVALID drop in INPUT (kube-proxy's and netavark's kind).
+fn untracked_midstream(label: &str, invalid_rule: bool, loose: &str) -> (Output, Lab) {
+    require_root();
+    let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    if invalid_rule {
+        lab.iptables(&[
+            "-I",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    }
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    // While droptrace watches, as a tuning script would: its author is the culprit.
+    lab.sysctl(&lab.host, "net.netfilter.nf_conntrack_tcp_loose", loose)
+        .unwrap();
+    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    let host = lab.host.clone();
+    ns.run_in(move || {
+        use std::io::Write;
+        let target = std::net::SocketAddr::from((tracer::lab::HOST_ADDR, 5000));
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+            .expect("the handshake is translated");
+        let flushed = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &host,
+                "conntrack",
+                "-D",
+                "-p",
+                "tcp",
+                "--orig-port-dst",
+                "5000",
+            ])
+            .output()
+            .unwrap();
+        assert!(flushed.status.success(), "{flushed:?}");
+        let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+        std::thread::sleep(Duration::from_millis(1500));
+    })
+    .unwrap();
+    (watch.stop(), lab)
+}
+
+fn assert_invalid(v: &Value) {
+    assert_eq!(v["cause"], "conntrack_invalid", "{v:#}");
+    let evidence = v["evidence"].to_string();
+    assert!(
+        evidence.contains("nat DOCKER rule"),
+        "the DNAT exists: {evidence}"
+    );
+    assert!(
+        evidence.contains("nf_conntrack_tcp_be_liberal = 0"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("nf_conntrack_tcp_loose = 0"),
+        "{evidence}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("nf_conntrack_tcp_be_liberal=1"), "{fix}");
+}
+
+#[test]
+fn an_untracked_segment_of_a_live_flow_reaches_the_host_and_is_conntrack_invalid() {
+    let (out, _lab) = untracked_midstream("ctinv", false, "0");
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
+    assert_invalid(v[0]);
+    assert_eq!(v[0]["proximate"]["reason"], "NO_SOCKET", "{:#}", v[0]);
+    let culprit = &v[0]["culprit"];
+    assert_eq!(
+        culprit["key"], "net.netfilter.nf_conntrack_tcp_loose",
+        "{:#}",
+        v[0]
+    );
+    assert_eq!(culprit["new"], "0");
+    assert_eq!(culprit["process"]["comm"], "sysctl", "{culprit:#}");
+}
+
+#[test]
+fn an_invalid_drop_rule_is_named_with_why_the_packet_was_invalid() {
+    let (out, _lab) = untracked_midstream("ctinvrule", true, "0");
+    let v = verdicts(&out);
+    assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
+    assert_invalid(v[0]);
+    let rule = v[0]["proximate"]["rule"].as_str().unwrap_or_default();
+    assert!(rule.contains("--ctstate INVALID -j DROP"), "{rule}");
+}
+
+#[test]
+fn control_a_lost_entry_picked_up_mid_stream_gives_no_verdict() {
+    // nf_conntrack_tcp_loose=1 (the default): conntrack takes the segment up again as a new
+    // flow, the DNAT applies, nothing is dropped.
+    let (out, _lab) = untracked_midstream("ctloose", true, "1");
+    assert!(verdicts(&out).is_empty(), "{}", out.dump());
+}

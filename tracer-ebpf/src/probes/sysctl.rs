@@ -17,11 +17,13 @@ use tracer_common::change;
 
 use crate::process::{emit_change, watched_netns};
 
-const PREFIXES: [&[u8]; 4] = [
+const PREFIXES: [&[u8]; 5] = [
     b"net/ipv4/ip_forward",
     b"net/ipv4/conf/",
     b"net/ipv6/conf/",
     b"net/bridge/bridge-nf-call-",
+    // nf_conntrack_max, the TCP tracking switches (be_liberal, loose)
+    b"net/netfilter/nf_conntrack_",
 ];
 
 #[inline(always)]

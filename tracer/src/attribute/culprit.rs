@@ -8,12 +8,22 @@ use crate::observe::changes::ChangeRecord;
 pub fn needs_culprit(why: &Why) -> bool {
     match why {
         Why::KernelDrop { rp_filter } => rp_filter.is_some(),
-        // Load fills the table, not a change: what fills it is in the fix.
-        Why::ConntrackFull { .. } => false,
+        // Load fills the table; a lowered limit is a change.
+        Why::ConntrackFull { .. } => true,
         // The engine's design, not a change: its remedy is in the fix.
         Why::EngineIsolation { .. } => false,
+        // Someone who turned tracking strict (loose or be_liberal to 0) explains it; else
+        // a lost entry or an out-of-window segment is no one's change (the note says where
+        // to look).
+        Why::ConntrackInvalid { .. } => true,
         _ => true,
     }
+}
+
+/// A sysctl write to a smaller number.
+fn lowered(c: &ChangeRecord) -> bool {
+    let num = |v: &Option<String>| v.as_deref().and_then(|v| v.trim().parse::<u64>().ok());
+    matches!((num(&c.old), num(&c.new)), (Some(old), Some(new)) if new < old)
 }
 
 /// The most recent change that explains the verdict.
@@ -21,7 +31,20 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
     let mut rev = changes.iter().rev();
     let ruleset = |c: &&ChangeRecord| c.source != "sysctl";
     match why {
-        Why::ConntrackFull { .. } => None,
+        // The last write that lowered the limit.
+        Why::ConntrackFull { .. } => rev.find(|c| {
+            c.source == "sysctl"
+                && c.key.as_deref() == Some("net.netfilter.nf_conntrack_max")
+                && lowered(c)
+        }),
+        // The last write that turned mid-stream pickup or window liberality off.
+        Why::ConntrackInvalid { .. } => rev.find(|c| {
+            let key = c.key.as_deref().unwrap_or_default();
+            c.source == "sysctl"
+                && (key.ends_with(".nf_conntrack_tcp_loose")
+                    || key.ends_with(".nf_conntrack_tcp_be_liberal"))
+                && c.new.as_deref() == Some("0")
+        }),
         // Address and route changes are not recorded yet: the note says where to look.
         Why::RouteLost { .. } | Why::EngineIsolation { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
@@ -160,6 +183,39 @@ mod tests {
             pid(culprit_for(&why, &[nft(&["add table ip x"], 43)])),
             None
         );
+    }
+
+    #[test]
+    fn conntrack_verdicts_are_blamed_on_the_write_that_made_them() {
+        use crate::observe::state::conntrack::Fill;
+        let full = Why::ConntrackFull {
+            fill: Fill {
+                count: 64,
+                max: 64,
+                buckets: None,
+            },
+            stats: None,
+            refused_since_start: None,
+        };
+        let changes = [
+            sysctl("net.netfilter.nf_conntrack_max", "64", "262144", 1),
+            sysctl("net.netfilter.nf_conntrack_max", "262144", "64", 2),
+            sysctl("net.netfilter.nf_conntrack_tcp_loose", "1", "0", 3),
+        ];
+        assert_eq!(
+            pid(culprit_for(&full, &changes)),
+            Some(2),
+            "the write that lowered it"
+        );
+        let invalid = Why::ConntrackInvalid {
+            dnat: "iptables-nft ip nat DOCKER rule 2".into(),
+            rule: None,
+            invalid_since_start: None,
+            liberal: Some("0".into()),
+            loose: Some("0".into()),
+        };
+        assert_eq!(pid(culprit_for(&invalid, &changes)), Some(3));
+        assert_eq!(pid(culprit_for(&invalid, &changes[..2])), None);
     }
 
     #[test]

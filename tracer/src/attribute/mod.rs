@@ -45,6 +45,9 @@ pub enum Cause {
     /// The engine's own isolation rule dropped it, by design (Docker 28+: direct access to a
     /// container's address, or an unpublished container port).
     EngineIsolation,
+    /// Conntrack no longer tracks the flow (its entry lost, or the packet out of the TCP
+    /// window): the packet is INVALID, the DNAT does not apply to it.
+    ConntrackInvalid,
 }
 
 impl Cause {
@@ -58,6 +61,7 @@ impl Cause {
             Cause::ConntrackFull => "conntrack_full",
             Cause::RouteLost => "route_lost",
             Cause::EngineIsolation => "engine_isolation",
+            Cause::ConntrackInvalid => "conntrack_invalid",
         }
     }
 }
@@ -104,6 +108,17 @@ pub enum Why {
         isolation: rules::Isolation,
         host: Option<std::net::IpAddr>,
     },
+    /// A mid-flow packet conntrack did not track (INVALID), so `dnat` (which exists) did not
+    /// translate it; `rule` is the INVALID drop that took it (None: it reached the host's own
+    /// stack where nothing listens). `invalid_since_start` is conntrack's count of them.
+    ConntrackInvalid {
+        dnat: String,
+        rule: Option<Blamed>,
+        invalid_since_start: Option<u64>,
+        /// `nf_conntrack_tcp_be_liberal` and `nf_conntrack_tcp_loose` of the namespace.
+        liberal: Option<String>,
+        loose: Option<String>,
+    },
 }
 
 impl Why {
@@ -117,6 +132,7 @@ impl Why {
             Why::ConntrackFull { .. } => Cause::ConntrackFull,
             Why::RouteLost { .. } => Cause::RouteLost,
             Why::EngineIsolation { .. } => Cause::EngineIsolation,
+            Why::ConntrackInvalid { .. } => Cause::ConntrackInvalid,
         }
     }
 
@@ -124,6 +140,7 @@ impl Why {
     pub fn blamed(&self) -> Option<&Blamed> {
         match self {
             Why::EngineIsolation { blamed, .. } => Some(blamed),
+            Why::ConntrackInvalid { rule, .. } => rule.as_ref(),
             Why::Firewall { blamed, .. }
             | Why::MissingChain {
                 died: Died::AtHook { blamed, .. },
@@ -268,6 +285,7 @@ pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     let why = route_lost(d, now)
         .or_else(|| forwarding(d, now))
         .or_else(|| conntrack_full(d, now, ctx, hook))
+        .or_else(|| conntrack_invalid(d, now, ctx, hook))
         .or_else(|| missing_chain(d, now, ctx, hook))
         .or_else(|| firewall(d, now, ctx, hook))
         .unwrap_or_else(|| kernel_drop(d, now));
@@ -348,6 +366,55 @@ fn conntrack_full(d: &DropFacts, now: &Snapshot, ctx: &Context, hook: Option<Hoo
         refused_since_start,
     })
 }
+
+/// A TCP segment that is not a connection's first (no SYN), with no conntrack entry, for a
+/// port whose DNAT exists: conntrack found it INVALID (its entry gone, or the segment out of
+/// the window), so the DNAT, which applies through the entry, never translated it. It then
+/// reaches the host's own stack (NO_SOCKET, a RST that resets the client's connection) or an
+/// INVALID drop rule (kubernetes#74839).
+fn conntrack_invalid(
+    d: &DropFacts,
+    now: &Snapshot,
+    ctx: &Context,
+    hook: Option<Hook>,
+) -> Option<Why> {
+    let midstream = d.proto == "tcp" && d.tcp_flags & TCP_SYN == 0;
+    if !midstream || d.dnat.is_some() || !now.is_local(&d.dst) {
+        return None;
+    }
+    let dnat = now.dnats_for(ctx.port).into_iter().find(|x| x.reachable)?;
+    let rule = match d.reason.as_str() {
+        "NO_SOCKET" => None,
+        "NETFILTER_DROP" => {
+            let hook = d.nf_hook.or(hook).unwrap_or(Hook::LocalIn);
+            let b = rules::blame(hook, ctx.port, now, ctx.before, d)?;
+            if !b.rule.text.contains("INVALID") {
+                return None;
+            }
+            Some(b)
+        }
+        _ => return None,
+    };
+    let invalid_since_start = match (now.conntrack, ctx.before.and_then(|b| b.conntrack)) {
+        (Some(now), Some(before)) => Some(now.invalid.saturating_sub(before.invalid)),
+        _ => None,
+    };
+    let sysctl = |k: &str| {
+        now.sysctls
+            .get(&format!("net.netfilter.{k}"))
+            .map(str::to_string)
+    };
+    Some(Why::ConntrackInvalid {
+        dnat: dnat.location,
+        rule,
+        invalid_since_start,
+        liberal: sysctl("nf_conntrack_tcp_be_liberal"),
+        loose: sysctl("nf_conntrack_tcp_loose"),
+    })
+}
+
+/// The SYN bit of the TCP flags.
+const TCP_SYN: u8 = 0x02;
 
 /// The packet reached this host untranslated although the port is published (a DNAT exists
 /// but did not apply, or Docker's filter rules still accept the container port while the nat
@@ -526,6 +593,7 @@ mod tests {
             nf_hook: None,
             traced: None,
             route: None,
+            tcp_flags: 0x02,
         }
     }
 

@@ -127,6 +127,12 @@ pub fn sysctl_matters(key: &str) -> bool {
         || key.ends_with(".forwarding")
         || key.ends_with(".rp_filter")
         || key.starts_with("net.bridge.bridge-nf-call-")
+        || matches!(
+            key,
+            "net.netfilter.nf_conntrack_max"
+                | "net.netfilter.nf_conntrack_tcp_loose"
+                | "net.netfilter.nf_conntrack_tcp_be_liberal"
+        )
 }
 
 /// Finds identities: the kernel's exec records first, /proc second; cgroup ids to paths.

@@ -69,6 +69,7 @@ mod tests {
             nf_hook: None,
             traced: None,
             route: None,
+            tcp_flags: 0x02,
         }
     }
 

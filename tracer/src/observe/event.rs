@@ -349,6 +349,7 @@ fn facts_of(ev: &DropEvent, rec: &DropRecord) -> DropFacts {
         nf_hook: nfprobe::trail_hook(ev.nf_trail),
         traced: None,
         route: None,
+        tcp_flags: ev.tcp_flags,
     }
 }
 

@@ -121,6 +121,8 @@ pub struct DropFacts {
     pub traced: Option<(String, bool)>,
     /// The kernel's last routing decision for this packet's destination (fib_table_lookup).
     pub route: Option<RouteFact>,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
 }
 
 /// One routing lookup as the kernel made it.

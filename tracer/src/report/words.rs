@@ -332,6 +332,18 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             (stats.as_ref(), *refused_since_start),
         ),
         Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
+        Why::ConntrackInvalid {
+            dnat,
+            rule,
+            invalid_since_start,
+            liberal,
+            loose,
+        } => conntrack_invalid(
+            d,
+            ctx,
+            (dnat, rule.as_ref(), *invalid_since_start),
+            (liberal, loose),
+        ),
         Why::EngineIsolation {
             hook,
             blamed,
@@ -701,6 +713,72 @@ fn engine_isolation(
     (sentence, evidence, fix, Some(keep))
 }
 
+/// Keeping mid-flow packets tracked: be_liberal keeps out-of-window segments tracked (and so
+/// translated); loose lets conntrack pick a flow up again mid-stream once its entry is lost.
+pub fn invalid_fix(prefix: &str, loose_off: bool) -> (String, String) {
+    let loose = if loose_off {
+        " net.netfilter.nf_conntrack_tcp_loose=1"
+    } else {
+        ""
+    };
+    (
+        format!(
+            "{prefix}sysctl -w net.netfilter.nf_conntrack_tcp_be_liberal=1{loose} (conntrack then keeps such segments in their flow, so the DNAT applies; kubernetes#74839), and find what drops the flows' entries"
+        ),
+        format!(
+            "echo 'net.netfilter.nf_conntrack_tcp_be_liberal = 1' > /etc/sysctl.d/90-conntrack-liberal.conf{}",
+            if loose_off {
+                " && echo 'net.netfilter.nf_conntrack_tcp_loose = 1' >> /etc/sysctl.d/90-conntrack-liberal.conf"
+            } else {
+                ""
+            }
+        ),
+    )
+}
+
+/// `found`: the DNAT that did not apply, the INVALID rule that dropped it, conntrack's
+/// INVALID count since the start; `sysctls`: be_liberal and loose.
+fn conntrack_invalid(
+    d: &DropFacts,
+    ctx: &Context,
+    (dnat, rule, invalid_since_start): (&str, Option<&Blamed>, Option<u64>),
+    (liberal, loose): (&Option<String>, &Option<String>),
+) -> Words {
+    let (origin, _) = origin_and_here(d);
+    let flags = crate::observe::event::tcp_flags(d.tcp_flags);
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+    let mut evidence = vec![
+        format!(
+            "the DNAT rule {dnat} exists and is reachable, but a DNAT applies to a connection's first packet and then through its conntrack entry"
+        ),
+        format!(
+            "this {flags} segment is not a connection's first and had no conntrack entry: conntrack found it INVALID (its entry expired or was deleted, by conntrack -D/-F or a restart, or the segment fell outside the TCP window)"
+        ),
+        format!(
+            "nf_conntrack_tcp_be_liberal = {}, nf_conntrack_tcp_loose = {} in this namespace",
+            show(liberal),
+            show(loose)
+        ),
+    ];
+    if let Some(n) = invalid_since_start {
+        evidence.push(format!(
+            "conntrack -S: invalid rose by {n} since droptrace started"
+        ));
+    }
+    let fate = match rule {
+        Some(b) => {
+            evidence.push(format!("{} ({})", b.rule.text, how(&b.how, ctx.port)));
+            format!("the INVALID drop {} took it", b.rule.text)
+        }
+        None => "it reached this host's own stack, where nothing listens on the port: the RST sent back resets the client's connection".into(),
+    };
+    let sentence = format!(
+        "conntrack no longer tracks this flow: a mid-stream {flags} segment to {origin} was INVALID, so the DNAT did not translate it and {fate}"
+    );
+    let (fix, keep) = invalid_fix(&ctx.exec_prefix, loose.as_deref() == Some("0"));
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -717,6 +795,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::ConntrackInvalid => {
+            "check what removes conntrack entries (conntrack -F / -D in scripts, a conntrackd or firewall restart) and whether the clients' paths are asymmetric"
         }
         Cause::EngineIsolation => {
             "the engine wrote the rule itself (Docker 28 and later): check when the engine was upgraded (apt history, docker version) and how clients reach the container"

@@ -144,5 +144,6 @@ fn facts_of(r: &RouteSample) -> Option<DropFacts> {
             dev,
             local: false,
         }),
+        tcp_flags: 0,
     })
 }

@@ -9,11 +9,12 @@ use super::Sysctls;
 /// The sysctls read for it (under /proc/sys/net/netfilter/). `count` and `buckets` are the
 /// namespace's own; `max` is one limit for the whole host, writable only in the initial
 /// namespace, compared against each namespace's own count.
-pub const SYSCTLS: [&str; 4] = [
+pub const SYSCTLS: [&str; 5] = [
     "nf_conntrack_count",
     "nf_conntrack_max",
     "nf_conntrack_buckets",
     "nf_conntrack_tcp_be_liberal",
+    "nf_conntrack_tcp_loose",
 ];
 
 /// `conntrack -S`, summed over CPUs.

@@ -98,6 +98,7 @@ fn drop(reason: &str, dst: &str, dnat: Option<bool>, hook: Option<Hook>) -> Drop
         nf_hook: hook,
         traced: None,
         route: None,
+        tcp_flags: 0x02,
     }
 }
 
