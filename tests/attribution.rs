@@ -849,3 +849,69 @@ fn a_rejects_rate_limited_packets_are_the_same_verdict_not_the_policy() {
         out.dump()
     );
 }
+
+/// A network namespace the test adds beside the lab (removed when dropped, also on panic).
+struct ExtraNs(String);
+
+impl Drop for ExtraNs {
+    fn drop(&mut self) {
+        lab::kill_namespace(&self.0);
+    }
+}
+
+/// Routed traffic Docker does not publish (a NodePort-like service behind another interface
+/// of the host, no DNAT) meets the FORWARD policy DROP dockerd sets (kubernetes#40182): the
+/// policy is named, and the fix accepts the flow in DOCKER-USER (never a RETURN, which would
+/// only go on to the policy) or asks dockerd to leave the policy alone.
+#[test]
+fn routed_traffic_docker_does_not_publish_meets_its_forward_policy() {
+    let lab = lab("nodeport", Backend::IptablesNft);
+    let svc = ExtraNs(format!("{}-svc", lab.host));
+    lab::run(&["ip", "netns", "add", &svc.0]).unwrap();
+    lab.ip(
+        &lab.host,
+        &[
+            "link", "add", "veth-svc", "type", "veth", "peer", "name", "eth0", "netns", &svc.0,
+        ],
+    )
+    .unwrap();
+    lab.ip(
+        &lab.host,
+        &["addr", "add", "10.9.0.1/24", "dev", "veth-svc"],
+    )
+    .unwrap();
+    lab.ip(&lab.host, &["link", "set", "veth-svc", "up"])
+        .unwrap();
+    lab.ip(&svc.0, &["addr", "add", "10.9.0.2/24", "dev", "eth0"])
+        .unwrap();
+    lab.ip(&svc.0, &["link", "set", "eth0", "up"]).unwrap();
+    lab.ip(
+        &lab.ext,
+        &["route", "add", "10.9.0.0/24", "via", "198.51.100.1"],
+    )
+    .unwrap();
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let target = SocketAddr::from((Ipv4Addr::new(10, 9, 0, 2), 5000));
+    let seen = lab.request(&lab.ext, target, CLIENT_TIMEOUT);
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    assert!(rule_of(&v).contains("filter FORWARD policy DROP"), "{v:#}");
+    assert!(
+        v["evidence"].to_string().contains("kubernetes#40182"),
+        "{v:#}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("iptables -I DOCKER-USER -i eth-ext -p tcp --dport 5000 -j ACCEPT")
+            || fix.contains(
+                "iptables -I DOCKER-USER -i eth-ext -o veth-svc -p tcp --dport 5000 -j ACCEPT"
+            ),
+        "{fix}"
+    );
+    assert!(
+        fix.contains("--ip-forward-no-drop") && !fix.contains("RETURN"),
+        "{fix}"
+    );
+}

@@ -88,9 +88,11 @@ pub fn missing_chain_fix(engine: Option<&str>) -> (String, String) {
 /// How to stop `rule` from dropping the port's traffic now (a policy: accept the port before
 /// it), and how to keep it fixed.
 pub fn firewall_fix(rule: &RuleRef, prefix: &str, proto: &str, port: u16) -> (String, String) {
+    // A RETURN from DOCKER-USER would only go on to the chains that lack the ACCEPT: only an
+    // ACCEPT gets the packet past the policy.
     let now = if rule.policy {
         format!(
-            "accept the port before the policy applies, e.g. {prefix}iptables -I DOCKER-USER -p {proto} --dport {port} -j RETURN (or restart the container engine so it rewrites its ACCEPT rules)"
+            "restart the container engine so it rewrites its ACCEPT rules (systemctl restart docker); meanwhile {prefix}iptables -I DOCKER-USER -p {proto} --dport {port} -j ACCEPT lets the port past the policy"
         )
     } else {
         match rules::delete_command(rule) {
@@ -496,6 +498,10 @@ fn firewall(
             ),
             FIREWALL_KEEP.into(),
         ),
+        Some(b) if routed_past_engine(d, hook, b) => {
+            evidence.push(ROUTED_POLICY.into());
+            routed_policy_fix(d, &ctx.exec_prefix)
+        }
         Some(b) => firewall_fix(&b.rule, &ctx.exec_prefix, &d.proto, d.dport),
         None => (
             "find the rule with --trace-rules, then remove or narrow it".into(),
@@ -503,6 +509,37 @@ fn firewall(
         ),
     };
     (sentence, evidence, fix, Some(keep))
+}
+
+/// Routed traffic the engine does not publish (no DNAT: a NodePort to another bridge or
+/// interface, a router's traffic) that FORWARD's DROP policy took.
+fn routed_past_engine(d: &DropFacts, hook: Hook, b: &Blamed) -> bool {
+    hook == Hook::Forward && b.rule.policy && d.dnat != Some(true) && !b.is_ambiguous()
+}
+
+const ROUTED_POLICY: &str = "the packet is routed traffic no DNAT translated (the engine does not publish it), and FORWARD's policy is DROP: dockerd sets that policy when it turns ip_forward on, which drops every routed flow it did not open itself, NodePorts to other bridges and interfaces among them (kubernetes#40182)";
+
+/// Accepting that routed flow before the policy: in DOCKER-USER, which dockerd puts first in
+/// FORWARD and never rewrites, or by asking dockerd to leave the policy alone.
+fn routed_policy_fix(d: &DropFacts, prefix: &str) -> (String, String) {
+    let out = d
+        .route
+        .as_ref()
+        .filter(|r| !r.local)
+        .map(|r| format!(" -o {}", r.dev))
+        .unwrap_or_default();
+    let inbound = if d.ifname.is_empty() {
+        String::new()
+    } else {
+        format!(" -i {}", d.ifname)
+    };
+    (
+        format!(
+            "{prefix}iptables -I DOCKER-USER{inbound}{out} -p {} --dport {} -j ACCEPT (DOCKER-USER is FORWARD's first rule and dockerd keeps it; without Docker: iptables -I FORWARD …), or run dockerd with --ip-forward-no-drop (Docker 28+) so it leaves FORWARD's policy ACCEPT",
+            d.proto, d.dport
+        ),
+        "\"ip-forward-no-drop\": true in /etc/docker/daemon.json, or keep the DOCKER-USER rule in the host's firewall configuration (iptables-persistent, a unit run after docker.service): nothing saves it otherwise".into(),
+    )
 }
 
 fn kernel_drop(d: &DropFacts, ctx: &Context, rp: Option<&RpFilter>) -> Words {
