@@ -166,3 +166,82 @@ fn control_a_default_route_with_the_bridge_intact_gives_no_verdict() {
     assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
     assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
 }
+
+/// The container's responses are larger than the uplink allows: the host's eth-ext has an MTU
+/// of 1000 (a tunnel, a cloud network) while the client and the container speak 1500. The
+/// response's full-size segments die with PKT_TOO_BIG at ip_forward. `block_icmp` also drops
+/// the "fragmentation needed" the host sends back, in OUTPUT: a black hole.
+fn small_uplink(label: &str, block_icmp: bool) -> (Outcome, Output) {
+    let lab = lab(label);
+    let root = std::env::temp_dir().join(format!("{}-www", lab.ctr));
+    std::fs::write(root.join("index.html"), "x".repeat(8000)).unwrap();
+    lab.ip(&lab.host, &["link", "set", "eth-ext", "mtu", "1000"])
+        .unwrap();
+    if block_icmp {
+        lab.iptables(&[
+            "-A",
+            "OUTPUT",
+            "-p",
+            "icmp",
+            "--icmp-type",
+            "fragmentation-needed",
+            "-j",
+            "DROP",
+        ])
+        .unwrap();
+    }
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let seen = lab.client_request(Duration::from_secs(3));
+    (seen, watch.stop())
+}
+
+fn assert_path_mtu(v: &Value) {
+    assert_eq!(v["cause"], "path_mtu", "{v:#}");
+    assert_eq!(v["proximate"]["reason"], "PKT_TOO_BIG", "{v:#}");
+    let evidence = v["evidence"].to_string();
+    assert!(
+        evidence.contains("must leave by eth-ext (MTU 1000)"),
+        "{evidence}"
+    );
+    assert!(
+        evidence.contains("came in on docker0 (MTU 1500)"),
+        "{evidence}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("\"mtu\": 1000") && fix.contains("--clamp-mss-to-pmtu"),
+        "{fix}"
+    );
+}
+
+#[test]
+fn a_dropped_fragmentation_needed_is_a_path_mtu_black_hole() {
+    // The status line is small and arrives; the body's full-size segments never do.
+    let (_, out) = small_uplink("pmtubh", true);
+    let v = the_verdict(&out);
+    assert_path_mtu(&v);
+    assert!(v["sentence"].to_string().contains("black hole"), "{v:#}");
+    let evidence = v["evidence"].to_string();
+    assert!(
+        evidence.contains("filter OUTPUT rule 1") && evidence.contains("counter rose"),
+        "{evidence}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("-t filter -D OUTPUT -p icmp"), "{fix}");
+}
+
+#[test]
+fn a_smaller_path_mtu_is_named_even_when_the_sender_adapts() {
+    // The ICMP gets out: the container lowers its path MTU and the response arrives, after
+    // the first full-size segments died.
+    let (seen, out) = small_uplink("pmtu", false);
+    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    let v = the_verdict(&out);
+    assert_path_mtu(&v);
+    assert!(
+        v["evidence"]
+            .to_string()
+            .contains("the kernel sent ICMP 3/4"),
+        "{v:#}"
+    );
+}

@@ -12,6 +12,8 @@ pub fn needs_culprit(why: &Why) -> bool {
         Why::ConntrackFull { .. } => true,
         // The engine's design, not a change: its remedy is in the fix.
         Why::EngineIsolation { .. } => false,
+        // MTUs and ICMP rules are not recorded changes: the note says where to look.
+        Why::PathMtu { .. } => true,
         // Someone who turned tracking strict (loose or be_liberal to 0) explains it; else
         // a lost entry or an out-of-window segment is no one's change (the note says where
         // to look).
@@ -46,7 +48,7 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
                 && c.new.as_deref() == Some("0")
         }),
         // Address and route changes are not recorded yet: the note says where to look.
-        Why::RouteLost { .. } | Why::EngineIsolation { .. } => None,
+        Why::RouteLost { .. } | Why::EngineIsolation { .. } | Why::PathMtu { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
             // The family's `conf.all.forwarding` turns every interface's off with it.
             let family = key.split('.').take(2).collect::<Vec<_>>().join(".");

@@ -13,6 +13,7 @@ pub mod verdict;
 use serde::Serialize;
 
 pub use crate::observe::facts::{Answer, DropFacts, Hook};
+use crate::observe::state::RuleRef;
 use crate::{
     load::kernel::btf::UNREPORTED,
     observe::state::{
@@ -48,6 +49,9 @@ pub enum Cause {
     /// Conntrack no longer tracks the flow (its entry lost, or the packet out of the TCP
     /// window): the packet is INVALID, the DNAT does not apply to it.
     ConntrackInvalid,
+    /// Packets larger than the way out (PKT_TOO_BIG): a path MTU smaller than the
+    /// container's, a black hole when the ICMP that would say so is dropped.
+    PathMtu,
 }
 
 impl Cause {
@@ -62,6 +66,7 @@ impl Cause {
             Cause::RouteLost => "route_lost",
             Cause::EngineIsolation => "engine_isolation",
             Cause::ConntrackInvalid => "conntrack_invalid",
+            Cause::PathMtu => "path_mtu",
         }
     }
 }
@@ -119,6 +124,16 @@ pub enum Why {
         liberal: Option<String>,
         loose: Option<String>,
     },
+    /// A `len`-byte packet that came in on `in_dev` cannot leave by `out_dev`, whose MTU is
+    /// smaller; `icmp_sent` when the kernel sent "fragmentation needed" for it, `icmp_blocked`
+    /// the OUTPUT rule that drops such errors (with its counter then and now).
+    PathMtu {
+        len: u32,
+        in_dev: (String, Option<u32>),
+        out_dev: Option<(String, Option<u32>)>,
+        icmp_sent: bool,
+        icmp_blocked: Option<(RuleRef, Option<u64>)>,
+    },
 }
 
 impl Why {
@@ -133,6 +148,7 @@ impl Why {
             Why::RouteLost { .. } => Cause::RouteLost,
             Why::EngineIsolation { .. } => Cause::EngineIsolation,
             Why::ConntrackInvalid { .. } => Cause::ConntrackInvalid,
+            Why::PathMtu { .. } => Cause::PathMtu,
         }
     }
 
@@ -282,7 +298,8 @@ pub fn infer_hook(d: &DropFacts, now: &Snapshot) -> Option<Hook> {
 /// then the kernel's own reason.
 pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     let hook = infer_hook(d, now);
-    let why = route_lost(d, now)
+    let why = path_mtu(d, now, ctx)
+        .or_else(|| route_lost(d, now))
         .or_else(|| forwarding(d, now))
         .or_else(|| conntrack_full(d, now, ctx, hook))
         .or_else(|| conntrack_invalid(d, now, ctx, hook))
@@ -317,6 +334,40 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     Some(Why::ForwardingDisabled {
         still_off: off.is_some(),
         sysctl: off.unwrap_or_else(|| rules::forwarding_keys(d.ipv6, &d.ifname).0),
+    })
+}
+
+/// A forwarded packet larger than the MTU of the interface it must leave by (PKT_TOO_BIG at
+/// ip_forward / ip6_forward): the sizes, whether the kernel sent the ICMP error that tells
+/// the sender, and the OUTPUT rule that drops that error, if one does (a black hole).
+fn path_mtu(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Option<Why> {
+    if d.reason != "PKT_TOO_BIG" {
+        return None;
+    }
+    let mtu = |dev: &str| now.mtus.get(dev).copied();
+    let out = d
+        .route
+        .as_ref()
+        .filter(|r| !r.local)
+        .map(|r| r.dev.clone())
+        .or_else(|| routes::connected(now, &d.dst).map(str::to_string));
+    let icmp_sent = matches!(
+        d.routing_answer,
+        Some(Answer::Icmp {
+            icmp_type: 3,
+            code: 4,
+            ..
+        }) | Some(Answer::Icmp { icmp_type: 2, .. })
+    );
+    Some(Why::PathMtu {
+        len: d.len,
+        in_dev: (d.ifname.clone(), mtu(&d.ifname)),
+        out_dev: out.map(|dev| {
+            let m = mtu(&dev);
+            (dev, m)
+        }),
+        icmp_sent,
+        icmp_blocked: rules::icmp_too_big_blocker(now, ctx.before, d.ipv6),
     })
 }
 
@@ -537,6 +588,7 @@ mod tests {
             iptables: vec![iptables::parse("iptables-legacy", rules)],
             nft: nft::Ruleset::default(),
             conntrack: None,
+            mtus: Default::default(),
             addrs: [
                 ("eth-ext", "198.51.100.1", 24),
                 ("docker0", "172.17.0.1", 16),
@@ -594,6 +646,8 @@ mod tests {
             traced: None,
             route: None,
             tcp_flags: 0x02,
+            len: 60,
+            routing_answer: None,
         }
     }
 

@@ -272,6 +272,63 @@ pub fn hidden_from(now: &Snapshot, rule: &RuleRef) -> Option<String> {
     (engine != theirs).then(|| engine.to_string())
 }
 
+/// The OUTPUT rule that drops the ICMP errors path MTU discovery needs ("fragmentation
+/// needed", IPv6's "packet too big"), with the packets it had counted at the start, if any.
+/// A rule for all ICMP counts; one for another type does not.
+pub fn icmp_too_big_blocker(
+    now: &Snapshot,
+    before: Option<&Snapshot>,
+    ipv6: bool,
+) -> Option<(RuleRef, Option<u64>)> {
+    let (family, proto, types) = match ipv6 {
+        false => ("iptables", "icmp", ["3/4", "3", "fragmentation-needed"]),
+        true => ("ip6tables", "ipv6-icmp", ["2", "packet-too-big", "2/0"]),
+    };
+    let blocking = |snap: &Snapshot| -> Option<(String, u64, RuleRef)> {
+        for rs in snap
+            .iptables
+            .iter()
+            .filter(|rs| rs.backend.starts_with(family))
+        {
+            let Some(chain) = rs.table("filter").and_then(|t| t.chain("OUTPUT")) else {
+                continue;
+            };
+            for r in &chain.rules {
+                let drops = matches!(r.target.as_deref(), Some("DROP" | "REJECT"));
+                let icmp = r.proto.as_deref() == Some(proto);
+                let after =
+                    |flag: &str| r.spec.split_whitespace().skip_while(|w| *w != flag).nth(1);
+                let kind = after("--icmp-type").or_else(|| after("--icmpv6-type"));
+                if drops && icmp && kind.is_none_or(|k| types.contains(&k)) {
+                    let text = format!(
+                        "{} {} filter OUTPUT rule {}: {}",
+                        rs.backend,
+                        if ipv6 { "ip6" } else { "ip" },
+                        r.number,
+                        r.spec
+                    );
+                    let rule = RuleRef {
+                        text: text.clone(),
+                        verdict: r.target.clone().unwrap_or_default(),
+                        reject_with: r.reject_with.clone(),
+                        packets: Some(r.packets),
+                        names_port: false,
+                        policy: false,
+                    };
+                    return Some((text, r.packets, rule));
+                }
+            }
+        }
+        None
+    };
+    let (text, _, rule) = blocking(now)?;
+    let then = before
+        .and_then(blocking)
+        .filter(|(t, _, _)| *t == text)
+        .map(|(_, n, _)| n);
+    Some((rule, then))
+}
+
 /// The command that deletes `rule` exactly: `iptables-legacy -t filter -D FORWARD -p tcp …`
 /// for an iptables rule, `nft delete rule inet t c handle 7` for an nftables one. None for a
 /// policy or a rule whose text droptrace did not write.

@@ -70,6 +70,8 @@ mod tests {
             traced: None,
             route: None,
             tcp_flags: 0x02,
+            len: 60,
+            routing_answer: None,
         }
     }
 

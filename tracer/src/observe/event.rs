@@ -350,6 +350,8 @@ fn facts_of(ev: &DropEvent, rec: &DropRecord) -> DropFacts {
         traced: None,
         route: None,
         tcp_flags: ev.tcp_flags,
+        len: ev.len,
+        routing_answer: None,
     }
 }
 

@@ -123,6 +123,11 @@ pub struct DropFacts {
     pub route: Option<RouteFact>,
     /// TCP flags (0 for other protocols).
     pub tcp_flags: u8,
+    /// The packet's length (skb->len).
+    pub len: u32,
+    /// An ICMP error the kernel sent for this flow just before that no REJECT sends: a
+    /// "fragmentation needed" (path MTU), a redirect.
+    pub routing_answer: Option<Answer>,
 }
 
 /// One routing lookup as the kernel made it.

@@ -281,6 +281,8 @@ fn observed(d: &DropFacts, hook: Option<Hook>) -> Vec<String> {
             "the kernel answered with ICMP {icmp_type}/{code} ({name}) just before the drop"
         )),
         Some(Answer::Rst) => evidence.push("the kernel answered with a TCP RST".into()),
+        // An ICMP no REJECT sends (frag-needed, a redirect): the cause's words say it.
+        None if d.routing_answer.is_some() => {}
         None if d.reason == "NETFILTER_DROP" || hook == Some(Hook::Routing) => {
             evidence.push("no ICMP error or RST was sent: clients time out".into())
         }
@@ -334,6 +336,18 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             (stats.as_ref(), *refused_since_start),
         ),
         Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
+        Why::PathMtu {
+            len,
+            in_dev,
+            out_dev,
+            icmp_sent,
+            icmp_blocked,
+        } => path_mtu(
+            d,
+            ctx,
+            (*len, in_dev, out_dev.as_ref()),
+            (*icmp_sent, icmp_blocked.as_ref()),
+        ),
         Why::ConntrackInvalid {
             dnat,
             rule,
@@ -816,6 +830,74 @@ fn conntrack_invalid(
     (sentence, evidence, fix, Some(keep))
 }
 
+/// An interface and its MTU, as the snapshot read them.
+type DevMtu = (String, Option<u32>);
+
+/// A device and its MTU, `eth-ext (MTU 1000)`.
+fn dev_mtu((dev, mtu): &DevMtu) -> String {
+    match mtu {
+        Some(m) => format!("{dev} (MTU {m})"),
+        None => dev.clone(),
+    }
+}
+
+/// `sizes`: the packet's length, where it came in and where it must leave; `icmp`: whether
+/// the kernel sent "fragmentation needed", and the OUTPUT rule that drops it (with its
+/// counter at the start).
+fn path_mtu(
+    d: &DropFacts,
+    ctx: &Context,
+    (len, in_dev, out_dev): (u32, &DevMtu, Option<&DevMtu>),
+    (icmp_sent, blocked): (bool, Option<&(RuleRef, Option<u64>)>),
+) -> Words {
+    let out = out_dev.map_or_else(|| "its way out".to_string(), dev_mtu);
+    let mut evidence = vec![format!(
+        "a {len}-byte packet {} -> {} came in on {} and must leave by {out}: larger than that MTU, with don't-fragment set, so ip_forward drops it",
+        endpoint(&d.src, d.sport),
+        endpoint(&d.dst, d.dport),
+        dev_mtu(in_dev)
+    )];
+    evidence.push(match icmp_sent {
+        true => "the kernel sent ICMP 3/4 \"fragmentation needed\" (IPv6: packet too big) back to the sender, which should then send smaller packets".into(),
+        false => "no \"fragmentation needed\" was seen leaving for this flow".into(),
+    });
+    let black_hole = blocked.map(|(rule, then)| {
+        let counted = match (then, rule.packets) {
+            (Some(a), Some(b)) if b > *a => format!(" (its counter rose from {a} to {b})"),
+            _ => String::new(),
+        };
+        evidence.push(format!(
+            "{} drops that ICMP error in OUTPUT{counted}: the sender never learns the path's MTU, a black hole",
+            rule.text
+        ));
+        rule
+    });
+    let sentence = match black_hole {
+        Some(rule) => format!(
+            "a path MTU black hole: packets to {} are larger than {out} allows, and {} drops the ICMP that would tell the sender, so clients hang after the first bytes",
+            endpoint(&d.dst, d.dport),
+            rule.text
+        ),
+        None => format!(
+            "the path MTU is smaller than the packets: {len}-byte packets to {} cannot leave by {out} (PKT_TOO_BIG at {}); if the sender does not adapt, clients hang after the first bytes",
+            endpoint(&d.dst, d.dport),
+            d.location
+        ),
+    };
+    let mtu = out_dev
+        .and_then(|(_, m)| *m)
+        .map_or("N".to_string(), |m| m.to_string());
+    let prefix = &ctx.exec_prefix;
+    let mut fix = format!(
+        "give the containers the path's MTU: \"mtu\": {mtu} in /etc/docker/daemon.json (docker0) or -o com.docker.network.driver.mtu={mtu} on a user network (Podman: --opt mtu={mtu}); meanwhile clamp TCP's MSS to it: {prefix}iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
+    );
+    if let Some(cmd) = black_hole.and_then(rules::delete_command) {
+        fix.push_str(&format!("; and let the ICMP error out: {prefix}{cmd}"));
+    }
+    let keep = "the MTU in daemon.json or the network's options (networks keep the MTU they were created with: recreate them), and the MSS clamp in the host's firewall configuration".to_string();
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -832,6 +914,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::PathMtu => {
+            "check what changed an MTU (a VPN or tunnel on the uplink, a cloud network's MTU, daemon.json's mtu) and the firewall's ICMP rules (an OUTPUT or FORWARD drop of ICMP)"
         }
         Cause::ConntrackInvalid => {
             "check what removes conntrack entries (conntrack -F / -D in scripts, a conntrackd or firewall restart) and whether the clients' paths are asymmetric"

@@ -734,6 +734,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         before: found.before,
         latest: None,
         answers: Answers::default(),
+        routing_answers: Answers::default(),
         book: Book::default(),
         rule_tracer,
         changes: ChangeLog::new(

@@ -72,6 +72,8 @@ pub(super) struct Observer<'w> {
     pub before: Snapshot,
     pub latest: Option<(Instant, Snapshot)>,
     pub answers: Answers,
+    /// The ICMP errors no REJECT sends (frag-needed, redirects), for routing's verdicts.
+    pub routing_answers: Answers,
     pub book: Book,
     pub rule_tracer: Option<RuleTracer>,
     pub changes: ChangeLog,
@@ -184,6 +186,9 @@ impl Observer<'_> {
                 // routing's doing (measured: a route lost sends 5/1, then the policy drops).
                 if sig.answer.is_rejection() {
                     self.answers.remember(sig.flow, sig.ktime_ns, sig.answer);
+                } else {
+                    self.routing_answers
+                        .remember(sig.flow, sig.ktime_ns, sig.answer);
                 }
                 let port = self.published_port(sig.dport);
                 *self.answered.entry((port, sig.proto.clone())).or_default() += 1;
@@ -264,6 +269,7 @@ impl Observer<'_> {
     ) -> io::Result<()> {
         self.drops_seen += 1;
         facts.answered = self.answers.to_drop(&facts, rec.ktime_ns);
+        facts.routing_answer = self.routing_answers.to_drop(&facts, rec.ktime_ns);
         let facts_answered = facts.answered;
         rec.answered = facts.answered.as_ref().map(words::answered);
         let port = self.watched_port(&rec);

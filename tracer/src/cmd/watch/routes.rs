@@ -145,5 +145,7 @@ fn facts_of(r: &RouteSample) -> Option<DropFacts> {
             local: false,
         }),
         tcp_flags: 0,
+        len: 0,
+        routing_answer: None,
     })
 }

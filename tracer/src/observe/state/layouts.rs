@@ -99,6 +99,8 @@ fn drop(reason: &str, dst: &str, dnat: Option<bool>, hook: Option<Hook>) -> Drop
         traced: None,
         route: None,
         tcp_flags: 0x02,
+        len: 60,
+        routing_answer: None,
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub local_addrs: Vec<IpAddr>,
     /// The same addresses with their interface and prefix: the connected subnets.
     pub addrs: Vec<IfAddr>,
+    /// Each interface's MTU.
+    pub mtus: BTreeMap<String, u32>,
     /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
     pub iptables: Vec<iptables::Ruleset>,
     pub nft: nft::Ruleset,
@@ -431,6 +433,21 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
     .unwrap_or_default()
 }
 
+/// `ip -j addr show`: each interface's MTU.
+fn parse_ip_mtus(text: &str) -> BTreeMap<String, u32> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return BTreeMap::new();
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let mtu = u32::try_from(l["mtu"].as_u64()?).ok()?;
+            Some((l["ifname"].as_str()?.to_string(), mtu))
+        })
+        .collect()
+}
+
 /// `ip -j addr show`: every address with its interface and prefix.
 fn parse_ip_addr_json(text: &str) -> Vec<IfAddr> {
     let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
@@ -502,6 +519,7 @@ pub fn capture(ns: &Netns) -> Snapshot {
     snap.problems.extend(problems);
     if let Some(text) = addrs {
         snap.addrs = parse_ip_addr_json(&text);
+        snap.mtus = parse_ip_mtus(&text);
         snap.local_addrs = snap.addrs.iter().map(|a| a.addr).collect();
     }
     for backend in [
