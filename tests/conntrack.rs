@@ -97,6 +97,10 @@ fn full_lab(label: &str) -> (Lab, LimitGuard) {
         lab.client_request(Duration::from_secs(3)),
         Outcome::Http(200)
     );
+    // Only entries the kernel never evicts: the healthy request's TIME_WAIT entry could be
+    // (the garbage collector drops such entries once the table is full, measured on 6.1).
+    lab.exec(&lab.host, &["conntrack", "-F"])
+        .expect("conntrack -F");
     let max = count_in_root() + 64;
     let guard = LimitGuard::lower_to(max);
     fill_table(&lab, max);
@@ -258,14 +262,21 @@ fn an_untracked_segment_of_a_live_flow_reaches_the_host_and_is_conntrack_invalid
     assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
     assert_invalid(v[0]);
     assert_eq!(v[0]["proximate"]["reason"], "NO_SOCKET", "{:#}", v[0]);
-    let culprit = &v[0]["culprit"];
-    assert_eq!(
-        culprit["key"], "net.netfilter.nf_conntrack_tcp_loose",
-        "{:#}",
-        v[0]
-    );
-    assert_eq!(culprit["new"], "0");
-    assert_eq!(culprit["process"]["comm"], "sysctl", "{culprit:#}");
+    // The author, where the kernel lets cgroup/sysctl record it (5.10's verifier refuses it).
+    if common::attached(&out, "sysctl_writes") {
+        let culprit = &v[0]["culprit"];
+        assert_eq!(
+            culprit["key"], "net.netfilter.nf_conntrack_tcp_loose",
+            "{:#}",
+            v[0]
+        );
+        assert_eq!(culprit["new"], "0");
+        assert_eq!(culprit["process"]["comm"], "sysctl", "{culprit:#}");
+    } else {
+        assert!(v[0]["culprit"].is_null());
+        let note = v[0]["culprit_note"].as_str().unwrap_or_default();
+        assert!(note.contains("cannot be recorded on this kernel"), "{note}");
+    }
 }
 
 #[test]

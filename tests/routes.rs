@@ -65,7 +65,9 @@ fn a_bridge_without_its_address_is_route_lost_not_forwarding() {
     assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
     let v = the_verdict(&out);
     assert_names_the_bridge(&v);
-    assert_eq!(v["proximate"]["reason"], "IP_INNOROUTES", "{v:#}");
+    if common::kernel::has_drop_reasons() {
+        assert_eq!(v["proximate"]["reason"], "IP_INNOROUTES", "{v:#}");
+    }
     assert_eq!(v["proximate"]["hook"], "routing", "{v:#}");
     // `check` finds the same state without eBPF.
     let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
@@ -171,7 +173,7 @@ fn control_a_default_route_with_the_bridge_intact_gives_no_verdict() {
 /// of 1000 (a tunnel, a cloud network) while the client and the container speak 1500. The
 /// response's full-size segments die with PKT_TOO_BIG at ip_forward. `block_icmp` also drops
 /// the "fragmentation needed" the host sends back, in OUTPUT: a black hole.
-fn small_uplink(label: &str, block_icmp: bool) -> (Outcome, Output) {
+fn small_uplink(label: &str, block_icmp: bool) -> (usize, Output) {
     let lab = lab(label);
     let root = std::env::temp_dir().join(format!("{}-www", lab.ctr));
     std::fs::write(root.join("index.html"), "x".repeat(8000)).unwrap();
@@ -191,8 +193,30 @@ fn small_uplink(label: &str, block_icmp: bool) -> (Outcome, Output) {
         .unwrap();
     }
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
-    let seen = lab.client_request(Duration::from_secs(3));
-    (seen, watch.stop())
+    let got = whole_response(&lab);
+    (got, watch.stop())
+}
+
+/// The bytes of the whole response the client reads (bounded: 3 s without progress ends it).
+/// The lab's own client stops at the status line, before the body is even sent.
+fn whole_response(lab: &Lab) -> usize {
+    use std::io::{Read, Write};
+    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    ns.run_in(|| {
+        let target = std::net::SocketAddr::from((tracer::lab::HOST_ADDR, 5000));
+        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let (mut got, mut buf) = (0, [0u8; 4096]);
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        got
+    })
+    .unwrap()
 }
 
 fn assert_path_mtu(v: &Value) {
@@ -217,7 +241,12 @@ fn assert_path_mtu(v: &Value) {
 #[test]
 fn a_dropped_fragmentation_needed_is_a_path_mtu_black_hole() {
     // The status line is small and arrives; the body's full-size segments never do.
-    let (_, out) = small_uplink("pmtubh", true);
+    let (got, out) = small_uplink("pmtubh", true);
+    assert!(
+        got < 8000,
+        "the body never arrives ({got} bytes): {}",
+        out.dump()
+    );
     let v = the_verdict(&out);
     assert_path_mtu(&v);
     assert!(v["sentence"].to_string().contains("black hole"), "{v:#}");
@@ -234,8 +263,12 @@ fn a_dropped_fragmentation_needed_is_a_path_mtu_black_hole() {
 fn a_smaller_path_mtu_is_named_even_when_the_sender_adapts() {
     // The ICMP gets out: the container lowers its path MTU and the response arrives, after
     // the first full-size segments died.
-    let (seen, out) = small_uplink("pmtu", false);
-    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    let (got, out) = small_uplink("pmtu", false);
+    assert!(
+        got > 8000,
+        "the whole response arrives ({got} bytes): {}",
+        out.dump()
+    );
     let v = the_verdict(&out);
     assert_path_mtu(&v);
     assert!(

@@ -170,6 +170,11 @@ impl Why {
     pub fn sysctl(&self) -> Option<&str> {
         match self {
             Why::ForwardingDisabled { sysctl, .. } => Some(sysctl),
+            Why::ConntrackFull { .. } => Some("net.netfilter.nf_conntrack_max"),
+            Why::ConntrackInvalid { loose, .. } => Some(match loose.as_deref() {
+                Some("0") => "net.netfilter.nf_conntrack_tcp_loose",
+                _ => "net.netfilter.nf_conntrack_tcp_be_liberal",
+            }),
             Why::KernelDrop {
                 rp_filter: Some(rp),
             } => Some(&rp.watched),
@@ -381,7 +386,10 @@ pub fn route_lost(d: &DropFacts, now: &Snapshot) -> Option<Why> {
     if unread || d.ipv6 || now.is_local(&d.dst) || routes::connected(now, &d.dst).is_some() {
         return None;
     }
-    let unspecific = matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED);
+    // Without drop reasons (before 5.17) ip_error's reason is inferred, not reported: with
+    // forwarding on, what it drops there has no route.
+    let unspecific =
+        matches!(d.reason.as_str(), "NOT_SPECIFIED" | UNREPORTED) || d.inferred.is_some();
     let forwarding_on = rules::forwarding_off(&now.sysctls, false, &d.ifname).is_none();
     let no_route = matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES")
         || (d.function.as_deref() == Some("ip_error") && unspecific && forwarding_on);
