@@ -832,8 +832,13 @@ fn a_rejects_rate_limited_packets_are_the_same_verdict_not_the_policy() {
     let out = watch.stop();
     let answered = out.of_type("signal").len();
     let drops = out.drops().len();
+    // Where the ICMP is seen before the rate limit (5.10: no icmp_send tracepoint, fentry on
+    // __icmp_send), every reject counts as answered and the premise cannot be shown.
+    let before_limit = out.of_type("start")[0]["notes"]
+        .to_string()
+        .contains("__icmp_send");
     assert!(
-        answered < drops,
+        before_limit || answered < drops,
         "the burst outran the ICMP rate limit ({answered} answers, {drops} drops)"
     );
     let v = the_verdict(&out);
