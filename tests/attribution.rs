@@ -68,6 +68,17 @@ fn assert_cause(v: &Value, cause: &str, hook: Option<&str>) {
     );
 }
 
+/// The client times out, and the run's one verdict is a firewall_drop in FORWARD: it, and
+/// the rule it names.
+fn dropped_in_forward(lab: &Lab) -> (Value, String) {
+    let (seen, out) = watch_client(lab);
+    assert_eq!(seen, Outcome::Timeout);
+    let v = the_verdict(&out);
+    assert_cause(&v, "firewall_drop", Some("FORWARD"));
+    let rule = rule_of(&v);
+    (v, rule)
+}
+
 fn rule_of(v: &Value) -> String {
     v["proximate"]["rule"]
         .as_str()
@@ -371,11 +382,7 @@ fn docker_user_drop_is_firewall_drop_on_legacy() {
 fn forward_policy_drop(backend: Backend) {
     let lab = lab("policy", backend);
     lab.iptables(&["-F"]).unwrap();
-    let (seen, out) = watch_client(&lab);
-    assert_eq!(seen, Outcome::Timeout);
-    let v = the_verdict(&out);
-    assert_cause(&v, "firewall_drop", Some("FORWARD"));
-    let rule = rule_of(&v);
+    let (_, rule) = dropped_in_forward(&lab);
     assert!(rule.contains("FORWARD policy DROP"), "rule: {rule}");
 }
 
@@ -419,11 +426,7 @@ fn nftables_native_drop_in_its_own_table_is_named() {
         ],
     )
     .unwrap();
-    let (seen, out) = watch_client(&lab);
-    assert_eq!(seen, Outcome::Timeout);
-    let v = the_verdict(&out);
-    assert_cause(&v, "firewall_drop", Some("FORWARD"));
-    let rule = rule_of(&v);
+    let (_, rule) = dropped_in_forward(&lab);
     assert!(
         rule.contains("table inet blocker chain forward_block"),
         "rule: {rule}"
@@ -769,11 +772,7 @@ fn rule_in_the_other_backend(engine: Backend) {
         ],
     )
     .unwrap();
-    let (seen, out) = watch_client(&lab);
-    assert_eq!(seen, Outcome::Timeout);
-    let v = the_verdict(&out);
-    assert_cause(&v, "firewall_drop", Some("FORWARD"));
-    let rule = rule_of(&v);
+    let (v, rule) = dropped_in_forward(&lab);
     assert!(
         rule.starts_with(&format!("{other} ip filter FORWARD rule 1")),
         "{rule}"
@@ -796,13 +795,11 @@ fn rule_in_the_other_backend(engine: Backend) {
 }
 
 #[test]
-fn a_drop_in_iptables_legacy_beside_the_engines_nft_rules_names_its_backend() {
-    rule_in_the_other_backend(Backend::IptablesNft);
-}
-
-#[test]
-fn a_drop_in_iptables_nft_beside_the_engines_legacy_rules_names_its_backend() {
-    rule_in_the_other_backend(Backend::IptablesLegacy);
+fn a_drop_in_the_other_iptables_backend_than_the_engines_names_its_backend() {
+    // A legacy rule beside Docker's nft rules, then an nft rule beside Docker's legacy ones.
+    for engine in [Backend::IptablesNft, Backend::IptablesLegacy] {
+        rule_in_the_other_backend(engine);
+    }
 }
 
 /// firewalld 2.3's reject of DNATed traffic (`ct status dnat reject with icmpx

@@ -107,13 +107,6 @@ fn full_lab(label: &str) -> (Lab, LimitGuard) {
     (lab, guard)
 }
 
-fn verdicts(out: &Output) -> Vec<&Value> {
-    out.of_type("verdict")
-        .into_iter()
-        .filter(|v| v["final"] == true)
-        .collect()
-}
-
 #[test]
 fn a_full_conntrack_table_is_named_and_no_rule_is_blamed() {
     let _one = HOST_LIMIT.lock().unwrap_or_else(|e| e.into_inner());
@@ -127,7 +120,7 @@ fn a_full_conntrack_table_is_named_and_no_rule_is_blamed() {
         "conntrack-S-table-full.txt",
         &lab.exec(&lab.host, &["conntrack", "-S"]).unwrap(),
     );
-    let v = verdicts(&out);
+    let v = common::final_verdicts(&out);
     assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
     let v = v[0];
     assert_eq!(v["cause"], "conntrack_full", "{v:#}");
@@ -173,7 +166,7 @@ fn control_the_same_lab_with_room_in_the_table_gives_no_verdict() {
     let seen = lab.client_request(Duration::from_secs(3));
     let out = watch.stop();
     assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
-    assert!(verdicts(&out).is_empty(), "{}", out.dump());
+    assert!(common::final_verdicts(&out).is_empty(), "{}", out.dump());
     let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
     assert_eq!(
         check.status.code(),
@@ -191,16 +184,9 @@ fn untracked_midstream(label: &str, invalid_rule: bool, loose: &str) -> (Output,
     require_root();
     let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"));
     if invalid_rule {
-        lab.iptables(&[
-            "-I",
-            "INPUT",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "INVALID",
-            "-j",
-            "DROP",
-        ])
+        lab.iptables(&common::words(
+            "-I INPUT -m conntrack --ctstate INVALID -j DROP",
+        ))
         .unwrap();
     }
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
@@ -258,7 +244,7 @@ fn assert_invalid(v: &Value) {
 #[test]
 fn an_untracked_segment_of_a_live_flow_reaches_the_host_and_is_conntrack_invalid() {
     let (out, _lab) = untracked_midstream("ctinv", false, "0");
-    let v = verdicts(&out);
+    let v = common::final_verdicts(&out);
     assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
     assert_invalid(v[0]);
     assert_eq!(v[0]["proximate"]["reason"], "NO_SOCKET", "{:#}", v[0]);
@@ -282,7 +268,7 @@ fn an_untracked_segment_of_a_live_flow_reaches_the_host_and_is_conntrack_invalid
 #[test]
 fn an_invalid_drop_rule_is_named_with_why_the_packet_was_invalid() {
     let (out, _lab) = untracked_midstream("ctinvrule", true, "0");
-    let v = verdicts(&out);
+    let v = common::final_verdicts(&out);
     assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
     assert_invalid(v[0]);
     let rule = v[0]["proximate"]["rule"].as_str().unwrap_or_default();
@@ -294,5 +280,5 @@ fn control_a_lost_entry_picked_up_mid_stream_gives_no_verdict() {
     // nf_conntrack_tcp_loose=1 (the default): conntrack takes the segment up again as a new
     // flow, the DNAT applies, nothing is dropped.
     let (out, _lab) = untracked_midstream("ctloose", true, "1");
-    assert!(verdicts(&out).is_empty(), "{}", out.dump());
+    assert!(common::final_verdicts(&out).is_empty(), "{}", out.dump());
 }

@@ -258,20 +258,9 @@ fn secret_request() -> Vec<u8> {
 fn data_drop_lab(label: &str) -> Lab {
     require_root();
     let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("lab: {e}"));
-    lab.iptables(&[
-        "-I",
-        "DOCKER-USER",
-        "-p",
-        "tcp",
-        "--dport",
-        "5000",
-        "-m",
-        "length",
-        "--length",
-        "100:65535",
-        "-j",
-        "DROP",
-    ])
+    lab.iptables(&common::words(
+        "-I DOCKER-USER -p tcp --dport 5000 -m length --length 100:65535 -j DROP",
+    ))
     .unwrap();
     lab
 }
@@ -384,16 +373,9 @@ fn by_default_the_pcap_and_bundle_hold_headers_only_and_no_payload_byte() {
     let dir = std::env::temp_dir().join(format!("droptrace-nopayload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let pcap = dir.with_extension("pcapng");
-    let watch = Watch::start(&[
-        "--port",
-        "5000",
-        "--netns",
-        &lab.host,
-        "--evidence",
-        dir.to_str().unwrap(),
-        "--pcap",
-        pcap.to_str().unwrap(),
-    ]);
+    let (bundle, file) = (dir.to_str().unwrap(), pcap.to_str().unwrap());
+    let capture = ["--evidence", bundle, "--pcap", file];
+    let watch = Watch::start(&[&["--port", "5000", "--netns", &lab.host][..], &capture].concat());
     send_from_client(&lab, secret_request());
     let out = watch.stop();
     assert!(out.status.success(), "{}", out.dump());
@@ -437,16 +419,14 @@ fn snaplen_keeps_the_payload_byte_for_byte_from_page_fragments() {
     let lab = data_drop_lab("snaplen");
     let dir = std::env::temp_dir().join(format!("droptrace-snaplen-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let watch = Watch::start(&[
-        "--port",
-        "5000",
-        "--netns",
-        &lab.host,
-        "--evidence",
-        dir.to_str().unwrap(),
-        "--snaplen",
-        "1024",
-    ]);
+    let bundle = dir.to_str().unwrap();
+    let watch = Watch::start(
+        &[
+            &["--port", "5000", "--netns", &lab.host][..],
+            &["--evidence", bundle, "--snaplen", "1024"],
+        ]
+        .concat(),
+    );
     let request = secret_request();
     send_from_client(&lab, request.clone());
     let out = watch.stop();

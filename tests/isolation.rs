@@ -36,16 +36,6 @@ const PUBLISHED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(tracer::lab::
 const DIRECT: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(172, 17, 0, 2)), 5000);
 
-fn the_verdict(out: &Output) -> Value {
-    let finals: Vec<&Value> = out
-        .of_type("verdict")
-        .into_iter()
-        .filter(|v| v["final"] == true)
-        .collect();
-    assert_eq!(finals.len(), 1, "one verdict: {}", out.dump());
-    finals[0].clone()
-}
-
 fn assert_no_rule_removal(v: &Value) {
     let advice = format!("{} {}", v["fix"], v["fix_persistent"]).to_lowercase();
     assert!(
@@ -66,7 +56,7 @@ fn a_client_routing_straight_to_the_container_meets_dockers_direct_access_drop()
     .unwrap();
     let (seen, out) = watch(&lab, DIRECT);
     assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
-    let v = the_verdict(&out);
+    let v = common::one_verdict(&out);
     assert_eq!(v["cause"], "engine_isolation", "{v:#}");
     assert_eq!(v["proximate"]["hook"], "PRE_ROUTING", "{v:#}");
     let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
@@ -97,7 +87,7 @@ fn a_port_docker_does_not_publish_meets_its_per_bridge_drop() {
     });
     let (seen, out) = watch(&lab, PUBLISHED);
     assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
-    let v = the_verdict(&out);
+    let v = common::one_verdict(&out);
     assert_eq!(v["cause"], "engine_isolation", "{v:#}");
     assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
     let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
@@ -114,13 +104,7 @@ fn a_port_docker_does_not_publish_meets_its_per_bridge_drop() {
     );
     assert_no_rule_removal(&v);
     // `check` names the same rule as Docker's, with the same remedy.
-    let check = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
-    let text = String::from_utf8_lossy(&check.stdout);
-    let finding: Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|f| f["cause"] == "engine_isolation")
-        .unwrap_or_else(|| panic!("an engine_isolation finding: {text}"));
+    let (_, finding) = common::check_finding(&lab.host, 5000, "engine_isolation");
     assert_no_rule_removal(&finding);
 }
 

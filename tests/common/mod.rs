@@ -26,6 +26,40 @@ pub static DROPTRACE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| 
 });
 
 /// The tests need root (eBPF, namespaces). Fail loudly instead of passing vacuously.
+/// A command line's words: `words("-I INPUT -j DROP")` for an argument vector.
+pub fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+/// The run's final verdicts (one per port and cause).
+pub fn final_verdicts(out: &Output) -> Vec<&Value> {
+    out.of_type("verdict")
+        .into_iter()
+        .filter(|v| v["final"] == true)
+        .collect()
+}
+
+/// The run's one final verdict.
+pub fn one_verdict(out: &Output) -> Value {
+    let finals = final_verdicts(out);
+    assert_eq!(finals.len(), 1, "one verdict: {}", out.dump());
+    finals[0].clone()
+}
+
+/// `droptrace check --netns NS --port PORT --json`: its exit status and its finding of
+/// `cause` (panics, saying what it printed, when there is none).
+pub fn check_finding(netns: &str, port: u16, cause: &str) -> (Option<i32>, Value) {
+    let port = port.to_string();
+    let check = run_droptrace(&["check", "--netns", netns, "--port", &port, "--json"]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    let finding = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|f| f["cause"] == cause)
+        .unwrap_or_else(|| panic!("a {cause} finding: {text}"));
+    (check.status.code(), finding)
+}
+
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };

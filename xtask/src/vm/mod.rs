@@ -64,7 +64,8 @@ pub struct VmArgs {
     jobs: Option<usize>,
 }
 
-const MATRIX_TESTS: &str = "drops,attribution,culprit,reliability,recorder";
+const MATRIX_TESTS: &str =
+    "drops,attribution,culprit,reliability,recorder,conntrack,routes,isolation";
 const ENGINE_TESTS: &str = "docker,podman";
 
 /// One disk image and the kernels booted with it.
