@@ -346,9 +346,6 @@ fn forwarding(d: &DropFacts, now: &Snapshot) -> Option<Why> {
 /// ip_forward / ip6_forward): the sizes, whether the kernel sent the ICMP error that tells
 /// the sender, and the OUTPUT rule that drops that error, if one does (a black hole).
 fn path_mtu(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Option<Why> {
-    if d.reason != "PKT_TOO_BIG" {
-        return None;
-    }
     let mtu = |dev: &str| now.mtus.get(dev).copied();
     let out = d
         .route
@@ -364,6 +361,15 @@ fn path_mtu(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Option<Why> {
             ..
         }) | Some(Answer::Icmp { icmp_type: 2, .. })
     );
+    // A kernel without drop reasons (before 5.17) names only the function: ip_forward drops
+    // for other reasons too, so it counts when the "fragmentation needed" went out for the
+    // flow or the packet is larger than the way out.
+    let larger = out.as_deref().and_then(mtu).is_some_and(|m| d.len > m);
+    let forwarder = matches!(d.function.as_deref(), Some("ip_forward" | "ip6_forward"));
+    let unreported = d.reason == UNREPORTED && forwarder && (icmp_sent || larger);
+    if d.reason != "PKT_TOO_BIG" && !unreported {
+        return None;
+    }
     Some(Why::PathMtu {
         len: d.len,
         in_dev: (d.ifname.clone(), mtu(&d.ifname)),
@@ -668,6 +674,26 @@ mod tests {
         snap.sysctls.set("net.netfilter.nf_conntrack_count", count);
         snap.sysctls.set("net.netfilter.nf_conntrack_max", "64");
         (d, snap)
+    }
+
+    #[test]
+    fn a_packet_too_big_for_the_way_out_is_path_mtu_with_or_without_drop_reasons() {
+        let mut snap = docker();
+        snap.mtus = [("docker0", 1500), ("eth-ext", 1000)]
+            .map(|(i, m)| (i.to_string(), m))
+            .into();
+        let mut d = syn("PKT_TOO_BIG", "ip_forward", "198.51.100.2", Some(true));
+        (d.ifname, d.len, d.tcp_flags) = ("docker0".into(), 1500, 0x10);
+        assert_eq!(diagnose(&d, &snap, &ctx()).why.cause(), Cause::PathMtu);
+        // 5.10: no reason, the function and the sizes say it.
+        d.reason = UNREPORTED.into();
+        assert_eq!(diagnose(&d, &snap, &ctx()).why.cause(), Cause::PathMtu);
+        d.len = 600;
+        assert_ne!(
+            diagnose(&d, &snap, &ctx()).why.cause(),
+            Cause::PathMtu,
+            "it fits"
+        );
     }
 
     #[test]
