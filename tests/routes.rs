@@ -176,11 +176,20 @@ fn small_uplink(label: &str, block_icmp: bool) -> (usize, Output) {
 /// The bytes of the whole response the client reads (bounded: 3 s without progress ends it).
 /// The lab's own client stops at the status line, before the body is even sent.
 fn whole_response(lab: &Lab) -> usize {
+    response_from(&lab.ext)
+}
+
+/// The response a client in namespace `ns` reads from the host's published port, to its
+/// end (0 when the connection fails; bounded by 3 s timeouts).
+fn response_from(ns: &str) -> usize {
     use std::io::{Read, Write};
-    let ns = tracer::discover::netns::Netns::resolve(&lab.ext).unwrap();
+    let ns = tracer::discover::netns::Netns::resolve(ns).unwrap();
     ns.run_in(|| {
         let target = std::net::SocketAddr::from((tracer::lab::HOST_ADDR, 5000));
-        let mut s = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3)).unwrap();
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        else {
+            return 0;
+        };
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         let (mut got, mut buf) = (0, [0u8; 4096]);
@@ -250,4 +259,97 @@ fn a_smaller_path_mtu_is_named_even_when_the_sender_adapts() {
             .contains("the kernel sent ICMP 3/4"),
         "{v:#}"
     );
+}
+
+/// A second container on docker0, removed when dropped (also on panic).
+struct Neighbour(String);
+
+impl Drop for Neighbour {
+    fn drop(&mut self) {
+        tracer::lab::kill_namespace(&self.0);
+    }
+}
+
+/// The lab with a second container (172.17.0.3) on docker0 and the DNAT Docker writes without
+/// its userland proxy (no `! -i docker0`: containers reach the published port through it
+/// too). `bridge_nf` is bridge-nf-call-iptables in the host, set while droptrace watches (as
+/// a network script would), then the neighbour connects to the host's published address.
+fn hairpin(label: &str, bridge_nf: &str) -> (usize, Output) {
+    let lab = lab(label);
+    let ctr2 = Neighbour(format!("{}-ctr2", lab.host));
+    tracer::lab::run(&["ip", "netns", "add", &ctr2.0]).unwrap();
+    let peer = [
+        "link",
+        "add",
+        "veth-ctr2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+    ];
+    lab.ip(&lab.host, &[&peer[..], &[&ctr2.0]].concat())
+        .unwrap();
+    lab.ip(
+        &lab.host,
+        &common::words("link set veth-ctr2 master docker0 up"),
+    )
+    .unwrap();
+    lab.ip(&ctr2.0, &common::words("addr add 172.17.0.3/16 dev eth0"))
+        .unwrap();
+    lab.ip(&ctr2.0, &common::words("link set eth0 up")).unwrap();
+    lab.ip(&ctr2.0, &common::words("route add default via 172.17.0.1"))
+        .unwrap();
+    let dnat =
+        "-t nat -I DOCKER -i docker0 -p tcp --dport 5000 -j DNAT --to-destination 172.17.0.2:5000";
+    lab.iptables(&common::words(dnat)).unwrap();
+    if !std::path::Path::new("/proc/sys/net/bridge").exists() {
+        // Debian's kernels build br_netfilter as a module; dockerd loads it, so does this.
+        tracer::lab::run(&["modprobe", "br_netfilter"]).unwrap();
+    }
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    lab.sysctl(&lab.host, "net.bridge.bridge-nf-call-iptables", bridge_nf)
+        .unwrap();
+    let got = response_from(&ctr2.0);
+    std::thread::sleep(Duration::from_millis(1200));
+    (got, watch.stop())
+}
+
+#[test]
+fn a_containers_reply_across_the_bridge_without_netfilter_is_bridge_netfilter_off() {
+    let (got, out) = hairpin("brnf", "0");
+    assert_eq!(got, 0, "the reply is never un-NATed: {}", out.dump());
+    let v = common::one_verdict(&out);
+    assert_eq!(v["cause"], "bridge_netfilter_off", "{v:#}");
+    assert_eq!(v["proximate"]["reason"], "REPLY_BRIDGED", "{v:#}");
+    says(
+        &v,
+        "evidence",
+        &["back out docker0", "bridge-nf-call-iptables = 0"],
+    );
+    says(
+        &v,
+        "fix",
+        &["modprobe br_netfilter", "bridge-nf-call-iptables=1"],
+    );
+    says(
+        &v,
+        "fix_persistent",
+        &["/etc/modules-load.d/br_netfilter.conf"],
+    );
+    if common::attached(&out, "sysctl_writes") {
+        assert_eq!(
+            v["culprit"]["key"], "net.bridge.bridge-nf-call-iptables",
+            "{v:#}"
+        );
+        assert_eq!(v["culprit"]["process"]["comm"], "sysctl", "{v:#}");
+    }
+}
+
+#[test]
+fn control_a_containers_connection_through_the_published_port_with_netfilter_works() {
+    let (got, out) = hairpin("brnfok", "1");
+    assert!(got > 0, "the neighbour gets its answer: {}", out.dump());
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
 }

@@ -14,6 +14,7 @@ pub fn needs_culprit(why: &Why) -> bool {
         Why::EngineIsolation { .. } => false,
         // MTUs and ICMP rules are not recorded changes: the note says where to look.
         Why::PathMtu { .. } => true,
+        Why::BridgeNetfilterOff { .. } => true,
         // Someone who turned tracking strict (loose or be_liberal to 0) explains it; else
         // a lost entry or an out-of-window segment is no one's change (the note says where
         // to look).
@@ -33,6 +34,12 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
     let mut rev = changes.iter().rev();
     let ruleset = |c: &&ChangeRecord| c.source != "sysctl";
     match why {
+        // The last write that sent bridged frames past iptables.
+        Why::BridgeNetfilterOff { .. } => rev.find(|c| {
+            c.source == "sysctl"
+                && c.key.as_deref() == Some(super::BRIDGE_NF_IPTABLES)
+                && c.new.as_deref() == Some("0")
+        }),
         // The last write that lowered the limit.
         Why::ConntrackFull { .. } => rev.find(|c| {
             c.source == "sysctl"

@@ -52,6 +52,9 @@ pub enum Cause {
     /// Packets larger than the way out (PKT_TOO_BIG): a path MTU smaller than the
     /// container's, a black hole when the ICMP that would say so is dropped.
     PathMtu,
+    /// Bridged replies skip netfilter (br_netfilter absent or bridge-nf-call-iptables=0): a
+    /// container reaching another through a published port gets replies never un-NATed.
+    BridgeNetfilterOff,
 }
 
 impl Cause {
@@ -67,6 +70,7 @@ impl Cause {
             Cause::EngineIsolation => "engine_isolation",
             Cause::ConntrackInvalid => "conntrack_invalid",
             Cause::PathMtu => "path_mtu",
+            Cause::BridgeNetfilterOff => "bridge_netfilter_off",
         }
     }
 }
@@ -134,6 +138,13 @@ pub enum Why {
         icmp_sent: bool,
         icmp_blocked: Option<(RuleRef, Option<u64>)>,
     },
+    /// A DNATed packet routed back out of `bridge`, the bridge it came in on, while bridged
+    /// frames skip iptables (`setting`: bridge-nf-call-iptables, None when br_netfilter is not
+    /// loaded): the container's reply goes straight across the bridge, never un-NATed.
+    BridgeNetfilterOff {
+        bridge: String,
+        setting: Option<String>,
+    },
 }
 
 impl Why {
@@ -149,6 +160,7 @@ impl Why {
             Why::EngineIsolation { .. } => Cause::EngineIsolation,
             Why::ConntrackInvalid { .. } => Cause::ConntrackInvalid,
             Why::PathMtu { .. } => Cause::PathMtu,
+            Why::BridgeNetfilterOff { .. } => Cause::BridgeNetfilterOff,
         }
     }
 
@@ -171,6 +183,7 @@ impl Why {
         match self {
             Why::ForwardingDisabled { sysctl, .. } => Some(sysctl),
             Why::ConntrackFull { .. } => Some("net.netfilter.nf_conntrack_max"),
+            Why::BridgeNetfilterOff { .. } => Some(BRIDGE_NF_IPTABLES),
             Why::ConntrackInvalid { loose, .. } => Some(match loose.as_deref() {
                 Some("0") => "net.netfilter.nf_conntrack_tcp_loose",
                 _ => "net.netfilter.nf_conntrack_tcp_be_liberal",
@@ -379,6 +392,26 @@ fn path_mtu(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Option<Why> {
         }),
         icmp_sent,
         icmp_blocked: rules::icmp_too_big_blocker(now, ctx.before, d.ipv6),
+    })
+}
+
+/// The sysctl that sends bridged IPv4 frames through iptables (and conntrack).
+pub const BRIDGE_NF_IPTABLES: &str = "net.bridge.bridge-nf-call-iptables";
+
+/// A DNATed packet routed back out the bridge it came in on (a container reaching another
+/// container on its bridge through a published port) while bridged frames skip netfilter:
+/// the reply crosses the bridge without conntrack, so its source is never un-NATed and the
+/// client resets it (moby#23358). From the routing decision; nothing drops in the namespace.
+pub fn bridge_netfilter_off(d: &DropFacts, now: &Snapshot) -> Option<Why> {
+    let r = d.route.as_ref().filter(|r| !r.local)?;
+    let hairpin = d.dnat == Some(true) && r.dev == d.ifname && routes::is_bridge(&r.dev);
+    let setting = now.sysctls.get(BRIDGE_NF_IPTABLES).map(str::to_string);
+    if !hairpin || setting.as_deref() == Some("1") || d.ipv6 {
+        return None;
+    }
+    Some(Why::BridgeNetfilterOff {
+        bridge: r.dev.clone(),
+        setting,
     })
 }
 
@@ -603,6 +636,7 @@ mod tests {
             nft: nft::Ruleset::default(),
             conntrack: None,
             mtus: Default::default(),
+            ifnames: Default::default(),
             addrs: [
                 ("eth-ext", "198.51.100.1", 24),
                 ("docker0", "172.17.0.1", 16),

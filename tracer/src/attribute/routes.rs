@@ -37,6 +37,11 @@ pub fn connected<'a>(now: &'a Snapshot, dst: &IpAddr) -> Option<&'a str> {
         .map(|a| a.iface.as_str())
 }
 
+/// Whether `name` is one container engines give their bridges (docker0, br-*, podman0, cni0…).
+pub fn is_bridge(name: &str) -> bool {
+    bridge_like(name)
+}
+
 /// Interface names container engines give their bridges.
 fn bridge_like(name: &str) -> bool {
     ["docker", "br-", "podman", "cni", "cbr", "virbr"]

@@ -56,6 +56,9 @@ pub struct VerdictRecord {
 
 /// The proximate reason of a verdict whose packets were routed away, not dropped here.
 pub const ROUTED_AWAY: &str = "ROUTED_AWAY";
+/// The proximate reason of a verdict whose replies cross a bridge untracked (routed back
+/// out the bridge they came in on), not dropped here.
+pub const REPLY_BRIDGED: &str = "REPLY_BRIDGED";
 
 /// Where and when a verdict's first packet was seen.
 pub struct Seen<'a> {
@@ -144,15 +147,21 @@ impl Book {
         Some(self.open(at, proximate, a))
     }
 
-    /// A verdict no drop in the namespace makes: packets the kernel routed away from where
-    /// they belong (`route_lost`, from its routing decision). Its proximate reason is
-    /// `ROUTED_AWAY` at `fib_table_lookup`; None when the (port, cause) is open already.
+    /// A verdict no drop in the namespace makes, from the kernel's routing decision: packets
+    /// routed away from where they belong (`route_lost`, reason `ROUTED_AWAY`) or back out
+    /// the bridge they came in on while bridged replies skip netfilter
+    /// (`bridge_netfilter_off`, `REPLY_BRIDGED`), at `fib_table_lookup`; None when the (port,
+    /// cause) is open already.
     pub fn add_routed(&mut self, at: Seen, a: &Attribution) -> Option<VerdictRecord> {
         if self.groups.contains_key(&(at.port, a.cause)) {
             return None;
         }
         let proximate = Proximate {
-            reason: ROUTED_AWAY.into(),
+            reason: match a.cause {
+                Cause::BridgeNetfilterOff => REPLY_BRIDGED,
+                _ => ROUTED_AWAY,
+            }
+            .into(),
             reason_inferred_from: None,
             location: "fib_table_lookup".into(),
             hook: a.hook.map(|h| h.name().to_string()),

@@ -336,6 +336,9 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             (stats.as_ref(), *refused_since_start),
         ),
         Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
+        Why::BridgeNetfilterOff { bridge, setting } => {
+            bridge_netfilter_off(d, ctx, bridge, setting.as_deref())
+        }
         Why::PathMtu {
             len,
             in_dev,
@@ -898,6 +901,43 @@ fn path_mtu(
     (sentence, evidence, fix, Some(keep))
 }
 
+/// Loading br_netfilter and sending bridged frames through iptables, now and for good.
+pub fn bridge_nf_fix(prefix: &str) -> (String, String) {
+    (
+        format!(
+            "modprobe br_netfilter && {prefix}sysctl -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1"
+        ),
+        "echo br_netfilter > /etc/modules-load.d/br_netfilter.conf && echo 'net.bridge.bridge-nf-call-iptables = 1' > /etc/sysctl.d/90-bridge-nf.conf (dockerd loads the module when it starts; something removed it or reset the setting since)".into(),
+    )
+}
+
+fn bridge_netfilter_off(
+    d: &DropFacts,
+    ctx: &Context,
+    bridge: &str,
+    setting: Option<&str>,
+) -> Words {
+    let (origin, here) = origin_and_here(d);
+    let state = match setting {
+        Some(v) => format!("net.bridge.bridge-nf-call-iptables = {v} in this namespace"),
+        None => "br_netfilter is not loaded (no net.bridge.bridge-nf-call-iptables)".into(),
+    };
+    let evidence = vec![
+        format!(
+            "the kernel routed {} -> {here} back out {bridge}, the bridge it came in on: a container reaching another container on {bridge} through the published port",
+            endpoint(&d.src, d.sport)
+        ),
+        format!(
+            "{state}: the reply crosses {bridge} as a bridged frame that iptables and conntrack never see, so its source is not translated back to {origin}; the client gets a reply from {here} it never asked, resets it, and times out (moby#23358)"
+        ),
+    ];
+    let sentence = format!(
+        "bridged traffic skips netfilter on {bridge} ({state}): a container's connection to {origin} is DNATed to {here} on the same bridge, and the reply is never un-NATed"
+    );
+    let (fix, keep) = bridge_nf_fix(&ctx.exec_prefix);
+    (sentence, evidence, fix, Some(keep))
+}
+
 /// What to say when this kernel cannot show who changed the setting a verdict is about
 /// (cgroup/sysctl refused or absent: see the start line).
 pub fn unrecordable_note(cause: Cause) -> String {
@@ -914,6 +954,9 @@ fn where_to_look(cause: Cause) -> &'static str {
         }
         Cause::MissingChain => {
             "check journalctl -u firewalld -u docker for a firewall reload or restart after dockerd started, and shell histories for `iptables -F` / `nft flush ruleset`"
+        }
+        Cause::BridgeNetfilterOff => {
+            "check /etc/sysctl.d and /etc/modules-load.d for br_netfilter and bridge-nf-call-iptables, and what unloaded the module or reset the setting (a network service restart)"
         }
         Cause::PathMtu => {
             "check what changed an MTU (a VPN or tunnel on the uplink, a cloud network's MTU, daemon.json's mtu) and the firewall's ICMP rules (an OUTPUT or FORWARD drop of ICMP)"

@@ -10,7 +10,7 @@ use tracer_common::{AF_INET, RouteSample};
 use super::observer::{Observer, TICK};
 use crate::{
     attribute::{
-        Diagnosis, DropFacts, Hook, route_lost, routes,
+        Cause, Diagnosis, DropFacts, Hook, bridge_netfilter_off, route_lost, routes,
         verdict::{ROUTED_AWAY, Seen},
     },
     load::ebpf::Tracer,
@@ -28,13 +28,25 @@ impl Observer<'_> {
         self.routes_checked = Instant::now();
         let state = self.latest.as_ref().map_or(&self.before, |(_, s)| s);
         let targets = self.container_addresses(state);
-        let suspects: Vec<(RouteSample, u16)> = tracer
-            .routes()
+        let routes = tracer.routes();
+        // The one setting a hairpin flow depends on, read now (a file, not a snapshot), and
+        // only when there is one.
+        let bridge_nf_off = routes.iter().any(|r| hairpin(state, r)) && {
+            let read = self.netns.run_in(|| {
+                std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").ok()
+            });
+            read.ok().flatten().is_none_or(|v| v.trim() != "1")
+        };
+        let suspects: Vec<(RouteSample, u16)> = routes
             .into_iter()
             .filter_map(|r| {
                 let port = *targets.get(&ipv4(&r)?)?;
-                let open = self.book.has(port, crate::attribute::Cause::RouteLost);
-                (r.err == 0 && !open && routed_away(state, &r)).then_some((r, port))
+                let suspect = match r.err == 0 {
+                    true if routed_away(state, &r) => Some(Cause::RouteLost),
+                    true if bridge_nf_off && hairpin(state, &r) => Some(Cause::BridgeNetfilterOff),
+                    _ => None,
+                }?;
+                (!self.book.has(port, suspect)).then_some((r, port))
             })
             .collect();
         if suspects.is_empty() {
@@ -43,11 +55,12 @@ impl Observer<'_> {
         // Confirmed against fresh state: the address may be back.
         self.refresh_snapshot().await;
         for (sample, port) in suspects {
-            let Some(facts) = facts_of(&sample) else {
+            let now = &self.latest.as_ref().expect("refreshed").1;
+            let Some(facts) = facts_of(&sample, now) else {
                 continue;
             };
-            let now = &self.latest.as_ref().expect("refreshed").1;
-            let Some(why) = route_lost(&facts, now) else {
+            let Some(why) = route_lost(&facts, now).or_else(|| bridge_netfilter_off(&facts, now))
+            else {
                 continue;
             };
             let ctx = self.context(port);
@@ -107,8 +120,19 @@ fn routed_away(state: &Snapshot, r: &RouteSample) -> bool {
     ipv4(r).is_some_and(|dst| !state.is_local(&dst) && routes::connected(state, &dst).is_none())
 }
 
-/// The routed packet as the engine sees a drop's facts: DNATed, not dropped here.
-fn facts_of(r: &RouteSample) -> Option<DropFacts> {
+/// A decision that sends a packet back out the interface it came in on.
+fn hairpin(state: &Snapshot, r: &RouteSample) -> bool {
+    r.iif != 0
+        && r.iif == r.oif
+        && state
+            .ifnames
+            .get(&r.iif)
+            .is_some_and(|n| routes::is_bridge(n))
+}
+
+/// The routed packet as the engine sees a drop's facts: DNATed, not dropped here; its
+/// ingress interface named from `state`.
+fn facts_of(r: &RouteSample, state: &Snapshot) -> Option<DropFacts> {
     let dst = ipv4(r)?;
     let src = IpAddr::from([r.saddr[0], r.saddr[1], r.saddr[2], r.saddr[3]]);
     let end = r.dev.iter().position(|b| *b == 0).unwrap_or(r.dev.len());
@@ -128,7 +152,7 @@ fn facts_of(r: &RouteSample) -> Option<DropFacts> {
         sport: r.sport,
         dst,
         dport: r.dport,
-        ifname: String::new(),
+        ifname: state.ifnames.get(&r.iif).cloned().unwrap_or_default(),
         dnat: Some(true),
         orig_dst: None,
         orig_dport: None,

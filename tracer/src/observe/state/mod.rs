@@ -48,6 +48,8 @@ pub struct Snapshot {
     pub addrs: Vec<IfAddr>,
     /// Each interface's MTU.
     pub mtus: BTreeMap<String, u32>,
+    /// Interface names by ifindex.
+    pub ifnames: BTreeMap<u32, String>,
     /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
     pub iptables: Vec<iptables::Ruleset>,
     pub nft: nft::Ruleset,
@@ -433,6 +435,21 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
     .unwrap_or_default()
 }
 
+/// `ip -j addr show`: each interface's name by its index.
+fn parse_ip_ifnames(text: &str) -> BTreeMap<u32, String> {
+    let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
+    else {
+        return BTreeMap::new();
+    };
+    links
+        .iter()
+        .filter_map(|l| {
+            let index = u32::try_from(l["ifindex"].as_u64()?).ok()?;
+            Some((index, l["ifname"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
 /// `ip -j addr show`: each interface's MTU.
 fn parse_ip_mtus(text: &str) -> BTreeMap<String, u32> {
     let Ok(serde_json::Value::Array(links)) = serde_json::from_str::<serde_json::Value>(text)
@@ -520,6 +537,7 @@ pub fn capture(ns: &Netns) -> Snapshot {
     if let Some(text) = addrs {
         snap.addrs = parse_ip_addr_json(&text);
         snap.mtus = parse_ip_mtus(&text);
+        snap.ifnames = parse_ip_ifnames(&text);
         snap.local_addrs = snap.addrs.iter().map(|a| a.addr).collect();
     }
     for backend in [
