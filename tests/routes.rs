@@ -278,19 +278,11 @@ fn hairpin(label: &str, bridge_nf: &str) -> (usize, Output) {
     let lab = lab(label);
     let ctr2 = Neighbour(format!("{}-ctr2", lab.host));
     tracer::lab::run(&["ip", "netns", "add", &ctr2.0]).unwrap();
-    let peer = [
-        "link",
-        "add",
-        "veth-ctr2",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-    ];
-    lab.ip(&lab.host, &[&peer[..], &[&ctr2.0]].concat())
-        .unwrap();
+    let peer = format!(
+        "link add veth-ctr2 type veth peer name eth0 netns {}",
+        ctr2.0
+    );
+    lab.ip(&lab.host, &common::words(&peer)).unwrap();
     lab.ip(
         &lab.host,
         &common::words("link set veth-ctr2 master docker0 up"),
