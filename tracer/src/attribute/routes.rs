@@ -39,11 +39,6 @@ pub fn connected<'a>(now: &'a Snapshot, dst: &IpAddr) -> Option<&'a str> {
 
 /// Whether `name` is one container engines give their bridges (docker0, br-*, podman0, cni0…).
 pub fn is_bridge(name: &str) -> bool {
-    bridge_like(name)
-}
-
-/// Interface names container engines give their bridges.
-fn bridge_like(name: &str) -> bool {
     ["docker", "br-", "podman", "cni", "cbr", "virbr"]
         .iter()
         .any(|p| name.starts_with(p))
@@ -88,7 +83,7 @@ pub fn bridge_for(now: &Snapshot, dst: &IpAddr) -> Option<Bridge> {
     let bare: Vec<&String> = now
         .interfaces
         .iter()
-        .filter(|i| bridge_like(i))
+        .filter(|i| is_bridge(i))
         .filter(|i| !now.addrs.iter().any(|a| &a.iface == *i && a.addr.is_ipv4()))
         .collect();
     match bare.as_slice() {

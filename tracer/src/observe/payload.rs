@@ -88,8 +88,10 @@ impl Payloads {
         let linear = &ev.hdr[..(ev.hdr_len as usize).min(HDR_LEN)];
         let key = (ev.ktime_ns, ev.location);
         // The kernel writes the payload before it commits the event, so holding the event
-        // means its payload is in the perf buffer: if not read yet, it is now.
-        if !self.pending.contains_key(&key) {
+        // means its payload is in the perf buffer: if not read yet, it is now. An event the
+        // kernel sent none for (the packet was all in its linear part) reads nothing.
+        let sent = (ev.hdr_len as usize) < self.snaplen && ev.len > u32::from(ev.hdr_len);
+        if sent && !self.pending.contains_key(&key) {
             self.drain();
         }
         match self.pending.remove(&key) {
