@@ -54,8 +54,16 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
                     || key.ends_with(".nf_conntrack_tcp_be_liberal"))
                 && c.new.as_deref() == Some("0")
         }),
-        // Address and route changes are not recorded yet: the note says where to look.
-        Why::RouteLost { .. } | Why::EngineIsolation { .. } | Why::PathMtu { .. } => None,
+        // The last change that took the bridge's address, its route or the bridge itself
+        // away (rtnetlink); what the kernel did itself (port 0) only follows someone's.
+        Why::RouteLost { bridge, .. } => rev.find(|c| {
+            c.source == "rtnetlink"
+                && c.key.as_deref() == Some(bridge.name.as_str())
+                && c.new.is_none()
+                && c.process.captured != "none"
+        }),
+        // MTUs and ICMP rules are not recorded changes; the engine's isolation is its design.
+        Why::EngineIsolation { .. } | Why::PathMtu { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {
             // The family's `conf.all.forwarding` turns every interface's off with it.
             let family = key.split('.').take(2).collect::<Vec<_>>().join(".");

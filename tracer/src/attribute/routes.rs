@@ -37,12 +37,7 @@ pub fn connected<'a>(now: &'a Snapshot, dst: &IpAddr) -> Option<&'a str> {
         .map(|a| a.iface.as_str())
 }
 
-/// Whether `name` is one container engines give their bridges (docker0, br-*, podman0, cni0…).
-pub fn is_bridge(name: &str) -> bool {
-    ["docker", "br-", "podman", "cni", "cbr", "virbr"]
-        .iter()
-        .any(|p| name.starts_with(p))
-}
+pub use crate::discover::netns::is_bridge;
 
 /// The bridge that carries container address `dst`: the engine's MASQUERADE rule for its
 /// subnet (`-s 172.17.0.0/16 ! -o docker0 -j MASQUERADE`, Docker's, in every release), else

@@ -4,6 +4,8 @@
 //! - sysctl writes and iptables-legacy replacements, from the cgroup programs (every
 //!   namespace; they run only when such a write happens);
 //! - nf_tables transactions, from an `nft monitor` per covered namespace (idle in a read);
+//! - address, route and link changes of bridges and veths, from an rtnetlink socket per
+//!   covered namespace (idle in a read), with the process that asked for each;
 //! - once a minute, a fingerprint of each covered namespace's forwarding sysctls and
 //!   rulesets: a difference no hook explains is recorded as "author unknown", and so is one
 //!   found at start against the state the last run saved (a change made while it was stopped).
@@ -15,7 +17,10 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     process::Child,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -42,6 +47,7 @@ use crate::{
     observe::{
         changes::{self, ChangeRecord, Generation, NftMonitor, ProcessInfo, Resolver},
         event,
+        rtnl::{LinkChange, RtnlMonitor},
     },
 };
 
@@ -72,6 +78,8 @@ const HELD_MAX: usize = 10_000;
 struct Covered {
     ns: Arc<Netns>,
     monitor: Option<Child>,
+    /// Set to stop its rtnetlink monitor.
+    rtnl: Option<Arc<AtomicBool>>,
     state: NsState,
     /// Hooked changes since `state` was read: what a difference may be explained by.
     seen_since: Vec<ChangeRecord>,
@@ -84,6 +92,9 @@ impl Drop for Covered {
         if let Some(mut child) = self.monitor.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(stop) = &self.rtnl {
+            stop.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -296,6 +307,7 @@ struct Recorder {
     boot_id: String,
     resolver: Resolver,
     generations: mpsc::UnboundedSender<(u32, Generation)>,
+    links: mpsc::UnboundedSender<(u32, LinkChange)>,
     /// Only these namespaces' kernel changes are kept (several asked for); None keeps all.
     only: Option<BTreeSet<u32>>,
     journal_dir: PathBuf,
@@ -347,6 +359,14 @@ impl Recorder {
             Ok(child) => (Some(child), None),
             Err(why) => (None, Some(format!("namespace {}: {why}", ns.name))),
         };
+        let tx = self.links.clone();
+        let (rtnl, note) = match RtnlMonitor::spawn(&ns, move |c| tx.send((inode, c)).is_ok()) {
+            Ok(stop) => (Some(stop), note),
+            Err(why) => {
+                let why = format!("namespace {}: {why}", ns.name);
+                (None, Some(note.map_or(why.clone(), |n| format!("{n}; {why}"))))
+            }
+        };
         let state = fingerprint::capture(&ns, &self.boot_id);
         let before = saved.filter(|s| s.boot_id == self.boot_id && s.netns == ns.inode);
         let found: Vec<ChangeRecord> = before
@@ -364,6 +384,7 @@ impl Recorder {
         self.covered.push(Covered {
             ns,
             monitor,
+            rtnl,
             state,
             seen_since: Vec::new(),
             refresh_at: None,
@@ -471,6 +492,13 @@ impl Recorder {
         self.record(r);
     }
 
+    /// An address, route or link change from `netns`'s rtnetlink monitor, with its author.
+    fn link_change(&mut self, netns: u32, c: &LinkChange, tracer: &Tracer) {
+        let lookup = |pid: u32| tracer.exec_identity(pid);
+        let r = changes::from_link_change(c, netns, &mut self.resolver, &lookup);
+        self.record(r);
+    }
+
     fn keeps(&self, netns: u32) -> bool {
         self.only.as_ref().is_none_or(|o| o.contains(&netns))
     }
@@ -508,6 +536,7 @@ struct Sources {
     tracer: Tracer,
     ring: Ring,
     generations: mpsc::UnboundedReceiver<(u32, Generation)>,
+    links: mpsc::UnboundedReceiver<(u32, LinkChange)>,
 }
 
 /// `droptrace record`: start → record until SIGINT/SIGTERM (or --duration) → stop.
@@ -558,6 +587,7 @@ fn start(req: &RecordRequest) -> Result<(Recorder, Sources), Error> {
         unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
             .map_err(|e| Error::Io(format!("polling the change ring: {e}")))?;
     let (gen_tx, generations) = mpsc::unbounded_channel();
+    let (link_tx, links) = mpsc::unbounded_channel();
     let saved = load_saved(&req.journal);
     let mut rec = Recorder {
         sink: Sink {
@@ -569,6 +599,7 @@ fn start(req: &RecordRequest) -> Result<(Recorder, Sources), Error> {
         boot_id: journal::boot_id(),
         resolver: Resolver::new(caps.cgroup2_root.clone()),
         generations: gen_tx,
+        links: link_tx,
         only: (!req.netns.is_empty()).then(|| namespaces.iter().map(|n| n.inode).collect()),
         journal_dir: req.journal.clone(),
         out: Box::new(std::io::stdout()),
@@ -608,6 +639,7 @@ fn start(req: &RecordRequest) -> Result<(Recorder, Sources), Error> {
             tracer,
             ring,
             generations,
+            links,
         },
     ))
 }
@@ -639,6 +671,7 @@ async fn observe(
                 guard.clear_ready();
             }
             Some((netns, g)) = src.generations.recv() => rec.generation(netns, &g, &src.tracer),
+            Some((netns, c)) = src.links.recv() => rec.link_change(netns, &c, &src.tracer),
             _ = until(settle), if settle.is_some() => {
                 let now = tokio::time::Instant::now();
                 for i in 0..rec.covered.len() {

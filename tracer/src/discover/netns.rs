@@ -136,7 +136,19 @@ impl Netns {
     }
 }
 
+/// Whether `name` is one container engines give their bridges (docker0, br-*, podman0, cni0…).
+pub fn is_bridge(name: &str) -> bool {
+    ["docker", "br-", "podman", "cni", "cbr", "virbr"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
 impl Netns {
+    /// The namespace file, opened again: for a thread that joins it for as long as it runs.
+    pub fn file(&self) -> io::Result<File> {
+        self.file.try_clone()
+    }
+
     /// The namespace's interfaces (ifindex, name), as if_nameindex(3) lists them there;
     /// empty when they cannot be listed.
     pub fn interfaces(&self) -> Vec<(u32, String)> {

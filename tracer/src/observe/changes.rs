@@ -17,7 +17,10 @@ use tracer_common::{ChangeEvent, Process, change};
 
 use crate::{
     discover::netns::Netns,
-    observe::state::{iptables, nft},
+    observe::{
+        rtnl,
+        state::{iptables, nft},
+    },
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +43,8 @@ pub struct ProcessInfo {
     pub ancestors: Vec<AncestorInfo>,
     /// `kernel` when captured in the kernel at the moment of the change, `proc` when read
     /// from /proc afterwards, `name-only` when the process was gone, `unknown` when no hook
-    /// saw the change (the recorder's fingerprint found it).
+    /// saw the change (the recorder's fingerprint found it), `none` when no process asked
+    /// for it (rtnetlink's port 0: an expired route, a route that went with its address).
     pub captured: String,
 }
 
@@ -49,6 +53,9 @@ impl ProcessInfo {
     pub fn chain(&self) -> String {
         if self.captured == "unknown" {
             return "an author no hook saw (found by the recorder's fingerprint)".into();
+        }
+        if self.captured == "none" {
+            return "the kernel itself (no process asked for it)".into();
         }
         let show = |cmd: &Option<String>, comm: &str| match cmd {
             Some(c) if !c.is_empty() => format!("`{c}`"),
@@ -74,7 +81,7 @@ pub struct ChangeRecord {
     pub kind: String,
     pub time: String,
     pub netns: u32,
-    /// `sysctl`, `nftables` or `iptables-legacy`.
+    /// `sysctl`, `nftables`, `iptables-legacy` or `rtnetlink` (addresses, routes, links).
     pub source: String,
     /// One line: `net.ipv4.ip_forward 1 -> 0`, `delete chain ip nat DOCKER; …`.
     pub what: String,
@@ -377,6 +384,48 @@ pub fn from_event(
             })
         }
         _ => None,
+    }
+}
+
+/// An rtnetlink change → its record, with its author: the process that held the requesting
+/// socket, else the one its port names (the exec record, then /proc), else none.
+pub fn from_link_change(
+    c: &rtnl::LinkChange,
+    netns: u32,
+    resolver: &mut Resolver,
+    lookup: &dyn Fn(u32) -> Option<Process>,
+) -> ChangeRecord {
+    let process = match c.pid() {
+        _ if c.port == 0 => ProcessInfo {
+            captured: "none".into(),
+            ..ProcessInfo::default()
+        },
+        Some(pid) => {
+            let comm = c.holder.as_ref().map_or("", |(_, comm)| comm.as_str());
+            resolver.from_pid(pid, comm, lookup)
+        }
+        None => ProcessInfo {
+            captured: "name-only".into(),
+            comm: format!("netlink port {}", c.port as i32),
+            ..ProcessInfo::default()
+        },
+    };
+    let (old, new) = match c.action {
+        "added" => (None, c.value.clone()),
+        _ => (c.value.clone(), None),
+    };
+    ChangeRecord {
+        kind: "change".into(),
+        time: crate::observe::event::rfc3339(c.time),
+        netns,
+        source: "rtnetlink".into(),
+        what: c.what.clone(),
+        key: Some(c.iface.clone()),
+        old,
+        new,
+        changes: vec![format!("{} {}", c.object, c.action)],
+        process,
+        ..ChangeRecord::default()
     }
 }
 

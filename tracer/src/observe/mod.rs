@@ -6,5 +6,6 @@ pub mod event;
 pub mod facts;
 pub mod infer;
 pub mod payload;
+pub mod rtnl;
 pub mod state;
 pub mod tracerules;

@@ -16,6 +16,7 @@ use crate::{
     observe::{
         changes::{self, ChangeRecord, Generation, NftMonitor, Resolver},
         event,
+        rtnl::{LinkChange, RtnlMonitor},
         state::iptables,
     },
     report::sink::Sink,
@@ -30,6 +31,8 @@ pub(super) struct ChangeLog {
     pub seen: Vec<ChangeRecord>,
     pub resolver: Resolver,
     pub monitor: Option<NftMonitor>,
+    /// Address, route and link changes of the namespace.
+    pub rtnl: Option<RtnlMonitor>,
     /// The last iptables-legacy rulesets seen, to tell what a table replacement removed.
     pub legacy_seen: Vec<iptables::Ruleset>,
     /// The recorder's journal, asked for a culprit no change of this run explains.
@@ -37,11 +40,16 @@ pub(super) struct ChangeLog {
 }
 
 impl ChangeLog {
-    pub fn new(resolver: Resolver, monitor: Option<NftMonitor>, journal: Option<PathBuf>) -> Self {
+    pub fn new(
+        resolver: Resolver,
+        (monitor, rtnl): (Option<NftMonitor>, Option<RtnlMonitor>),
+        journal: Option<PathBuf>,
+    ) -> Self {
         Self {
             seen: Vec::new(),
             resolver,
             monitor,
+            rtnl,
             legacy_seen: Vec::new(),
             journal,
         }
@@ -52,6 +60,15 @@ impl ChangeLog {
         self.monitor
             .as_ref()
             .and_then(|m| m.generations.try_recv().ok())
+    }
+
+    fn next_link_change(&self) -> Option<LinkChange> {
+        self.rtnl.as_ref().and_then(|m| m.changes.try_recv().ok())
+    }
+
+    /// Whether a source must be polled (its changes come on a channel, not a wakeup).
+    pub fn polled(&self) -> bool {
+        self.monitor.is_some() || self.rtnl.is_some()
     }
 }
 
@@ -88,6 +105,14 @@ impl Observer<'_> {
         self.record_change(rec)
     }
 
+    /// An address, route or link change from rtnetlink.
+    fn handle_link_change(&mut self, c: &LinkChange, tracer: &Tracer) -> io::Result<()> {
+        let lookup = |pid: u32| tracer.exec_identity(pid);
+        let rec =
+            changes::from_link_change(c, self.netns.inode, &mut self.changes.resolver, &lookup);
+        self.record_change(rec)
+    }
+
     fn record_change(&mut self, rec: ChangeRecord) -> io::Result<()> {
         self.sinks.change(&rec)?;
         if self.changes.seen.len() >= KEPT {
@@ -111,20 +136,28 @@ impl Observer<'_> {
         while let Some(g) = self.changes.next_generation() {
             self.handle_generation(g, tracer)?;
         }
+        while let Some(c) = self.changes.next_link_change() {
+            self.handle_link_change(&c, tracer)?;
+        }
         Ok(())
     }
 
-    /// Waits up to `wait` for the monitor's next generation, serving the event loop meanwhile.
-    /// Also when the run is ending: the last verdicts still deserve their culprit, and the wait
-    /// is short.
+    /// Waits up to `wait` for the monitors' next change (an nf_tables generation, an
+    /// rtnetlink change), serving the event loop meanwhile. Also when the run is ending: the
+    /// last verdicts still deserve their culprit, and the wait is short.
     pub async fn wait_for_monitor(&mut self, tracer: &Tracer, wait: Duration) {
         let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
-            if let Some(g) = self.changes.next_generation() {
+            let mut got = false;
+            while let Some(g) = self.changes.next_generation() {
                 let _ = self.handle_generation(g, tracer);
-                while let Some(g) = self.changes.next_generation() {
-                    let _ = self.handle_generation(g, tracer);
-                }
+                got = true;
+            }
+            while let Some(c) = self.changes.next_link_change() {
+                let _ = self.handle_link_change(&c, tracer);
+                got = true;
+            }
+            if got {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -37,6 +37,7 @@ use crate::{
     },
     observe::{
         changes::{ChangeRecord, NftMonitor, Resolver},
+        rtnl::RtnlMonitor,
         correlate::Answers,
         event::{self, Clock, Namer},
         payload::Payloads,
@@ -323,7 +324,7 @@ async fn observe(
                 obs.drain_changes(guard.get_inner_mut(), tracer).await.map_err(io_err)?;
                 guard.clear_ready();
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.changes.monitor.is_some() => {
+            _ = tokio::time::sleep(Duration::from_millis(200)), if obs.changes.polled() => {
                 obs.drain_changes(changes_ring.get_mut(), tracer).await.map_err(io_err)?;
             }
             guard = ring.readable_mut() => {
@@ -367,6 +368,7 @@ struct Found {
     addr_ports: Vec<AddrPort>,
     monitor: Option<NftMonitor>,
     monitor_note: Option<String>,
+    rtnl: Option<RtnlMonitor>,
     /// A table a killed `--trace-rules` run left was removed.
     removed_leftover: bool,
 }
@@ -379,6 +381,7 @@ struct Discovering {
     netns: Arc<Netns>,
     monitor: Option<NftMonitor>,
     monitor_note: Option<String>,
+    rtnl: Option<RtnlMonitor>,
     capture: tokio::task::JoinHandle<(Snapshot, bool)>,
 }
 
@@ -395,6 +398,16 @@ async fn discover(req: &WatchRequest) -> Result<Discovering, Error> {
         Ok(m) => (Some(m), None),
         Err(why) => (None, Some(why)),
     };
+    // Subscribed before the start line too; a namespace it cannot open only loses the
+    // authors of address and route changes, which the verdict's note then points to.
+    let (rtnl, rtnl_note) = match RtnlMonitor::start(&netns) {
+        Ok(m) => (Some(m), None),
+        Err(why) => (None, Some(why)),
+    };
+    let monitor_note = match (monitor_note, rtnl_note) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
     let capture = {
         let ns = Arc::clone(&netns);
         let tidy = !req.trace_rules;
@@ -409,6 +422,7 @@ async fn discover(req: &WatchRequest) -> Result<Discovering, Error> {
         netns,
         monitor,
         monitor_note,
+        rtnl,
         capture,
     })
 }
@@ -436,6 +450,7 @@ async fn watched(req: &WatchRequest, d: Discovering) -> Result<Found, Error> {
         addr_ports,
         monitor: d.monitor,
         monitor_note: d.monitor_note,
+        rtnl: d.rtnl,
         removed_leftover,
     })
 }
@@ -739,7 +754,7 @@ pub async fn run<W: Write>(req: WatchRequest, out: W) -> Result<RunOutcome, Erro
         rule_tracer,
         changes: ChangeLog::new(
             Resolver::new(caps.cgroup2_root.clone()),
-            found.monitor,
+            (found.monitor, found.rtnl),
             crate::journal::locate(req.journal.as_deref()),
         ),
         bundle_dir: req.evidence.clone(),

@@ -392,9 +392,7 @@ impl Observer<'_> {
         a: &Attribution,
         tracer: &Tracer,
     ) -> io::Result<()> {
-        // Address changes are not recorded: nothing to wait for.
-        let recorded = !matches!(a.why, crate::attribute::Why::RouteLost { .. });
-        if recorded && needs_culprit(&a.why) && culprit_for(&a.why, &self.changes.seen).is_none() {
+        if needs_culprit(&a.why) && culprit_for(&a.why, &self.changes.seen).is_none() {
             self.wait_for_monitor(tracer, MONITOR_WAIT).await;
         }
         let (culprit, note) = self.culprit_or_note(a);
