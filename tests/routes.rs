@@ -75,6 +75,76 @@ fn a_bridge_without_its_address_is_route_lost_not_forwarding() {
     );
 }
 
+#[test]
+fn the_process_that_removed_the_bridges_address_while_watched_is_the_culprit() {
+    // A long-lived process holding its rtnetlink socket (as a network manager does): `ip
+    // -batch -` keeps one socket open between commands. /proc names it by that socket.
+    use std::io::Write;
+    let lab = lab("rtwho");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let mut manager = std::process::Command::new("ip")
+        .args(["-n", &lab.host, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip -batch");
+    let mut stdin = manager.stdin.take().unwrap();
+    stdin
+        .write_all(b"address del 172.17.0.1/16 dev docker0\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = lab.client_request(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = watch.stop();
+    drop(stdin);
+    let _ = manager.wait();
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    let change = out
+        .of_type("change")
+        .into_iter()
+        .find(|c| c["source"] == "rtnetlink")
+        .unwrap_or_else(|| panic!("the removal is a change line: {}", out.dump()));
+    assert_eq!(change["what"], "removed address 172.17.0.1/16 from docker0");
+    let v = common::one_verdict(&out);
+    assert_names_the_bridge(&v);
+    let culprit = &v["culprit"];
+    assert_eq!(culprit["source"], "rtnetlink", "{v:#}");
+    assert_eq!(culprit["key"], "docker0", "{v:#}");
+    assert_eq!(culprit["process"]["pid"], manager.id(), "{v:#}");
+    assert_eq!(
+        culprit["process"]["captured"], "proc",
+        "held its socket: {v:#}"
+    );
+    says(culprit, "process", &["-batch"]);
+}
+
+#[test]
+fn a_short_lived_ip_that_flushed_the_bridge_is_named_from_its_exec() {
+    // `ip addr flush` has exited before its notification is read: its netlink port is its
+    // pid, and the exec probe recorded its command line.
+    let lab = lab("rtflush");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    // Started inside the namespace, as on the incident host (the exec probe keeps the
+    // watched namespace's programs).
+    lab.exec(&lab.host, &["ip", "addr", "flush", "dev", "docker0"])
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = lab.client_request(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = watch.stop();
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    let v = common::one_verdict(&out);
+    assert_names_the_bridge(&v);
+    let culprit = &v["culprit"];
+    assert_eq!(
+        culprit["what"], "removed address 172.17.0.1/16 from docker0",
+        "{v:#}"
+    );
+    assert_eq!(culprit["process"]["comm"], "ip", "{v:#}");
+    assert_eq!(culprit["process"]["captured"], "kernel", "{v:#}");
+    says(culprit, "process", &["ip addr flush dev docker0"]);
+}
+
 /// The run's one verdict: route_lost naming docker0, the packets routed via eth-ext.
 fn routed_via_eth_ext(out: &Output) -> Value {
     let v = common::one_verdict(out);

@@ -364,7 +364,10 @@ impl Recorder {
             Ok(stop) => (Some(stop), note),
             Err(why) => {
                 let why = format!("namespace {}: {why}", ns.name);
-                (None, Some(note.map_or(why.clone(), |n| format!("{n}; {why}"))))
+                (
+                    None,
+                    Some(note.map_or(why.clone(), |n| format!("{n}; {why}"))),
+                )
             }
         };
         let state = fingerprint::capture(&ns, &self.boot_id);

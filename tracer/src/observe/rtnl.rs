@@ -209,9 +209,15 @@ impl Decoder {
         now.master = attr(&list, IFLA_MASTER).and_then(u32_of).unwrap_or(0);
         if kind == RTM_DELLINK {
             self.links.remove(&index);
-            return now
-                .watched()
-                .then(|| (format!("deleted link {}", now.name), now.name, "link", "removed", None));
+            return now.watched().then(|| {
+                (
+                    format!("deleted link {}", now.name),
+                    now.name,
+                    "link",
+                    "removed",
+                    None,
+                )
+            });
         }
         self.links.insert(index, now.clone());
         let old = old?;
@@ -219,7 +225,13 @@ impl Decoder {
             return None;
         }
         if old.up && !now.up {
-            return Some((format!("set {} down", now.name), now.name, "link", "down", None));
+            return Some((
+                format!("set {} down", now.name),
+                now.name,
+                "link",
+                "down",
+                None,
+            ));
         }
         if old.master != 0 && now.master != old.master {
             let bridge = self.name(old.master);
@@ -251,7 +263,9 @@ impl Decoder {
         let (family, dst_len) = (*body.first()?, *body.get(1)?);
         let (table, protocol, rtype) = (*body.get(4)?, *body.get(5)?, *body.get(7)?);
         let list = attrs(body.get(12..)?);
-        let table = attr(&list, RTA_TABLE).and_then(u32_of).unwrap_or(table as u32);
+        let table = attr(&list, RTA_TABLE)
+            .and_then(u32_of)
+            .unwrap_or(table as u32);
         let oif = attr(&list, RTA_OIF).and_then(u32_of);
         let iface = oif.map(|i| self.name(i)).unwrap_or_default();
         // unicast 1; blackhole 6, unreachable 7, prohibit 8 send matching traffic nowhere.
@@ -401,12 +415,17 @@ fn holder(port: u32) -> Option<(u32, String)> {
     let table = std::fs::read_to_string("/proc/thread-self/net/netlink").ok()?;
     let inode = table.lines().skip(1).find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() >= 10 && f[1] == "0" && f[2] == port.to_string()).then(|| f[f.len() - 1].to_string())
+        (f.len() >= 10 && f[1] == "0" && f[2] == port.to_string())
+            .then(|| f[f.len() - 1].to_string())
     })?;
     let wanted = format!("socket:[{inode}]");
     let deadline = Instant::now() + Duration::from_millis(200);
     for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = proc_entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if Instant::now() > deadline {
@@ -415,9 +434,9 @@ fn holder(port: u32) -> Option<(u32, String)> {
         let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
             continue;
         };
-        let holds = fds
-            .flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str()));
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == wanted.as_str())
+        });
         if holds {
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
             return Some((pid, comm.trim().to_string()));
@@ -448,7 +467,9 @@ impl RtnlMonitor {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
-        let ns_file = ns.file().map_err(|e| format!("cannot reopen the namespace: {e}"))?;
+        let ns_file = ns
+            .file()
+            .map_err(|e| format!("cannot reopen the namespace: {e}"))?;
         std::thread::spawn(move || {
             // SAFETY: ns_file is a namespace file; setns changes only this thread.
             if unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
@@ -580,7 +601,10 @@ mod tests {
         assert_eq!(got.len(), 1);
         let ((what, iface, object, action, value), port) = &got[0];
         assert_eq!(what, "removed address 172.17.0.1/16 from docker0");
-        assert_eq!((iface.as_str(), *object, *action), ("docker0", "address", "removed"));
+        assert_eq!(
+            (iface.as_str(), *object, *action),
+            ("docker0", "address", "removed")
+        );
         assert_eq!((value.as_deref(), *port), (Some("172.17.0.1/16"), 4242));
     }
 
@@ -590,7 +614,11 @@ mod tests {
         d.decode(&msg(RTM_NEWLINK, 0, &link_body(2, "eth-ext", true, 0)));
         d.decode(&msg(RTM_NEWLINK, 0, &link_body(3, "docker0", true, 0)));
         let route = |dst: Option<&[u8]>, len: u8, proto: u8, oif: u32, gw: Option<&[u8]>| {
-            let family = if gw.is_some_and(|g| g.len() == 16) { libc::AF_INET6 } else { libc::AF_INET };
+            let family = if gw.is_some_and(|g| g.len() == 16) {
+                libc::AF_INET6
+            } else {
+                libc::AF_INET
+            };
             let mut b = vec![family as u8, len, 0, 0, 254, proto, 0, 1, 0, 0, 0, 0];
             if let Some(dst) = dst {
                 b.extend(rta(RTA_DST, dst));
@@ -604,12 +632,18 @@ mod tests {
         let fe80: Ipv6Addr = "fe80::1".parse().unwrap();
         let expired = route(None, 0, 9, 2, Some(&fe80.octets()));
         let got = d.decode(&msg(RTM_DELROUTE, 0, &expired));
-        assert_eq!(got[0].0.0, "removed route default via fe80::1 dev eth-ext proto ra");
+        assert_eq!(
+            got[0].0.0,
+            "removed route default via fe80::1 dev eth-ext proto ra"
+        );
         assert_eq!(got[0].1, 0, "no process asked");
         let connected = route(Some(&[172, 17, 0, 0]), 16, RTPROT_KERNEL, 3, None);
         assert!(d.decode(&msg(RTM_DELROUTE, 0, &connected)).is_empty());
         let by_hand = d.decode(&msg(RTM_DELROUTE, 777, &connected));
-        assert_eq!(by_hand[0].0.0, "removed route 172.17.0.0/16 dev docker0 proto kernel");
+        assert_eq!(
+            by_hand[0].0.0,
+            "removed route 172.17.0.0/16 dev docker0 proto kernel"
+        );
     }
 
     #[test]
@@ -618,8 +652,14 @@ mod tests {
         d.decode(&msg(RTM_NEWLINK, 0, &link_body(3, "docker0", true, 0)));
         d.decode(&msg(RTM_NEWLINK, 0, &link_body(4, "veth1a2b", true, 3)));
         d.decode(&msg(RTM_NEWLINK, 0, &link_body(2, "eth0", true, 0)));
-        assert!(d.decode(&msg(RTM_NEWLINK, 0, &link_body(3, "docker0", true, 0))).is_empty());
-        assert!(d.decode(&msg(RTM_NEWLINK, 0, &link_body(2, "eth0", false, 0))).is_empty());
+        assert!(
+            d.decode(&msg(RTM_NEWLINK, 0, &link_body(3, "docker0", true, 0)))
+                .is_empty()
+        );
+        assert!(
+            d.decode(&msg(RTM_NEWLINK, 0, &link_body(2, "eth0", false, 0)))
+                .is_empty()
+        );
         let off = d.decode(&msg(RTM_NEWLINK, 99, &link_body(4, "veth1a2b", true, 0)));
         assert_eq!(off[0].0.0, "took veth1a2b off bridge docker0");
         let down = d.decode(&msg(RTM_NEWLINK, 99, &link_body(3, "docker0", false, 0)));
@@ -643,6 +683,10 @@ mod tests {
         assert_eq!(c(4242).pid(), Some(4242));
         assert_eq!(c(4242 | (3 << 22)).pid(), Some(4242), "libnl's counter");
         assert_eq!(c(0).pid(), None, "the kernel");
-        assert_eq!(c(-4100i32 as u32).pid(), None, "autobind's fallback names no process");
+        assert_eq!(
+            c(-4100i32 as u32).pid(),
+            None,
+            "autobind's fallback names no process"
+        );
     }
 }

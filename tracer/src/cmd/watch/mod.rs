@@ -37,10 +37,10 @@ use crate::{
     },
     observe::{
         changes::{ChangeRecord, NftMonitor, Resolver},
-        rtnl::RtnlMonitor,
         correlate::Answers,
         event::{self, Clock, Namer},
         payload::Payloads,
+        rtnl::RtnlMonitor,
         state::{self, Snapshot},
         tracerules::{self, RuleTracer, TRACE_TABLE},
     },
