@@ -205,6 +205,35 @@ fn an_iptables_nat_flush_made_before_the_watch_is_named_with_what_it_removed() {
 }
 
 #[test]
+fn a_bridge_address_removed_before_the_watch_is_named_from_the_journal() {
+    // A network hook script takes docker0's address (what a network manager claiming the
+    // bridge does); a watch started afterwards names it, its author and its age.
+    let lab = lab("recaddr");
+    let dir = TempDir::new("addr");
+    let journal = dir.join("journal");
+    let mut rec = Recorder::start(&journal, &["--netns", &lab.host]);
+    let hook = script(&dir, "ifup-hook", "ip addr flush dev docker0");
+    lab.exec(&lab.host, &[&hook]).expect("flush");
+    let change = rec.change("the address removal", |c| c["source"] == "rtnetlink");
+    assert_eq!(change["what"], "removed address 172.17.0.1/16 from docker0");
+    assert!(
+        comms(&change["process"]).contains(&"ifup-hook".to_string()),
+        "{change:#}"
+    );
+
+    let watch = watch_reading(&lab, &journal);
+    assert_ne!(lab.client_request(CLIENT_TIMEOUT), Outcome::Http(200));
+    let out = watch.stop();
+    let v = final_verdict(&out, "route_lost");
+    assert_eq!(v["culprit"]["source"], "rtnetlink", "{v:#}");
+    assert_eq!(v["culprit"]["journal"], journal.to_str().unwrap());
+    assert!(
+        comms(&v["culprit"]["process"]).contains(&"ifup-hook".to_string()),
+        "{v:#}"
+    );
+}
+
+#[test]
 fn a_restarted_recorder_keeps_its_journal_and_finds_what_changed_while_it_was_stopped() {
     let lab = lab("recrestart");
     let dir = TempDir::new("restart");
