@@ -415,3 +415,132 @@ fn control_a_containers_connection_through_the_published_port_with_netfilter_wor
     assert!(got > 0, "the neighbour gets its answer: {}", out.dump());
     assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
 }
+
+/// A router advertisement from the client's namespace (the uplink's router): default route,
+/// `lifetime` seconds, no prefix. Sent from a raw ICMPv6 socket to ff02::1 with hop limit
+/// 255, as a router sends it; the kernel fills the checksum and the link-local source.
+fn advertise_router(ns: &str, iface: &'static str, lifetime: u16) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let ns = tracer::discover::netns::Netns::resolve(ns).unwrap();
+    ns.run_in(move || {
+        let s = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6)).unwrap();
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        s.set_multicast_if_v6(index).unwrap();
+        s.set_multicast_hops_v6(255).unwrap();
+        // type 134, code 0, checksum, hop limit 64, flags 0, router lifetime, reachable, retrans
+        let mut ra = [0u8; 16];
+        ra[0] = 134;
+        ra[4] = 64;
+        ra[6..8].copy_from_slice(&lifetime.to_be_bytes());
+        let all_nodes = std::net::SocketAddrV6::new("ff02::1".parse().unwrap(), 0, 0, index);
+        s.send_to(&ra, &SockAddr::from(all_nodes)).unwrap();
+    })
+    .unwrap();
+}
+
+/// The client at 2001:db8:2::2, beyond the uplink's router: the host reaches it only by its
+/// IPv6 default route, learned from the router's advertisement while the host did not
+/// forward. Then, while droptrace watches, IPv6 forwarding is turned on as dockerd turns it
+/// on (`net.ipv6.conf.all.forwarding=1`), with eth-ext's `accept_ra` at `accept_ra`.
+fn remote_ipv6_client(label: &str, accept_ra: &str) -> (Outcome, Output) {
+    require_root();
+    let mut spec = LabSpec::new(label);
+    spec.ipv6 = true;
+    let lab = Lab::up(spec).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    let remote: std::net::IpAddr = "2001:db8:2::2".parse().unwrap();
+    lab.ip(&lab.ext, &["addr", "add", "2001:db8:2::2/128", "dev", "lo"])
+        .unwrap();
+    // A router says so in its neighbour advertisements; a host that hears "not a router"
+    // from its default router drops the route (RFC 4861 7.2.5).
+    lab.sysctl(&lab.ext, "net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
+    lab.sysctl(&lab.host, "net.ipv6.conf.all.forwarding", "0")
+        .unwrap();
+    lab.sysctl(&lab.host, "net.ipv6.conf.eth-ext.accept_ra", accept_ra)
+        .unwrap();
+    // Advertised again until it takes, as routers repeat theirs: the router's link-local
+    // address stays tentative for its first second (DAD), and an advertisement sent from
+    // its global address then is not a router's.
+    let learned = (0..50).any(|_| {
+        advertise_router(&lab.ext, "eth0", 1800);
+        std::thread::sleep(Duration::from_millis(100));
+        let routes = lab.ip(&lab.host, &["-6", "route", "show", "default"]);
+        routes.is_ok_and(|r| r.contains("proto ra"))
+    });
+    assert!(
+        learned,
+        "the host learned its default route from the advertisement: {:?} {:?} {:?}",
+        lab.ip(&lab.host, &["-6", "route"]),
+        lab.ip(&lab.ext, &["-6", "addr"]),
+        lab.exec(&lab.host, &["sysctl", "-a", "--pattern", "eth-ext"])
+    );
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    lab.exec(
+        &lab.host,
+        &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
+    )
+    .unwrap();
+    let target = std::net::SocketAddr::new(tracer::lab::HOST_ADDR6.into(), 5000);
+    let seen = lab.request_from(&lab.ext, Some(remote), target, Duration::from_secs(3));
+    std::thread::sleep(Duration::from_millis(1200));
+    (seen, watch.stop())
+}
+
+#[test]
+fn forwarding_on_with_accept_ra_1_loses_the_ipv6_default_route() {
+    let (seen, out) = remote_ipv6_client("ra1", "1");
+    assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
+    let v = common::one_verdict(&out);
+    assert_eq!(v["cause"], "route_lost", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "routing", "{v:#}");
+    if common::kernel::has_drop_reasons() {
+        assert_eq!(v["proximate"]["reason"], "IP_INNOROUTES", "{v:#}");
+    }
+    says(
+        &v,
+        "sentence",
+        &["lost its IPv6 default route", "2001:db8:2::2", "eth-ext"],
+    );
+    says(
+        &v,
+        "evidence",
+        &[
+            "net.ipv6.conf.eth-ext.accept_ra = 1",
+            "no IPv6 default route",
+        ],
+    );
+    says(&v, "fix", &["sysctl -w net.ipv6.conf.eth-ext.accept_ra=2"]);
+    says(
+        &v,
+        "fix_persistent",
+        &["net.ipv6.conf.eth-ext.accept_ra = 2", "IPv6AcceptRA=yes"],
+    );
+    // Who: the write that turned forwarding on; the kernel's purge of the route is seen too.
+    if common::attached(&out, "sysctl_writes") {
+        assert_eq!(v["culprit"]["key"], "net.ipv6.conf.all.forwarding", "{v:#}");
+        assert_eq!(v["culprit"]["process"]["comm"], "sysctl", "{v:#}");
+    }
+    let purge = out
+        .of_type("change")
+        .into_iter()
+        .find(|c| c["source"] == "rtnetlink")
+        .unwrap_or_else(|| panic!("the route's removal is a change: {}", out.dump()));
+    says(
+        &purge,
+        "what",
+        &["removed route default via fe80::", "dev eth-ext proto ra"],
+    );
+    assert_eq!(
+        purge["process"]["captured"], "none",
+        "the kernel's own: {purge:#}"
+    );
+}
+
+#[test]
+fn control_accept_ra_2_keeps_the_ipv6_default_route_when_forwarding_goes_on() {
+    let (seen, out) = remote_ipv6_client("ra2", "2");
+    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+}

@@ -62,6 +62,20 @@ pub fn culprit_for<'a>(why: &Why, changes: &'a [ChangeRecord]) -> Option<&'a Cha
                 && c.new.is_none()
                 && c.process.captured != "none"
         }),
+        // The write that turned IPv6 forwarding on (the kernel then purged the advertised
+        // route) or set an uplink's accept_ra below 2.
+        Why::RaIgnored { uplinks, .. } => rev.find(|c| {
+            let key = c.key.as_deref().unwrap_or_default();
+            let on_uplink = |leaf: &str| {
+                uplinks
+                    .iter()
+                    .any(|u| key == format!("net.ipv6.conf.{u}.{leaf}"))
+            };
+            let forwarding_on = (key == "net.ipv6.conf.all.forwarding" || on_uplink("forwarding"))
+                && c.new.as_deref() == Some("1");
+            let ra_host_only = on_uplink("accept_ra") && c.new.as_deref() != Some("2");
+            c.source == "sysctl" && (forwarding_on || ra_host_only)
+        }),
         // MTUs and ICMP rules are not recorded changes; the engine's isolation is its design.
         Why::EngineIsolation { .. } | Why::PathMtu { .. } => None,
         Why::ForwardingDisabled { sysctl: key, .. } => {

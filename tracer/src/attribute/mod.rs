@@ -138,6 +138,15 @@ pub enum Why {
         icmp_sent: bool,
         icmp_blocked: Option<(RuleRef, Option<u64>)>,
     },
+    /// A reply to IPv6 client `dst` found no route: the host forwards IPv6 while `uplinks`
+    /// keep accept_ra = 1, so the kernel ignores their router advertisements and the default
+    /// route those gave is gone (purged when forwarding went on, or expired since).
+    /// `listed`: the interfaces of default routes still listed (expired, not yet cleaned).
+    RaIgnored {
+        dst: std::net::IpAddr,
+        uplinks: Vec<String>,
+        listed: Vec<String>,
+    },
     /// A DNATed packet routed back out of `bridge`, the bridge it came in on, while bridged
     /// frames skip iptables (`setting`: bridge-nf-call-iptables, None when br_netfilter is not
     /// loaded): the container's reply goes straight across the bridge, never un-NATed.
@@ -156,7 +165,7 @@ impl Why {
             Why::Firewall { .. } => Cause::FirewallDrop,
             Why::KernelDrop { .. } => Cause::KernelDrop,
             Why::ConntrackFull { .. } => Cause::ConntrackFull,
-            Why::RouteLost { .. } => Cause::RouteLost,
+            Why::RouteLost { .. } | Why::RaIgnored { .. } => Cause::RouteLost,
             Why::EngineIsolation { .. } => Cause::EngineIsolation,
             Why::ConntrackInvalid { .. } => Cause::ConntrackInvalid,
             Why::PathMtu { .. } => Cause::PathMtu,
@@ -318,6 +327,7 @@ pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
     let hook = infer_hook(d, now);
     let why = path_mtu(d, now, ctx)
         .or_else(|| route_lost(d, now))
+        .or_else(|| ra_ignored(d, now))
         .or_else(|| forwarding(d, now))
         .or_else(|| conntrack_full(d, now, ctx, hook))
         .or_else(|| conntrack_invalid(d, now, ctx, hook))
@@ -325,7 +335,9 @@ pub fn diagnose(d: &DropFacts, now: &Snapshot, ctx: &Context) -> Diagnosis {
         .or_else(|| firewall(d, now, ctx, hook))
         .unwrap_or_else(|| kernel_drop(d, now));
     let hook = match &why {
-        Why::ForwardingDisabled { .. } | Why::RouteLost { via: None, .. } => Some(Hook::Routing),
+        Why::ForwardingDisabled { .. }
+        | Why::RouteLost { via: None, .. }
+        | Why::RaIgnored { .. } => Some(Hook::Routing),
         Why::Firewall { hook, .. } | Why::EngineIsolation { hook, .. } => Some(*hook),
         _ => hook,
     };
@@ -441,6 +453,45 @@ pub fn route_lost(d: &DropFacts, now: &Snapshot) -> Option<Why> {
         dst: d.dst,
         via: if no_route { None } else { routed_away },
         bridge,
+    })
+}
+
+/// The interfaces that forward IPv6 while accepting router advertisements only as a host
+/// (accept_ra = 1): the kernel ignores their advertisements. Uplinks only: bridges, veths
+/// and loopback get no router's advertisements.
+pub fn ra_ignoring_uplinks(now: &Snapshot) -> Vec<String> {
+    let conf = |iface: &str, leaf: &str| now.sysctls.get(&format!("net.ipv6.conf.{iface}.{leaf}"));
+    now.interfaces
+        .iter()
+        .filter(|i| *i != "lo" && !routes::is_bridge(i) && !i.starts_with("veth"))
+        .filter(|i| conf(i, "forwarding") == Some("1") && conf(i, "accept_ra") == Some("1"))
+        .cloned()
+        .collect()
+}
+
+/// An IPv6 packet for a remote address (a reply to a client beyond the uplink's router)
+/// dropped for want of a route, while the uplinks ignore router advertisements: their
+/// default route is gone (docker/for-linux#844). A default route through another interface
+/// would make it some other loss.
+fn ra_ignored(d: &DropFacts, now: &Snapshot) -> Option<Why> {
+    let discard = matches!(
+        d.function.as_deref(),
+        Some("ip6_pkt_discard" | "ip6_pkt_discard_out" | "ip6_pkt_drop")
+    );
+    let no_route = matches!(d.reason.as_str(), "IP_INNOROUTES" | "IP_OUTNOROUTES")
+        || (d.reason == UNREPORTED && discard);
+    if !d.ipv6 || !no_route || now.is_local(&d.dst) || routes::connected(now, &d.dst).is_some() {
+        return None;
+    }
+    let uplinks = ra_ignoring_uplinks(now);
+    let listed = now.ipv6_defaults.clone().unwrap_or_default();
+    if uplinks.is_empty() || listed.iter().any(|i| !uplinks.contains(i)) {
+        return None;
+    }
+    Some(Why::RaIgnored {
+        dst: d.dst,
+        uplinks,
+        listed,
     })
 }
 
@@ -637,6 +688,7 @@ mod tests {
             conntrack: None,
             mtus: Default::default(),
             ifnames: Default::default(),
+            ipv6_defaults: None,
             addrs: [
                 ("eth-ext", "198.51.100.1", 24),
                 ("docker0", "172.17.0.1", 16),

@@ -133,6 +133,7 @@ pub fn sysctl_matters(key: &str) -> bool {
     key == "net.ipv4.ip_forward"
         || key.ends_with(".forwarding")
         || key.ends_with(".rp_filter")
+        || (key.starts_with("net.ipv6.conf.") && key.ends_with(".accept_ra"))
         || key.starts_with("net.bridge.bridge-nf-call-")
         || matches!(
             key,
@@ -716,7 +717,9 @@ delete table ip nat
         ] {
             assert!(sysctl_matters(key), "{key}");
         }
-        assert!(!sysctl_matters("net.ipv6.conf.eth0.accept_ra"));
+        assert!(sysctl_matters("net.ipv6.conf.eth0.accept_ra"));
+        assert!(!sysctl_matters("net.ipv6.conf.eth0.accept_ra_pinfo"));
+        assert!(!sysctl_matters("net.ipv6.conf.eth0.autoconf"));
     }
 
     #[test]

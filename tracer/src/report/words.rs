@@ -336,6 +336,11 @@ pub fn explain(d: &DropFacts, diag: Diagnosis, ctx: &Context) -> Attribution {
             (stats.as_ref(), *refused_since_start),
         ),
         Why::RouteLost { dst, bridge, via } => route_lost(d, ctx, dst, bridge, via.as_deref()),
+        Why::RaIgnored {
+            dst,
+            uplinks,
+            listed,
+        } => ra_ignored(d, ctx, dst, uplinks, listed),
         Why::BridgeNetfilterOff { bridge, setting } => {
             bridge_netfilter_off(d, ctx, bridge, setting.as_deref())
         }
@@ -703,6 +708,55 @@ fn route_lost(
         "the route to the container is lost: packets to {origin} are DNATed to {here} but {how}: {lost}"
     );
     let (fix, keep) = route_fix(&ctx.exec_prefix, bridge, ctx.engine);
+    (sentence, evidence, fix, Some(keep))
+}
+
+/// The IPv6 default route lost to ignored router advertisements: its evidence and the
+/// accept_ra fix, which lets the next advertisement restore the route.
+fn ra_ignored(
+    d: &DropFacts,
+    ctx: &Context,
+    dst: &IpAddr,
+    uplinks: &[String],
+    listed: &[String],
+) -> Words {
+    let from = endpoint(&d.src, d.sport);
+    let names = uplinks.join(", ");
+    let mut evidence = vec![format!("{} at {}: no route to {dst}", d.reason, d.location)];
+    for u in uplinks {
+        evidence.push(format!(
+            "net.ipv6.conf.{u}.forwarding = 1 and net.ipv6.conf.{u}.accept_ra = 1: a forwarding interface accepts router advertisements only with accept_ra = 2, so the kernel ignores {u}'s (docker/for-linux#844)"
+        ));
+    }
+    evidence.push(match listed {
+        [] => "no IPv6 default route: turning forwarding on removed the advertised one, and no advertisement is accepted to bring it back".to_string(),
+        some => format!(
+            "the IPv6 default route via {} is still listed but expired: advertisements stopped renewing it",
+            some.join(", ")
+        ),
+    });
+    let sentence = format!(
+        "the host lost its IPv6 default route: {from}'s packets to {dst} find no route ({}), because {names} forward IPv6 with accept_ra = 1 and the kernel ignores their router advertisements",
+        d.reason
+    );
+    let p = &ctx.exec_prefix;
+    let sets: Vec<String> = uplinks
+        .iter()
+        .map(|u| format!("{p}sysctl -w net.ipv6.conf.{u}.accept_ra=2"))
+        .collect();
+    let first = uplinks.first().map_or("IFACE", String::as_str);
+    let fix = format!(
+        "{}; the router's next advertisement restores the route (now: {p}ip -6 route add default via ROUTER dev {first}, ROUTER from `{p}ip -6 neigh show dev {first} router`)",
+        sets.join("; ")
+    );
+    let keep = format!(
+        "/etc/sysctl.d/99-accept-ra.conf with {}; or, where systemd-networkd or netplan manages the uplink, IPv6AcceptRA=yes / accept-ra: true (they process advertisements themselves)",
+        uplinks
+            .iter()
+            .map(|u| format!("net.ipv6.conf.{u}.accept_ra = 2"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     (sentence, evidence, fix, Some(keep))
 }
 

@@ -50,6 +50,9 @@ pub struct Snapshot {
     pub mtus: BTreeMap<String, u32>,
     /// Interface names by ifindex.
     pub ifnames: BTreeMap<u32, String>,
+    /// The interfaces IPv6 default routes leave by (None: /proc/net/ipv6_route unread). An
+    /// expired router-advertisement route stays listed until the kernel's next cleanup.
+    pub ipv6_defaults: Option<Vec<String>>,
     /// One entry per iptables backend that holds rules (iptables-nft, iptables-legacy).
     pub iptables: Vec<iptables::Ruleset>,
     pub nft: nft::Ruleset,
@@ -421,9 +424,10 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
                     s.set(&format!("net.ipv4.conf.{iface}.{leaf}"), &v);
                 }
             }
-            let key = format!("net/ipv6/conf/{iface}/forwarding");
-            if let Some(v) = read(&key) {
-                s.set(&format!("net.ipv6.conf.{iface}.forwarding"), &v);
+            for leaf in ["forwarding", "accept_ra"] {
+                if let Some(v) = read(&format!("net/ipv6/conf/{iface}/{leaf}")) {
+                    s.set(&format!("net.ipv6.conf.{iface}.{leaf}"), &v);
+                }
             }
         }
         let names = ifaces
@@ -433,6 +437,32 @@ pub fn read_sysctls(ns: &Netns) -> (Sysctls, Vec<String>) {
         (s, names)
     })
     .unwrap_or_default()
+}
+
+/// The interfaces of the namespace's usable IPv6 default routes (up, not a reject route).
+pub fn read_ipv6_defaults(ns: &Netns) -> Option<Vec<String>> {
+    ns.run_in(|| {
+        // thread-self: /proc/self/net is the main thread's namespace, not this thread's.
+        let text = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").ok()?;
+        Some(parse_ipv6_defaults(&text))
+    })
+    .ok()
+    .flatten()
+}
+
+/// /proc/net/ipv6_route: dst dst_len src src_len nexthop metric refcnt use flags dev.
+fn parse_ipv6_defaults(text: &str) -> Vec<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(8)?, 16).ok()?;
+            let default = f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+            let usable = flags & RTF_UP != 0 && flags & RTF_REJECT == 0 && f[9] != "lo";
+            (default && usable).then(|| f[9].to_string())
+        })
+        .collect()
 }
 
 /// `ip -j addr show`: each interface's name by its index.
@@ -505,7 +535,7 @@ pub fn capture(ns: &Netns) -> Snapshot {
         &["nft", "-j", "list", "ruleset"],
         &["conntrack", "-S"],
     ];
-    let (outputs, (sysctls, interfaces)) = std::thread::scope(|scope| {
+    let (outputs, ((sysctls, interfaces), ipv6_defaults)) = std::thread::scope(|scope| {
         let runs: Vec<_> = TOOLS
             .iter()
             .map(|args| {
@@ -515,7 +545,8 @@ pub fn capture(ns: &Netns) -> Snapshot {
                 })
             })
             .collect();
-        let sysctls = read_sysctls(ns);
+        let defaults = scope.spawn(|| read_ipv6_defaults(ns));
+        let sysctls = (read_sysctls(ns), defaults.join().ok().flatten());
         let outputs: Vec<(Option<String>, Vec<String>)> = runs
             .into_iter()
             .map(|r| {
@@ -528,6 +559,7 @@ pub fn capture(ns: &Netns) -> Snapshot {
     let mut snap = Snapshot {
         sysctls,
         interfaces,
+        ipv6_defaults,
         ..Snapshot::default()
     };
     let mut outputs = outputs.into_iter();
@@ -594,6 +626,21 @@ mod tests {
             ],
             ..Snapshot::default()
         }
+    }
+
+    #[test]
+    fn ipv6_default_routes_are_read_without_the_kernels_reject_route() {
+        let text = include_str!("testdata/proc-net-ipv6_route.txt");
+        assert_eq!(parse_ipv6_defaults(text), vec!["eth0".to_string()]);
+        let without: String = text
+            .lines()
+            .filter(|l| !l.contains("fd000000000000000000000000000001"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            parse_ipv6_defaults(&without).is_empty(),
+            "only the reject route is left"
+        );
     }
 
     #[test]
