@@ -219,7 +219,7 @@ fn control_a_default_route_with_the_bridge_intact_gives_no_verdict() {
 /// of 1000 (a tunnel, a cloud network) while the client and the container speak 1500. The
 /// response's full-size segments die with PKT_TOO_BIG at ip_forward. `block_icmp` also drops
 /// the "fragmentation needed" the host sends back, in OUTPUT: a black hole.
-fn small_uplink(label: &str, block_icmp: bool) -> (usize, Output) {
+fn small_uplink(label: &str, block_icmp: bool) -> (Lab, usize, Output) {
     let lab = lab(label);
     let root = std::env::temp_dir().join(format!("{}-www", lab.ctr));
     std::fs::write(root.join("index.html"), "x".repeat(8000)).unwrap();
@@ -240,7 +240,20 @@ fn small_uplink(label: &str, block_icmp: bool) -> (usize, Output) {
     }
     let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
     let got = whole_response(&lab);
-    (got, watch.stop())
+    let out = watch.stop();
+    (lab, got, out)
+}
+
+/// The causes `droptrace check` finds for the lab's port 5000, with its exit status.
+fn check_causes(lab: &Lab) -> (Option<i32>, Vec<String>) {
+    let out = common::run_droptrace(&["check", "--netns", &lab.host, "--port", "5000", "--json"]);
+    let causes = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|f| f["type"] == "finding")
+        .filter_map(|f| f["cause"].as_str().map(str::to_string))
+        .collect();
+    (out.status.code(), causes)
 }
 
 /// The bytes of the whole response the client reads (bounded: 3 s without progress ends it).
@@ -293,7 +306,7 @@ fn assert_path_mtu(v: &Value) {
 #[test]
 fn a_dropped_fragmentation_needed_is_a_path_mtu_black_hole() {
     // The status line is small and arrives; the body's full-size segments never do.
-    let (got, out) = small_uplink("pmtubh", true);
+    let (lab, got, out) = small_uplink("pmtubh", true);
     assert!(
         got < 8000,
         "the body never arrives ({got} bytes): {}",
@@ -309,13 +322,29 @@ fn a_dropped_fragmentation_needed_is_a_path_mtu_black_hole() {
     );
     let fix = v["fix"].as_str().unwrap_or_default();
     assert!(fix.contains("-t filter -D OUTPUT -p icmp"), "{fix}");
+    // `check` finds the black hole without a packet: the MTUs and the OUTPUT rule.
+    let (status, finding) = common::check_finding(&lab.host, 5000, "path_mtu");
+    assert_eq!(status, Some(1), "{finding}");
+    says(
+        &finding,
+        "what",
+        &[
+            "eth-ext has an MTU of 1000 while docker0 has 1500",
+            "filter OUTPUT rule 1",
+        ],
+    );
+    says(
+        &finding,
+        "fix",
+        &["\"mtu\": 1000", "-t filter -D OUTPUT -p icmp"],
+    );
 }
 
 #[test]
 fn a_smaller_path_mtu_is_named_even_when_the_sender_adapts() {
     // The ICMP gets out: the container lowers its path MTU and the response arrives, after
     // the first full-size segments died.
-    let (got, out) = small_uplink("pmtu", false);
+    let (lab, got, out) = small_uplink("pmtu", false);
     assert!(
         got > 8000,
         "the whole response arrives ({got} bytes): {}",
@@ -329,6 +358,9 @@ fn a_smaller_path_mtu_is_named_even_when_the_sender_adapts() {
             .contains("the kernel sent ICMP 3/4"),
         "{v:#}"
     );
+    // A smaller uplink alone is no finding: the kernel tells the sender, which adapts.
+    let (_, causes) = check_causes(&lab);
+    assert!(!causes.contains(&"path_mtu".to_string()), "{causes:?}");
 }
 
 /// A second container on docker0, removed when dropped (also on panic).
@@ -344,7 +376,7 @@ impl Drop for Neighbour {
 /// its userland proxy (no `! -i docker0`: containers reach the published port through it
 /// too). `bridge_nf` is bridge-nf-call-iptables in the host, set while droptrace watches (as
 /// a network script would), then the neighbour connects to the host's published address.
-fn hairpin(label: &str, bridge_nf: &str) -> (usize, Output) {
+fn hairpin(label: &str, bridge_nf: &str) -> (Lab, usize, Output) {
     let lab = lab(label);
     let ctr2 = Neighbour(format!("{}-ctr2", lab.host));
     tracer::lab::run(&["ip", "netns", "add", &ctr2.0]).unwrap();
@@ -375,12 +407,13 @@ fn hairpin(label: &str, bridge_nf: &str) -> (usize, Output) {
         .unwrap();
     let got = response_from(&ctr2.0);
     std::thread::sleep(Duration::from_millis(1200));
-    (got, watch.stop())
+    let out = watch.stop();
+    (lab, got, out)
 }
 
 #[test]
 fn a_containers_reply_across_the_bridge_without_netfilter_is_bridge_netfilter_off() {
-    let (got, out) = hairpin("brnf", "0");
+    let (lab, got, out) = hairpin("brnf", "0");
     assert_eq!(got, 0, "the reply is never un-NATed: {}", out.dump());
     let v = common::one_verdict(&out);
     assert_eq!(v["cause"], "bridge_netfilter_off", "{v:#}");
@@ -407,13 +440,22 @@ fn a_containers_reply_across_the_bridge_without_netfilter_is_bridge_netfilter_of
         );
         assert_eq!(v["culprit"]["process"]["comm"], "sysctl", "{v:#}");
     }
+    let (status, finding) = common::check_finding(&lab.host, 5000, "bridge_netfilter_off");
+    assert_eq!(status, Some(1), "{finding}");
+    says(
+        &finding,
+        "what",
+        &["no `! -i docker0`", "bridge-nf-call-iptables = 0"],
+    );
+    says(&finding, "fix", &["modprobe br_netfilter"]);
 }
 
 #[test]
 fn control_a_containers_connection_through_the_published_port_with_netfilter_works() {
-    let (got, out) = hairpin("brnfok", "1");
+    let (lab, got, out) = hairpin("brnfok", "1");
     assert!(got > 0, "the neighbour gets its answer: {}", out.dump());
     assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+    assert_eq!(check_causes(&lab), (Some(0), vec![]), "healthy");
 }
 
 /// A router advertisement from the client's namespace (the uplink's router): default route,
@@ -444,7 +486,7 @@ fn advertise_router(ns: &str, iface: &'static str, lifetime: u16) {
 /// IPv6 default route, learned from the router's advertisement while the host did not
 /// forward. Then, while droptrace watches, IPv6 forwarding is turned on as dockerd turns it
 /// on (`net.ipv6.conf.all.forwarding=1`), with eth-ext's `accept_ra` at `accept_ra`.
-fn remote_ipv6_client(label: &str, accept_ra: &str) -> (Outcome, Output) {
+fn remote_ipv6_client(label: &str, accept_ra: &str) -> (Lab, Outcome, Output) {
     require_root();
     let mut spec = LabSpec::new(label);
     spec.ipv6 = true;
@@ -485,12 +527,13 @@ fn remote_ipv6_client(label: &str, accept_ra: &str) -> (Outcome, Output) {
     let target = std::net::SocketAddr::new(tracer::lab::HOST_ADDR6.into(), 5000);
     let seen = lab.request_from(&lab.ext, Some(remote), target, Duration::from_secs(3));
     std::thread::sleep(Duration::from_millis(1200));
-    (seen, watch.stop())
+    let out = watch.stop();
+    (lab, seen, out)
 }
 
 #[test]
 fn forwarding_on_with_accept_ra_1_loses_the_ipv6_default_route() {
-    let (seen, out) = remote_ipv6_client("ra1", "1");
+    let (lab, seen, out) = remote_ipv6_client("ra1", "1");
     assert_ne!(seen, Outcome::Http(200), "{}", out.dump());
     let v = common::one_verdict(&out);
     assert_eq!(v["cause"], "route_lost", "{v:#}");
@@ -536,11 +579,27 @@ fn forwarding_on_with_accept_ra_1_loses_the_ipv6_default_route() {
         purge["process"]["captured"], "none",
         "the kernel's own: {purge:#}"
     );
+    let (status, finding) = common::check_finding(&lab.host, 5000, "route_lost");
+    assert_eq!(status, Some(1), "{finding}");
+    says(
+        &finding,
+        "what",
+        &[
+            "no IPv6 default route",
+            "eth-ext forward IPv6 with accept_ra = 1",
+        ],
+    );
+    says(
+        &finding,
+        "fix",
+        &["sysctl -w net.ipv6.conf.eth-ext.accept_ra=2"],
+    );
 }
 
 #[test]
 fn control_accept_ra_2_keeps_the_ipv6_default_route_when_forwarding_goes_on() {
-    let (seen, out) = remote_ipv6_client("ra2", "2");
+    let (lab, seen, out) = remote_ipv6_client("ra2", "2");
     assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
     assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+    assert_eq!(check_causes(&lab), (Some(0), vec![]), "healthy");
 }

@@ -739,7 +739,12 @@ fn ra_ignored(
         "the host lost its IPv6 default route: {from}'s packets to {dst} find no route ({}), because {names} forward IPv6 with accept_ra = 1 and the kernel ignores their router advertisements",
         d.reason
     );
-    let p = &ctx.exec_prefix;
+    let (fix, keep) = accept_ra_fix(&ctx.exec_prefix, uplinks);
+    (sentence, evidence, fix, Some(keep))
+}
+
+/// Accepting router advertisements on forwarding uplinks (accept_ra = 2), now and for good.
+pub fn accept_ra_fix(p: &str, uplinks: &[String]) -> (String, String) {
     let sets: Vec<String> = uplinks
         .iter()
         .map(|u| format!("{p}sysctl -w net.ipv6.conf.{u}.accept_ra=2"))
@@ -757,7 +762,7 @@ fn ra_ignored(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    (sentence, evidence, fix, Some(keep))
+    (fix, keep)
 }
 
 /// Docker's own remedies for its isolation rules, never "remove the rule": the engine rewrites
@@ -941,10 +946,14 @@ fn path_mtu(
             d.location
         ),
     };
-    let mtu = out_dev
-        .and_then(|(_, m)| *m)
-        .map_or("N".to_string(), |m| m.to_string());
-    let prefix = &ctx.exec_prefix;
+    let (fix, keep) = mtu_fix(&ctx.exec_prefix, out_dev.and_then(|(_, m)| *m), black_hole);
+    (sentence, evidence, fix, Some(keep))
+}
+
+/// The engine's MTU set to the path's, the MSS clamp meanwhile, and the rule that drops the
+/// ICMP error deleted (a black hole's), now and for good.
+pub fn mtu_fix(prefix: &str, mtu: Option<u32>, black_hole: Option<&RuleRef>) -> (String, String) {
+    let mtu = mtu.map_or("N".to_string(), |m| m.to_string());
     let mut fix = format!(
         "give the containers the path's MTU: \"mtu\": {mtu} in /etc/docker/daemon.json (docker0) or -o com.docker.network.driver.mtu={mtu} on a user network (Podman: --opt mtu={mtu}); meanwhile clamp TCP's MSS to it: {prefix}iptables -t mangle -A FORWARD -p tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu"
     );
@@ -952,7 +961,7 @@ fn path_mtu(
         fix.push_str(&format!("; and let the ICMP error out: {prefix}{cmd}"));
     }
     let keep = "the MTU in daemon.json or the network's options (networks keep the MTU they were created with: recreate them), and the MSS clamp in the host's firewall configuration".to_string();
-    (sentence, evidence, fix, Some(keep))
+    (fix, keep)
 }
 
 /// Loading br_netfilter and sending bridged frames through iptables, now and for good.

@@ -2,6 +2,8 @@
 //! forwarding sysctls and rulesets, the published ports and who listens on them, and reports
 //! what would drop or reject traffic to each port, with the same cause names and fixes as
 //! verdicts. Exit status 0 when healthy, 1 when something is found.
+mod paths;
+
 use std::collections::BTreeSet;
 
 use serde::Serialize;
@@ -56,6 +58,26 @@ impl Detail {
                 bridge: bridge.clone(),
                 via: None,
             },
+            Detail::RaIgnored { uplinks } => Why::RaIgnored {
+                dst: std::net::Ipv6Addr::UNSPECIFIED.into(),
+                uplinks: uplinks.clone(),
+                listed: Vec::new(),
+            },
+            Detail::MtuBlackHole {
+                uplink,
+                bridge,
+                rule,
+            } => Why::PathMtu {
+                len: 0,
+                in_dev: (bridge.0.clone(), Some(bridge.1)),
+                out_dev: Some((uplink.0.clone(), Some(uplink.1))),
+                icmp_sent: false,
+                icmp_blocked: Some((rule.clone(), None)),
+            },
+            Detail::BridgeNetfilterOff { bridge, setting } => Why::BridgeNetfilterOff {
+                bridge: bridge.clone(),
+                setting: setting.clone(),
+            },
             Detail::ConntrackFull(fill) => Why::ConntrackFull {
                 fill: *fill,
                 stats: None,
@@ -87,6 +109,20 @@ pub enum Detail {
         dst: std::net::IpAddr,
         bridge: routes::Bridge,
     },
+    /// No IPv6 default route while these uplinks forward and ignore router advertisements.
+    RaIgnored { uplinks: Vec<String> },
+    /// `uplink`'s MTU is below `bridge`'s and `rule` drops the ICMP error that would say so.
+    MtuBlackHole {
+        uplink: (String, u32),
+        bridge: (String, u32),
+        rule: RuleRef,
+    },
+    /// Containers on `bridge` reach the port through its DNAT while bridged frames skip
+    /// iptables (`setting` None: br_netfilter not loaded).
+    BridgeNetfilterOff {
+        bridge: String,
+        setting: Option<String>,
+    },
 }
 
 /// What `check` knows besides the ruleset.
@@ -104,7 +140,12 @@ pub struct Facts {
     pub rootless: bool,
 }
 
-fn finding(cause: Cause, p: Option<&PublishedPort>, what: String, detail: Detail) -> Finding {
+pub(super) fn finding(
+    cause: Cause,
+    p: Option<&PublishedPort>,
+    what: String,
+    detail: Detail,
+) -> Finding {
     Finding {
         kind: "finding",
         cause: cause.name(),
@@ -183,36 +224,6 @@ fn conntrack_finding(snap: &Snapshot) -> Option<Finding> {
     })
 }
 
-/// A published port whose container address no interface's subnet holds: the bridge lost its
-/// address (and connected route), as a `route_lost` verdict would say.
-fn route_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
-    let dst = snap
-        .dnats_for(p.host_port)
-        .into_iter()
-        .find_map(|d| d.to.map(|(a, _)| a))
-        .or(p.container_ip)
-        .filter(|a| a.is_ipv4() && !snap.is_local(a))?;
-    if snap.addrs.is_empty() || routes::connected(snap, &dst).is_some() {
-        return None;
-    }
-    let bridge = routes::bridge_for(snap, &dst)?;
-    let what = format!(
-        "port {}/{} is DNATed to {dst}, but {} has no IPv4 address: its connected route is gone, so the kernel routes {dst} elsewhere or nowhere (a network manager that takes the bridge over does this)",
-        p.host_port, p.proto, bridge.name
-    );
-    let (fix, keep) = words::route_fix(&facts.exec_prefix, &bridge, p.engine);
-    Some(Finding {
-        fix,
-        fix_persistent: Some(keep),
-        ..finding(
-            Cause::RouteLost,
-            Some(p),
-            what,
-            Detail::RouteLost { dst, bridge },
-        )
-    })
-}
-
 /// A published port that is not translated, by the verdict's rule and in its words.
 fn untranslated_finding(snap: &Snapshot, p: &PublishedPort, facts: &Facts) -> Option<Finding> {
     let port = p.host_port;
@@ -274,11 +285,16 @@ pub fn check(snap: &Snapshot, published: &[PublishedPort], facts: &Facts) -> Vec
         false => forwarding_findings(snap, published, &facts.exec_prefix),
     };
     out.extend(conntrack_finding(snap));
+    if !facts.rootless {
+        out.extend(paths::ra_finding(snap, published, facts));
+        out.extend(paths::mtu_finding(snap, facts));
+    }
     for p in published {
         let port = p.host_port;
         if !facts.rootless {
             out.extend(untranslated_finding(snap, p, facts));
-            out.extend(route_finding(snap, p, facts));
+            out.extend(paths::route_finding(snap, p, facts));
+            out.extend(paths::bridge_netfilter_finding(snap, p, facts));
         }
         let (hook, blockers) = rules::path_blockers(snap, port, translated_port(snap, p));
         for rule in blockers {
