@@ -115,3 +115,76 @@ fn control_the_published_port_through_the_host_passes_docker28s_rules() {
     assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
     assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
 }
+
+const DOCKER29: &str = include_str!("../tracer/src/observe/state/testdata/docker29-layout.nft");
+
+/// The lab with Docker 29's nftables backend layout (`table ip docker-bridges`) in place of
+/// the lab's iptables rules (`edit` changes it first).
+fn docker29_lab(label: &str, edit: impl Fn(&str) -> String) -> Lab {
+    require_root();
+    let lab = Lab::up(LabSpec::new(label)).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    lab.exec(&lab.host, &["nft", "flush", "ruleset"])
+        .expect("nft flush ruleset");
+    lab.exec_with_input(&lab.host, &["nft", "-f", "-"], &edit(DOCKER29))
+        .expect("nft -f of Docker 29's layout");
+    lab
+}
+
+#[test]
+fn docker29s_nftables_direct_access_drop_is_its_protection() {
+    let lab = docker29_lab("iso29-direct", str::to_string);
+    lab.ip(
+        &lab.ext,
+        &["route", "add", "172.17.0.0/16", "via", "198.51.100.1"],
+    )
+    .unwrap();
+    let (seen, out) = watch(&lab, DIRECT);
+    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
+    let v = common::one_verdict(&out);
+    assert_eq!(v["cause"], "engine_isolation", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "PRE_ROUTING", "{v:#}");
+    let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
+    assert!(
+        rule.contains("docker-bridges") && rule.contains("raw-PREROUTING"),
+        "{rule}"
+    );
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("198.51.100.1:5000"), "{fix}");
+    assert!(fix.contains("allow-direct-routing"), "{fix}");
+    assert_no_rule_removal(&v);
+}
+
+#[test]
+fn docker29s_nftables_unpublished_port_drop_is_its_isolation() {
+    let lab = docker29_lab("iso29-unpub", |t| {
+        t.replace(
+            "tcp dport 5000 counter accept",
+            "tcp dport 5999 counter accept",
+        )
+    });
+    let (seen, out) = watch(&lab, PUBLISHED);
+    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
+    let v = common::one_verdict(&out);
+    assert_eq!(v["cause"], "engine_isolation", "{v:#}");
+    assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
+    let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
+    assert!(rule.contains("filter-forward-in__docker0"), "{rule}");
+    assert!(
+        v["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("-p 5000:5000"),
+        "{v:#}"
+    );
+    assert_no_rule_removal(&v);
+    let (_, finding) = common::check_finding(&lab.host, 5000, "engine_isolation");
+    assert_no_rule_removal(&finding);
+}
+
+#[test]
+fn control_the_published_port_through_the_host_passes_docker29s_rules() {
+    let lab = docker29_lab("iso29-ctl", str::to_string);
+    let (seen, out) = watch(&lab, PUBLISHED);
+    assert_eq!(seen, Outcome::Http(200), "{}", out.dump());
+    assert!(out.of_type("verdict").is_empty(), "{}", out.dump());
+}
