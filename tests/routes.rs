@@ -571,7 +571,7 @@ fn forwarding_on_with_accept_ra_1_loses_the_ipv6_default_route() {
         .find(|c| c["source"] == "rtnetlink")
         .unwrap_or_else(|| panic!("the route's removal is a change: {}", out.dump()));
     says(
-        &purge,
+        purge,
         "what",
         &["removed route default via fe80::", "dev eth-ext proto ra"],
     );

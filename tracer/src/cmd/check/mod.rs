@@ -454,7 +454,8 @@ mod tests {
     use super::*;
     use crate::observe::state::{Sysctls, iptables};
 
-    const DOCKER: &str = include_str!("../observe/state/testdata/iptables-legacy-save-docker.txt");
+    const DOCKER: &str =
+        include_str!("../../observe/state/testdata/iptables-legacy-save-docker.txt");
 
     fn published() -> Vec<PublishedPort> {
         vec![PublishedPort {
