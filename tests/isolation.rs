@@ -85,25 +85,26 @@ fn a_port_docker_does_not_publish_meets_its_per_bridge_drop() {
     let lab = docker28_lab("iso-unpub", |t| {
         t.replace("--dport 5000 -j ACCEPT", "--dport 5999 -j ACCEPT")
     });
-    let (seen, out) = watch(&lab, PUBLISHED);
+    assert_unpublished_drop(
+        &lab,
+        "filter DOCKER rule 2: ! -i docker0 -o docker0 -j DROP",
+    );
+}
+
+/// The published port's packets die in FORWARD on Docker's unpublished-port drop (`rule`):
+/// Docker's isolation, fixed by publishing the port, never by removing the rule; `check`
+/// names the same rule with the same remedy.
+fn assert_unpublished_drop(lab: &Lab, rule_part: &str) {
+    let (seen, out) = watch(lab, PUBLISHED);
     assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
     let v = common::one_verdict(&out);
     assert_eq!(v["cause"], "engine_isolation", "{v:#}");
     assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
     let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
-    assert!(
-        rule.contains("filter DOCKER rule 2: ! -i docker0 -o docker0 -j DROP"),
-        "{rule}"
-    );
-    assert!(
-        v["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("-p 5000:5000"),
-        "{v:#}"
-    );
+    assert!(rule.contains(rule_part), "{rule}");
+    let fix = v["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("-p 5000:5000"), "{v:#}");
     assert_no_rule_removal(&v);
-    // `check` names the same rule as Docker's, with the same remedy.
     let (_, finding) = common::check_finding(&lab.host, 5000, "engine_isolation");
     assert_no_rule_removal(&finding);
 }
@@ -162,23 +163,7 @@ fn docker29s_nftables_unpublished_port_drop_is_its_isolation() {
             "tcp dport 5999 counter accept",
         )
     });
-    let (seen, out) = watch(&lab, PUBLISHED);
-    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
-    let v = common::one_verdict(&out);
-    assert_eq!(v["cause"], "engine_isolation", "{v:#}");
-    assert_eq!(v["proximate"]["hook"], "FORWARD", "{v:#}");
-    let rule = v["proximate"]["rule"].as_str().unwrap_or_default();
-    assert!(rule.contains("filter-forward-in__docker0"), "{rule}");
-    assert!(
-        v["fix"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("-p 5000:5000"),
-        "{v:#}"
-    );
-    assert_no_rule_removal(&v);
-    let (_, finding) = common::check_finding(&lab.host, 5000, "engine_isolation");
-    assert_no_rule_removal(&finding);
+    assert_unpublished_drop(&lab, "filter-forward-in__docker0");
 }
 
 #[test]

@@ -41,6 +41,25 @@ pub struct PublishedPort {
     pub engine: Option<&'static str>,
 }
 
+#[cfg(test)]
+impl PublishedPort {
+    /// `docker run --name web -p 5000:5000` on the default bridge, as the unit tests use it.
+    pub fn docker_web() -> Self {
+        PublishedPort {
+            host_ip: None,
+            host_port: 5000,
+            proto: "tcp".into(),
+            container: Some("web".into()),
+            container_id: Some("72062f9b709a".into()),
+            container_ip: Some("172.17.0.2".parse().unwrap()),
+            container_port: Some(5000),
+            network: Some("bridge".into()),
+            source: "docker",
+            engine: Some("docker"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Engine {
     pub socket: PathBuf,

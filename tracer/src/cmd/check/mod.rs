@@ -458,18 +458,7 @@ mod tests {
         include_str!("../../observe/state/testdata/iptables-legacy-save-docker.txt");
 
     fn published() -> Vec<PublishedPort> {
-        vec![PublishedPort {
-            host_ip: None,
-            host_port: 5000,
-            proto: "tcp".into(),
-            container: Some("web".into()),
-            container_id: Some("72062f9b709a".into()),
-            container_ip: Some("172.17.0.2".parse().unwrap()),
-            container_port: Some(5000),
-            network: Some("bridge".into()),
-            source: "docker",
-            engine: Some("docker"),
-        }]
+        vec![PublishedPort::docker_web()]
     }
 
     fn snap(rules: &str, forward: &str) -> Snapshot {

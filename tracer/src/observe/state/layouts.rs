@@ -57,18 +57,7 @@ fn snapshot(layout: Layout, edit: impl Fn(&str) -> String) -> Snapshot {
 }
 
 fn published() -> Vec<PublishedPort> {
-    vec![PublishedPort {
-        host_ip: None,
-        host_port: 5000,
-        proto: "tcp".into(),
-        container: Some("web".into()),
-        container_id: None,
-        container_ip: Some("172.17.0.2".parse().unwrap()),
-        container_port: Some(5000),
-        network: Some("bridge".into()),
-        source: "docker",
-        engine: Some("docker"),
-    }]
+    vec![PublishedPort::docker_web()]
 }
 
 fn drop(reason: &str, dst: &str, dnat: Option<bool>, hook: Option<Hook>) -> DropFacts {
