@@ -1,6 +1,5 @@
 //! One file per kernel hook.
 mod exec;
-mod floor;
 mod forwarding;
 mod icmp_send;
 mod kfree_skb;
