@@ -1,5 +1,6 @@
 //! One file per kernel hook.
 mod exec;
+mod floor;
 mod forwarding;
 mod icmp_send;
 mod kfree_skb;

@@ -26,6 +26,12 @@ use crate::{
 /// The object built by build.rs from tracer-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/droptrace"));
 
+/// The kernel side's object, for `cargo xtask bench`, which loads its empty `bench_floor`
+/// program as the floor beside droptrace's.
+pub fn object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Which program carries the drop path on this kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropHook {

@@ -20,6 +20,11 @@
 //!    and on, from the kernel's per-program statistics.
 //! P6 encoders: ns per drop line written from a flow's template (the storm path) and from a
 //!    record through serde (a flow's first drop), JSON and human.
+//! P8 per program: each of droptrace's programs' kernel time per run
+//!    (kernel.bpf_stats_enabled), on traffic droptrace does not watch (iperf3 through the
+//!    published port and a flood of drops to another closed port, while it watches 5001) and
+//!    on watched drops (the flood to 5001), beside an empty tp_btf program on the drop hook
+//!    (`bench_floor`, the floor any program costs) attached in the same run.
 //! P7 recorder: `droptrace record`'s own CPU while nothing changes (beside `watch`'s idle CPU
 //!    over the same time), a fingerprint's CPU with the tools it runs, a burst of sysctl writes
 //!    (all recorded? CPU per change), and its RSS: steady, and the peak while it loads.
@@ -44,6 +49,8 @@ use tracer::{
     discover::netns::Netns,
     lab::{self, Lab, LabSpec},
 };
+
+mod programs;
 
 const PAIRS: usize = 5;
 /// P1's A/B pairs: its spread between pairs is a few percent, so 0.98 needs many.
@@ -231,6 +238,11 @@ fn iperf_bps(lab: &Lab) -> Result<f64> {
 /// Floods UDP to a closed port of the host from the client namespace for `dur`, from
 /// `threads` sockets (one per thread, each its own flow); returns the datagrams sent.
 fn flood_from(lab: &Lab, dur: Duration, threads: usize) -> Result<u64> {
+    flood_port(lab, dur, threads, 5001)
+}
+
+/// A UDP flood from the client to `port` of the host (closed: every datagram is a drop).
+fn flood_port(lab: &Lab, dur: Duration, threads: usize, port: u16) -> Result<u64> {
     let ns = Arc::new(Netns::resolve(&lab.ext)?);
     let end = Instant::now() + dur;
     let senders: Vec<_> = (0..threads)
@@ -239,7 +251,7 @@ fn flood_from(lab: &Lab, dur: Duration, threads: usize) -> Result<u64> {
             std::thread::spawn(move || {
                 ns.run_in(move || {
                     let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-                    let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), 5001);
+                    let to = SocketAddr::new(IpAddr::V4(lab::HOST_ADDR), port);
                     let mut n = 0u64;
                     while Instant::now() < end {
                         for _ in 0..256 {
@@ -593,75 +605,6 @@ fn p3_first_verdict(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
     }))
 }
 
-/// The drop program `pid` holds (kfree_skb's) as (runs, ns per run), from its fds' fdinfo
-/// (kernel.bpf_stats_enabled must be on) and bpftool's name for each program id. Not the
-/// busiest program: the routing hook runs several times per dropped packet.
-fn drop_program(pid: u32) -> Option<(u64, f64)> {
-    let field = |info: &str, key: &str| -> Option<u64> {
-        info.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let name_of = |id: u64| -> Option<String> {
-        let out = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string(), "--json"])
-            .output()
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["name"].as_str().map(str::to_string)
-    };
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-        .filter_map(|info| {
-            Some((
-                field(&info, "prog_id:")?,
-                field(&info, "run_cnt:")?,
-                field(&info, "run_time_ns:")?,
-            ))
-        })
-        .filter(|(_, runs, _)| *runs > 0)
-        .find(|(id, _, _)| name_of(*id).is_some_and(|n| n.starts_with("kfree_skb")))
-        .map(|(_, runs, ns)| (runs, ns as f64 / runs as f64))
-}
-
-/// P5: what aya-log costs the drop program per drop, with `--kernel-log` off (the default:
-/// one check per report site) and on, alternated in the same storm; the kernel's own
-/// per-program statistics are turned on for the phase and restored after.
-fn p5_kernel_log(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
-    eprintln!("P5 aya-log cost: {PAIRS} off/on pairs of a 1 s flood…");
-    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-    let was = std::fs::read_to_string(STATS).unwrap_or_else(|_| "0".into());
-    std::fs::write(STATS, "1").context("turning on kernel.bpf_stats_enabled")?;
-    let per_drop = |extra: &[&str]| -> Result<Option<f64>> {
-        let mut args = vec!["--port", "5001", "--netns", lab.host.as_str()];
-        args.extend(extra);
-        let dt = start_droptrace(bin, &args)?;
-        flood(lab, Duration::from_secs(1))?;
-        let busiest = drop_program(dt.child.id());
-        dt.stop()?;
-        Ok(busiest.map(|(_, ns)| ns))
-    };
-    let result = (|| -> Result<serde_json::Value> {
-        let (mut off, mut on) = (Vec::new(), Vec::new());
-        for _ in 0..PAIRS {
-            off.extend(per_drop(&[])?);
-            on.extend(per_drop(&["--kernel-log"])?);
-        }
-        let (off_m, on_m) = (median(off.clone()), median(on.clone()));
-        Ok(json!({
-            "ns_per_drop_log_off": off,
-            "ns_per_drop_log_on": on,
-            "ns_per_drop_log_off_median": off_m,
-            "ns_per_drop_log_on_median": on_m,
-            "ratio_off_over_on_median": if on_m > 0.0 { off_m / on_m } else { 0.0 },
-        }))
-    })();
-    let _ = std::fs::write(STATS, was.trim());
-    result
-}
-
 pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
     for tool in ["iperf3", "bpftrace", "nstat"] {
         if Command::new("sh")
@@ -687,7 +630,8 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
         let p1 = p1_overhead(bin, &lab)?;
         let (p2, p4) = p2_storm(bin, &lab)?;
         let p3 = p3_first_verdict(bin, &lab)?;
-        let p5 = p5_kernel_log(bin, &lab)?;
+        let p5 = programs::p5_kernel_log(bin, &lab)?;
+        let p8 = programs::p8_per_program(bin, &lab)?;
         let p6 = p6_encoders()?;
         let p7 = p7_recorder(bin, &lab)?;
         Ok(json!({
@@ -702,6 +646,7 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
             "p5_kernel_log": p5,
             "p6_encoders": p6,
             "p7_recorder": p7,
+            "p8_per_program": p8,
         }))
     })();
     let _ = server.kill();
@@ -994,6 +939,7 @@ fn table(v: &serde_json::Value) -> String {
         f(&p7["peak_rss_mib"]),
         v["machine"],
     );
+    t += &programs::table(&v["p8_per_program"]);
     t
 }
 
