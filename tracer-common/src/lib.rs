@@ -413,6 +413,33 @@ pub fn addr_bytes(ip: core::net::IpAddr) -> [u8; 16] {
     }
 }
 
+/// The watch filter's first test, one array lookup where hash lookups in a row cost tens of
+/// nanoseconds each: PORTS holds one byte per port (`port::*` bits), ADDRS one bit per
+/// `addr_slot` of the addresses the routing hooks keep (containers, the namespace's own).
+pub mod port {
+    /// Every packet to or from this port is watched (WATCH_PORT).
+    pub const ANY: u8 = 1;
+    /// Some (address, port) pairs of this port are watched: look in WATCH_ADDR_PORT.
+    pub const ADDR: u8 = 2;
+}
+/// Entries of PORTS: one per port.
+pub const PORTS_LEN: u32 = 1 << 16;
+/// ADDRS is a bitmap of `ADDR_SLOTS` bits in u64 words.
+pub const ADDR_SLOTS: u32 = 1 << 16;
+pub const ADDR_WORDS: u32 = ADDR_SLOTS / 64;
+/// IGNORED: one byte per drop reason below this (the kernel's reasons are a few hundred).
+pub const IGNORED_LEN: u32 = 1024;
+
+/// An address's bit in ADDRS (either side computes it the same way): its 16-bit words
+/// folded by XOR, IPv4 in the first four bytes. Distinct container addresses of one subnet
+/// differ in their last word, so they rarely share a slot; a shared slot only costs the
+/// exact lookup that follows.
+#[inline(always)]
+pub fn addr_slot(addr: &[u8; 16]) -> u32 {
+    let w = |i: usize| u16::from_be_bytes([addr[i], addr[i + 1]]);
+    (w(0) ^ w(2) ^ w(4) ^ w(6) ^ w(8) ^ w(10) ^ w(12) ^ w(14)) as u32
+}
+
 /// Key of the ROUTES map: a lookup's (source, destination), IPv4 in the first four bytes of
 /// each.
 #[repr(C)]

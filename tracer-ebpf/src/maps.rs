@@ -1,39 +1,88 @@
 //! Maps and load-time globals. Names are the contract with `tracer/src/load/ebpf.rs`.
+use crate::skb::Headers;
 use aya_ebpf::{
-    Global,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, PerfEventByteArray, RingBuf},
 };
 use tracer_common::{
-    AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey, FibRecord, FlowKey, KernelOffsets,
-    Process, RouteKey, RouteSample, TeardownSites, Trail, WatchConfig, kind, stat,
+    ADDR_WORDS, AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey, FibRecord, FlowKey,
+    IGNORED_LEN, KernelOffsets, PORTS_LEN, Process, RouteKey, RouteSample, TeardownSites, Trail,
+    WatchConfig, kind, stat,
 };
+
+/// A load-time constant: a `.rodata` global the loader sets (`override_global`) and aya
+/// freezes, so the verifier knows every field read from it as a constant. That is what lets a
+/// typed program load `*(skb + OFFSETS.skb_dev)` directly (a BTF pointer plus a known
+/// offset) instead of calling `bpf_probe_read_kernel`. Read field by field with `get!`: a
+/// whole-struct read copies every field on every run (≈50 loads for KernelOffsets).
+#[repr(transparent)]
+pub struct Frozen<T>(T);
+
+impl<T: Copy> Frozen<T> {
+    pub const fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The whole value (for programs that do not run per packet).
+    #[inline(always)]
+    pub fn load(&self) -> T {
+        // SAFETY: a plain read of our own static; volatile so the compiler does not fold
+        // the placeholder the object was built with.
+        unsafe { core::ptr::read_volatile(&self.0) }
+    }
+
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *const T {
+        &self.0
+    }
+}
+
+/// One field of a `Frozen` global: `get!(OFFSETS.skb_dev)`.
+macro_rules! get {
+    ($global:ident . $field:ident) => {
+        // SAFETY: a volatile read of one field of a static (see `Frozen`).
+        unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*$crate::maps::$global.as_ptr()).$field
+            ))
+        }
+    };
+}
+pub(crate) use get;
 
 /// Field offsets of the running kernel, resolved from its BTF by the loader.
 #[unsafe(no_mangle)]
-pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets::ZERO);
+pub static OFFSETS: Frozen<KernelOffsets> = Frozen::new(KernelOffsets::ZERO);
 
 /// Namespace filter and switches of this run.
 #[unsafe(no_mangle)]
-pub static CONFIG: Global<WatchConfig> = Global::new(WatchConfig::ZERO);
+pub static CONFIG: Frozen<WatchConfig> = Frozen::new(WatchConfig::ZERO);
 
 /// `--snaplen`'s packet bytes past the linear part, from `bpf_skb_output` (one buffer per
 /// CPU; userspace opens them only when asked for a snaplen).
 #[map]
 pub static PAYLOADS: PerfEventByteArray = PerfEventByteArray::new(0);
 
-/// Watched ports (host byte order), matched against source or destination port.
+/// How each port (host byte order) is watched, `tracer_common::port` bits: every packet's
+/// first filter, matched against source or destination port. An array lookup is a few
+/// instructions the verifier inlines.
 #[map]
-pub static WATCH_PORT: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+pub static PORTS: Array<u8> = Array::with_max_entries(PORTS_LEN, 0);
+
+/// `tracer_common::addr_slot` bits of the addresses the routing hooks keep (WATCH_DADDR,
+/// WATCH_DADDR6, WATCH_LOCAL): a lookup whose addresses have no bit set is left after one
+/// array lookup each.
+#[map]
+pub static ADDRS: Array<u64> = Array::with_max_entries(ADDR_WORDS, 0);
 
 /// Watched (address, port) pairs, matched against (saddr, sport) or (daddr, dport).
 #[map]
 pub static WATCH_ADDR_PORT: HashMap<AddrPort, u8> = HashMap::with_max_entries(1024, 0);
 
-/// Drop reasons that are not drops for us (SKB_CONSUMED, socket-teardown purges, …); the loader
-/// fills it with the values this kernel's BTF gives those names.
+/// Drop reasons that are not drops for us (SKB_CONSUMED, socket-teardown purges, …), 1 at
+/// their index; the loader fills it with the values this kernel's BTF gives those names.
 #[map]
-pub static IGNORED_REASONS: HashMap<u32, u8> = HashMap::with_max_entries(64, 0);
+pub static IGNORED: Array<u8> = Array::with_max_entries(IGNORED_LEN, 0);
 
 /// Exact drop counts per (reason, port, proto), kept whether or not the ring took the event.
 #[map]
@@ -118,6 +167,11 @@ pub static EXECS: LruHashMap<u32, Process> = LruHashMap::with_max_entries(8192, 
 /// recursion guard skips the inner run).
 #[map]
 pub static DROP_SCRATCH: PerCpuArray<DropEvent> = PerCpuArray::with_max_entries(kind::COUNT, 0);
+
+/// Per-CPU scratch space for a packet's headers (`skb::Headers`), one slot per event kind as
+/// in DROP_SCRATCH.
+#[map]
+pub static HEADERS: PerCpuArray<Headers> = PerCpuArray::with_max_entries(kind::COUNT, 0);
 
 /// Per-CPU scratch space for building a Process (too large for the 512-byte BPF stack).
 #[map]

@@ -5,6 +5,12 @@
 //! `skb->head + skb->network_header` points at the IPv4/IPv6 header whenever `skb->protocol`
 //! is ETH_P_IP/ETH_P_IPV6 — true from `ip_rcv`/`ipv6_rcv` on, and on every output path after
 //! the IP header is built. Drops before that (driver, bridge) are not IP drops for us.
+//!
+//! Cost: the drop and transmit hooks run for every packet of the host. `TYPED` programs
+//! (tp_btf, fentry) get BTF-typed pointers, so the fields they read are direct loads at
+//! load-time-constant offsets (see `field`); the packet bytes, behind `skb->head`, take one
+//! `bpf_probe_read_kernel`. The decision "not ours" comes first: the namespace, then the
+//! port (one array lookup), before any map is touched.
 use aya_ebpf::{
     bindings::BPF_F_CURRENT_CPU,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
@@ -13,13 +19,13 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     ABSENT, AF_INET, AF_INET6, AddrPort, CounterKey, DropEvent, DropFlowCount, DropFlowKey,
-    EVENT_HEAD, FLOW_INTERVAL_NS, FlowKey, HDR_LEN, KernelOffsets, PayloadMeta, SNAP_MAX,
-    TEARDOWN_RCV_SITES, TEARDOWN_SITES, WatchConfig, flow, kind, stat,
+    EVENT_HEAD, FLOW_INTERVAL_NS, FlowKey, HDR_LEN, PayloadMeta, SNAP_MAX, TEARDOWN_RCV_SITES,
+    TEARDOWN_SITES, flow, kind, port, stat,
 };
 
 use crate::maps::{
-    CONFIG, COUNTERS, DROP_FLOWS, DROP_SCRATCH, EVENTS, FLOWS, IGNORED_REASONS, NF_TRAIL, OFFSETS,
-    PAYLOADS, TEARDOWN, WATCH_ADDR_PORT, WATCH_PORT, bump,
+    COUNTERS, DROP_FLOWS, DROP_SCRATCH, EVENTS, FLOWS, HEADERS, IGNORED, NF_TRAIL, PAYLOADS, PORTS,
+    TEARDOWN, WATCH_ADDR_PORT, bump, get,
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -43,24 +49,48 @@ pub fn read<T>(base: u64, off: u32) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }
 }
 
+/// Reads a `T` at `base + off` of a kernel object. `TYPED`: `base` is a pointer the verifier
+/// knows by its BTF type (a tp_btf or fentry argument, or a pointer field read from one), and
+/// `off` a field offset read from OFFSETS (a constant to the verifier): one direct load,
+/// which the verifier checks against the type's layout and the JIT makes fault-tolerant (a
+/// NULL or stale pointer reads as zero). Else, or for memory no BTF type describes (packet
+/// bytes), `bpf_probe_read_kernel`. `T` must be the field's own size: the verifier refuses a
+/// pointer field read in part.
+#[inline(always)]
+pub fn field<const TYPED: bool, T: Copy>(base: u64, off: u32) -> Result<T, i32> {
+    if TYPED {
+        // SAFETY: see above; the verifier refuses any load this does not describe.
+        Ok(unsafe { core::ptr::read_volatile((base + off as u64) as *const T) })
+    } else {
+        read(base, off)
+    }
+}
+
 /// nsfs inode of the namespace the skb belongs to: its device's namespace, or its socket's
 /// when it has no device (locally generated, not yet routed). 0 when neither is readable.
 #[inline(always)]
-pub fn netns_of(skb: u64, dev: u64, off: &KernelOffsets) -> u32 {
+pub fn netns_of<const TYPED: bool>(skb: u64, dev: u64) -> u32 {
     let net: u64 = if dev != 0 {
-        read(dev, off.dev_nd_net).unwrap_or(0)
+        field::<TYPED, u64>(dev, get!(OFFSETS.dev_nd_net)).unwrap_or(0)
     } else {
-        let sk: u64 = read(skb, off.skb_sk).unwrap_or(0);
+        let sk: u64 = field::<TYPED, u64>(skb, get!(OFFSETS.skb_sk)).unwrap_or(0);
         if sk == 0 {
             0
         } else {
-            read(sk, off.sk_net).unwrap_or(0)
+            field::<TYPED, u64>(sk, get!(OFFSETS.sk_net)).unwrap_or(0)
         }
     };
     if net == 0 {
         return 0;
     }
-    read(net, off.net_ns_inum).unwrap_or(0)
+    field::<TYPED, u32>(net, get!(OFFSETS.net_ns_inum)).unwrap_or(0)
+}
+
+/// Whether the skb is outside the watched namespace (a CONFIG.netns of 0 watches all).
+#[inline(always)]
+fn elsewhere(netns: u32) -> bool {
+    let watched = get!(CONFIG.netns);
+    watched != 0 && netns != watched
 }
 
 /// Why a packet could not be parsed: the first is normal (ARP, a driver-level drop before the
@@ -85,83 +115,111 @@ struct Extent {
     linear_end: u64,
 }
 
-/// Fills addresses, protocol, ports and flags from the packet headers.
+/// A packet's headers as the filter and the event need them: an unwatched packet is decided
+/// without touching the event's (larger) scratch slot. On the stack where it fits (the
+/// transmit hook), else in HEADERS.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct Headers {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u8,
+    pub proto: u8,
+    pub tcp_flags: u8,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+/// Bytes read at once from the IP header: IPv6's fixed header (40) and the first 20 of a
+/// transport header, so the common packet (IPv4 without options, IPv6 without extension
+/// headers) takes one read. Always inside the skb's buffer: the linear part holds at least
+/// the IP header, and `skb_shared_info` (hundreds of bytes) follows its end.
+const PEEK: usize = 60;
+
+/// Fills `h` from the packet headers.
 #[inline(always)]
-fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<Extent, NotParsed> {
-    let protocol = u16::from_be(read::<u16>(skb, off.skb_protocol)?);
+fn parse<const TYPED: bool>(skb: u64, h: &mut Headers) -> Result<Extent, NotParsed> {
+    let protocol = u16::from_be(field::<TYPED, u16>(skb, get!(OFFSETS.skb_protocol))?);
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Err(NotParsed::NotIp);
     }
-    let head: u64 = read(skb, off.skb_head)?;
-    let nh: u16 = read(skb, off.skb_network_header)?;
+    let head: u64 = field::<TYPED, u64>(skb, get!(OFFSETS.skb_head))?;
+    let nh: u16 = field::<TYPED, u16>(skb, get!(OFFSETS.skb_network_header))?;
+    let tail: u32 = field::<TYPED, u32>(skb, get!(OFFSETS.skb_tail))?;
     let ip = head + nh as u64;
-    let tail: u32 = read(skb, off.skb_tail)?;
     let linear_end = head + tail as u64;
-    let l4 = match protocol {
-        ETH_P_IP => {
-            let hdr: [u8; 20] = read(ip, 0)?;
-            if hdr[0] >> 4 != 4 {
-                return Err(NotParsed::NotIp);
-            }
-            ev.family = AF_INET;
-            ev.proto = hdr[9];
-            ev.saddr[..4].copy_from_slice(&hdr[12..16]);
-            ev.daddr[..4].copy_from_slice(&hdr[16..20]);
-            // A non-first fragment has no transport header: keep the addresses, no ports.
-            let frag_off = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-            if frag_off != 0 {
-                let headers_end = ip + ((hdr[0] & 0x0f) as u64) * 4;
-                return Ok(Extent {
-                    ip,
-                    headers_end,
-                    linear_end,
-                });
-            }
-            ip + ((hdr[0] & 0x0f) as u64) * 4
+    let mut buf = [0u8; PEEK];
+    read_into(&mut buf, ip)?;
+    // The transport header's offset from `ip`, and whether `buf` holds its first 20 bytes.
+    let (l4, in_buf) = if protocol == ETH_P_IP {
+        if buf[0] >> 4 != 4 {
+            return Err(NotParsed::NotIp);
         }
-        ETH_P_IPV6 => {
-            let hdr: [u8; 40] = read(ip, 0)?;
-            if hdr[0] >> 4 != 6 {
-                return Err(NotParsed::NotIp);
-            }
-            ev.family = AF_INET6;
-            ev.saddr.copy_from_slice(&hdr[8..24]);
-            ev.daddr.copy_from_slice(&hdr[24..40]);
-            let mut next = hdr[6];
-            let mut at = ip + 40;
-            // Bounded walk over the extension headers that commonly precede TCP/UDP.
-            for _ in 0..4 {
-                if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
-                    break;
-                }
-                let ext: [u8; 2] = read(at, 0)?;
-                next = ext[0];
-                at += (ext[1] as u64 + 1) * 8;
-            }
-            ev.proto = next;
-            at
+        h.family = AF_INET;
+        h.proto = buf[9];
+        h.saddr[..4].copy_from_slice(&buf[12..16]);
+        h.daddr[..4].copy_from_slice(&buf[16..20]);
+        let ihl = ((buf[0] & 0x0f) as u64) * 4;
+        // A non-first fragment has no transport header: keep the addresses, no ports.
+        if u16::from_be_bytes([buf[6], buf[7]]) & 0x1fff != 0 {
+            return Ok(Extent {
+                ip,
+                headers_end: ip + ihl,
+                linear_end,
+            });
         }
-        _ => return Err(NotParsed::NotIp),
+        (ihl, ihl == 20)
+    } else {
+        if buf[0] >> 4 != 6 {
+            return Err(NotParsed::NotIp);
+        }
+        h.family = AF_INET6;
+        h.saddr.copy_from_slice(&buf[8..24]);
+        h.daddr.copy_from_slice(&buf[24..40]);
+        let mut next = buf[6];
+        let mut at = 40u64;
+        // Bounded walk over the extension headers that commonly precede TCP/UDP.
+        for _ in 0..4 {
+            if next != NEXTHDR_HOP && next != NEXTHDR_ROUTING && next != NEXTHDR_DEST {
+                break;
+            }
+            let ext: [u8; 2] = read(ip + at, 0)?;
+            next = ext[0];
+            at += (ext[1] as u64 + 1) * 8;
+        }
+        h.proto = next;
+        (at, at == 40)
     };
-    let headers_end = match ev.proto {
+    // Constant offsets into `buf` only (the 5.10 verifier refuses a variable stack offset):
+    // the transport header at 20 or 40, else read where it is, over the IP header (its
+    // addresses are copied already).
+    let th: &[u8] = if !in_buf {
+        read_into(&mut buf[..20], ip + l4)?;
+        &buf[..20]
+    } else if l4 == 20 {
+        &buf[20..40]
+    } else {
+        &buf[40..60]
+    };
+    let l4 = ip + l4;
+    let headers_end = match h.proto {
         IPPROTO_TCP => {
-            let th: [u8; 14] = read(l4, 0)?;
-            ev.sport = u16::from_be_bytes([th[0], th[1]]);
-            ev.dport = u16::from_be_bytes([th[2], th[3]]);
-            ev.tcp_flags = th[13];
+            h.sport = u16::from_be_bytes([th[0], th[1]]);
+            h.dport = u16::from_be_bytes([th[2], th[3]]);
+            h.tcp_flags = th[13];
             l4 + ((th[12] >> 4) as u64) * 4
         }
         IPPROTO_UDP | IPPROTO_SCTP => {
-            let ports: [u8; 4] = read(l4, 0)?;
-            ev.sport = u16::from_be_bytes([ports[0], ports[1]]);
-            ev.dport = u16::from_be_bytes([ports[2], ports[3]]);
+            h.sport = u16::from_be_bytes([th[0], th[1]]);
+            h.dport = u16::from_be_bytes([th[2], th[3]]);
             // SCTP's common header is 12 bytes; UDP's 8.
-            l4 + if ev.proto == IPPROTO_UDP { 8 } else { 12 }
+            l4 + if h.proto == IPPROTO_UDP { 8 } else { 12 }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            let ih: [u8; 2] = read(l4, 0)?;
-            ev.icmp_type = ih[0];
-            ev.icmp_code = ih[1];
+            h.icmp_type = th[0];
+            h.icmp_code = th[1];
             l4 + 8
         }
         _ => l4,
@@ -173,29 +231,43 @@ fn parse(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) -> Result<Extent, No
     })
 }
 
+/// How `port` is watched (`tracer_common::port` bits; 0 for port 0).
+#[inline(always)]
+fn port_bits(p: u16) -> u8 {
+    if p == 0 {
+        return 0;
+    }
+    PORTS.get(p as u32).copied().unwrap_or(0)
+}
+
+/// Whether (addr, port) is a watched pair.
+#[inline(always)]
+fn watched_pair(family: u8, addr: &[u8; 16], p: u16) -> bool {
+    let key = AddrPort {
+        addr: *addr,
+        family,
+        _pad: 0,
+        port: p,
+    };
+    WATCH_ADDR_PORT.get_ptr(&key).is_some()
+}
+
 /// The watched port this packet matches, if any: destination first (the published port of an
 /// inbound packet), then source (a reply, e.g. the RST or SYN-ACK of the service).
 #[inline(always)]
-fn matched_port(ev: &DropEvent) -> Option<u16> {
-    if ev.dport != 0 && WATCH_PORT.get_ptr(&ev.dport).is_some() {
-        return Some(ev.dport);
+fn matched_port(h: &Headers) -> Option<u16> {
+    let (d, s) = (port_bits(h.dport), port_bits(h.sport));
+    if d & port::ANY != 0 {
+        return Some(h.dport);
     }
-    if ev.sport != 0 && WATCH_PORT.get_ptr(&ev.sport).is_some() {
-        return Some(ev.sport);
+    if s & port::ANY != 0 {
+        return Some(h.sport);
     }
-    let mut key = AddrPort {
-        addr: ev.daddr,
-        family: ev.family,
-        _pad: 0,
-        port: ev.dport,
-    };
-    if WATCH_ADDR_PORT.get_ptr(&key).is_some() {
-        return Some(ev.dport);
+    if d & port::ADDR != 0 && watched_pair(h.family, &h.daddr, h.dport) {
+        return Some(h.dport);
     }
-    key.addr = ev.saddr;
-    key.port = ev.sport;
-    if WATCH_ADDR_PORT.get_ptr(&key).is_some() {
-        return Some(ev.sport);
+    if s & port::ADDR != 0 && watched_pair(h.family, &h.saddr, h.sport) {
+        return Some(h.sport);
     }
     None
 }
@@ -231,51 +303,46 @@ fn count(reason: u32, port: u16, proto: u8) {
 }
 
 /// Conntrack facts of the packet: whether it had passed conntrack, its status bits (was it
-/// DNATed?) and its original destination.
+/// DNATed?) and its original destination. The nf_conn pointer is bits of an integer
+/// (`_nfct`), not a typed pointer: its fields are read with `bpf_probe_read_kernel`.
 #[inline(always)]
-fn read_conntrack(skb: u64, off: &KernelOffsets, ev: &mut DropEvent) {
-    if off.skb_nfct == ABSENT || off.ct_status == ABSENT {
+fn read_conntrack<const TYPED: bool>(skb: u64, ev: &mut DropEvent) {
+    let (nfct_at, status_at) = (get!(OFFSETS.skb_nfct), get!(OFFSETS.ct_status));
+    if nfct_at == ABSENT || status_at == ABSENT {
         return;
     }
-    let nfct: u64 = read(skb, off.skb_nfct).unwrap_or(0);
+    let nfct: u64 = field::<TYPED, u64>(skb, nfct_at).unwrap_or(0);
     // The low 3 bits carry ctinfo (NFCT_INFOMASK); the rest is the nf_conn pointer.
     let ct = nfct & !7u64;
     if ct == 0 {
         return;
     }
     ev.has_ct = 1;
-    ev.ct_status = read::<u64>(ct, off.ct_status).unwrap_or(0) as u32;
-    if off.ct_orig_daddr != ABSENT {
+    ev.ct_status = read::<u64>(ct, status_at).unwrap_or(0) as u32;
+    let (daddr_at, dport_at) = (get!(OFFSETS.ct_orig_daddr), get!(OFFSETS.ct_orig_dport));
+    if daddr_at != ABSENT {
         if ev.family == AF_INET {
-            if let Ok(a) = read::<[u8; 4]>(ct, off.ct_orig_daddr) {
+            if let Ok(a) = read::<[u8; 4]>(ct, daddr_at) {
                 ev.orig_daddr[..4].copy_from_slice(&a);
             }
-        } else if let Ok(a) = read::<[u8; 16]>(ct, off.ct_orig_daddr) {
+        } else if let Ok(a) = read::<[u8; 16]>(ct, daddr_at) {
             ev.orig_daddr = a;
         }
     }
-    if off.ct_orig_dport != ABSENT {
-        ev.orig_dport = u16::from_be(read::<u16>(ct, off.ct_orig_dport).unwrap_or(0));
+    if dport_at != ABSENT {
+        ev.orig_dport = u16::from_be(read::<u16>(ct, dport_at).unwrap_or(0));
     }
 }
 
 /// The watched port a packet *to* it matches: its destination port, or its destination
 /// (address, port) — the direction of a published port's traffic.
 #[inline(always)]
-fn matched_dport(ev: &DropEvent) -> Option<u16> {
-    if ev.dport == 0 {
-        return None;
+fn matched_dport(h: &Headers) -> Option<u16> {
+    let d = port_bits(h.dport);
+    if d & port::ANY != 0 || (d & port::ADDR != 0 && watched_pair(h.family, &h.daddr, h.dport)) {
+        return Some(h.dport);
     }
-    if WATCH_PORT.get_ptr(&ev.dport).is_some() {
-        return Some(ev.dport);
-    }
-    let key = AddrPort {
-        addr: ev.daddr,
-        family: ev.family,
-        _pad: 0,
-        port: ev.dport,
-    };
-    WATCH_ADDR_PORT.get_ptr(&key).map(|_| ev.dport)
+    None
 }
 
 /// Adds one to a FLOWS counter.
@@ -297,59 +364,71 @@ pub fn count_flow(port: u16, kind: u8, proto: u8) {
 
 /// net_dev_queue: a packet of the watched namespace queued for transmission. One that arrived
 /// on another device and goes to a watched (address,) port was forwarded: counted per port.
+/// `skb` is the tp_btf argument (typed).
 #[inline(always)]
 pub fn on_transmit(skb: u64) {
     if skb == 0 {
         return;
     }
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
     // Cheapest tests first: this runs for every packet every namespace sends.
     // Locally generated packets have no ingress device.
-    let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
+    let iif: u32 = field::<true, u32>(skb, get!(OFFSETS.skb_iif)).unwrap_or(0);
     if iif == 0 {
         return;
     }
-    let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
-    if dev == 0 || bridge_port(dev, &off) {
+    let dev: u64 = field::<true, u64>(skb, get!(OFFSETS.skb_dev)).unwrap_or(0);
+    if dev == 0 || bridge_port(dev) {
         return;
     }
-    let ifindex: u32 = read(dev, off.dev_ifindex).unwrap_or(0);
-    if iif == ifindex || (cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns) {
+    let ifindex: u32 = field::<true, u32>(dev, get!(OFFSETS.dev_ifindex)).unwrap_or(0);
+    if iif == ifindex || elsewhere(netns_of::<true>(skb, dev)) {
         return;
     }
-    let Some(slot) = DROP_SCRATCH.get_ptr_mut(kind::TRANSMIT as u32) else {
+    let mut h = Headers::default();
+    if parse::<true>(skb, &mut h).is_err() {
         return;
+    }
+    if let Some(port) = matched_dport(&h) {
+        count_flow(port, flow::FORWARDED, h.proto);
+    }
+}
+
+/// Copies `dst.len()` bytes of kernel memory at `src` into `dst` (in place: a `read::<[u8;
+/// N]>` copies its result once more, on a stack that has 512 bytes).
+#[inline(always)]
+fn read_into(dst: &mut [u8], src: u64) -> Result<(), NotParsed> {
+    // SAFETY: a fault-tolerant kernel read of dst.len() bytes into dst.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            dst.as_mut_ptr().cast(),
+            dst.len() as u32,
+            src as *const core::ffi::c_void,
+        )
     };
-    // SAFETY: this program's own per-CPU slot (see DROP_SCRATCH); only the header fields
-    // parse() writes are read back, after it wrote them.
-    let ev = unsafe {
-        (*slot).dport = 0;
-        (*slot).sport = 0;
-        (*slot).daddr = [0; 16];
-        &mut *slot
-    };
-    if parse(skb, &off, ev).is_err() {
-        return;
-    }
-    if let Some(port) = matched_dport(ev) {
-        count_flow(port, flow::FORWARDED, ev.proto);
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(NotParsed::Unreadable)
     }
 }
 
 /// Whether `dev` is a bridge's port: a packet queued there was already counted when the
 /// IP layer queued it on the bridge (a container behind docker0 would count twice).
 #[inline(always)]
-fn bridge_port(dev: u64, off: &KernelOffsets) -> bool {
-    if off.dev_priv_flags == ABSENT || off.iff_bridge_port == 0 {
+fn bridge_port(dev: u64) -> bool {
+    let (at, bit) = (get!(OFFSETS.dev_priv_flags), get!(OFFSETS.iff_bridge_port));
+    if at == ABSENT || bit == 0 {
         return false;
     }
-    let flags: u32 = read(dev, off.dev_priv_flags).unwrap_or(0);
-    flags & off.iff_bridge_port != 0
+    let flags: u32 = field::<true, u32>(dev, at).unwrap_or(0);
+    flags & bit != 0
 }
 
-/// The netfilter trail of `skb` if this CPU's slot holds it, taken: the slot is cleared on
-/// every free, watched or not, so no later packet at the same address inherits it.
+/// The netfilter trail of `skb` if this CPU's slot holds it, taken. Only frees in the watched
+/// namespace take it: the probes write it there only, and a trail left behind by a packet
+/// freed elsewhere (forwarded into a container) has no hook open, so a later packet at the
+/// same address that inherits it is told nothing false; the first probe of each packet
+/// starts the slot anew anyway.
 #[inline(always)]
 fn take_trail(skb: u64) -> u16 {
     let Some(slot) = NF_TRAIL.get_ptr_mut(0) else {
@@ -366,29 +445,30 @@ fn take_trail(skb: u64) -> u16 {
 }
 
 /// kfree_skb: a packet freed with a drop reason.
-#[inline(always)]
 /// `TYPED`: `skb` is the tp_btf argument itself, a pointer the verifier knows as a
-/// `struct sk_buff`, so `bpf_skb_output` may copy its payload (`--snaplen`); the classic
-/// tracepoint's `skb` is a plain number and keeps the linear part only.
+/// `struct sk_buff`: direct loads, and `bpf_skb_output` may copy its payload (`--snaplen`);
+/// the classic tracepoint's `skb` is a plain number and keeps the linear part only.
+#[inline(always)]
 pub fn on_drop<const TYPED: bool>(skb: u64, location: u64, reason: u32) {
-    let trail = take_trail(skb);
-    // SAFETY: lookups in a map that only the loader writes, before the program is attached.
-    if unsafe { IGNORED_REASONS.get(&reason) }.is_some() {
+    // First: one array lookup the verifier inlines (reasons past IGNORED_LEN are never
+    // ignored).
+    if IGNORED.get(reason).is_some_and(|v| *v != 0) {
         return;
     }
-    observe::<TYPED>(skb, kind::DROP, reason, location, trail, 0, 0);
+    observe::<TYPED>(skb, kind::DROP, reason, location, 0, 0);
 }
 
 /// icmp_send: the kernel answers `skb` with an ICMP error (a REJECT, or a routing error).
+/// `TYPED`: from tp_btf or fentry (not the kprobe).
 #[inline(always)]
-pub fn on_icmp_send(skb: u64, icmp_type: u8, icmp_code: u8) {
-    observe::<false>(skb, kind::ICMP_SENT, 0, 0, 0, icmp_type, icmp_code);
+pub fn on_icmp_send<const TYPED: bool>(skb: u64, icmp_type: u8, icmp_code: u8) {
+    observe::<TYPED>(skb, kind::ICMP_SENT, 0, 0, icmp_type, icmp_code);
 }
 
 /// tcp_send_reset: the TCP stack answers `skb` with a RST (`reason`: enum sk_rst_reason).
 #[inline(always)]
 pub fn on_rst(skb: u64, reason: u32) {
-    observe::<false>(skb, kind::RST_SENT, reason, 0, 0, 0, 0);
+    observe::<true>(skb, kind::RST_SENT, reason, 0, 0, 0);
 }
 
 /// A free at a teardown site with no specific reason (see WatchConfig::skip_teardown): a FIN
@@ -397,18 +477,20 @@ pub fn on_rst(skb: u64, reason: u32) {
 /// path); or what a closing socket's queue purge freed. Normal teardown, not a drop anyone
 /// is paged for.
 #[inline(always)]
-fn late_teardown(ev: &DropEvent, cfg: &WatchConfig) -> bool {
+fn late_teardown(h: &Headers, reason: u32, at: u64) -> bool {
     const FIN: u8 = 0x01;
     const SYN: u8 = 0x02;
     const RST: u8 = 0x04;
-    if cfg.skip_teardown == 0 || ev.proto != IPPROTO_TCP || ev.reason != cfg.teardown_reason {
+    if get!(CONFIG.skip_teardown) == 0
+        || h.proto != IPPROTO_TCP
+        || reason != get!(CONFIG.teardown_reason)
+    {
         return false;
     }
     let Some(sites) = TEARDOWN.get(0) else {
         return false;
     };
-    let at = ev.location;
-    let closing = ev.tcp_flags & (FIN | RST) != 0 && ev.tcp_flags & SYN == 0;
+    let closing = h.tcp_flags & (FIN | RST) != 0 && h.tcp_flags & SYN == 0;
     let mut i = 0;
     while i < TEARDOWN_SITES {
         let (start, end) = (sites.ranges[2 * i], sites.ranges[2 * i + 1]);
@@ -509,8 +591,8 @@ fn capture(ev: &mut DropEvent, at: &Extent, snaplen: u32) {
 /// (page fragments included) into PAYLOADS, headed by which event it belongs to. Sent before
 /// the event itself, so userspace holding the event already finds it.
 #[inline(always)]
-fn send_payload(skb: u64, ev: &DropEvent, off: &KernelOffsets, ip: u64, snaplen: u32) {
-    let Ok(data) = read::<u64>(skb, off.skb_data) else {
+fn send_payload(skb: u64, ev: &DropEvent, ip: u64, snaplen: u32) {
+    let Ok(data) = field::<true, u64>(skb, get!(OFFSETS.skb_data)) else {
         return;
     };
     let data_from_ip = data.wrapping_sub(ip) as i64;
@@ -548,37 +630,33 @@ fn observe<const TYPED: bool>(
     event_kind: u8,
     reason: u32,
     location: u64,
-    trail: u16,
     icmp_type: u8,
     icmp_code: u8,
 ) {
     if skb == 0 {
         return;
     }
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
-    let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
-    let netns = netns_of(skb, dev, &off);
-    if cfg.netns != 0 && netns != cfg.netns {
+    let dev: u64 = field::<TYPED, u64>(skb, get!(OFFSETS.skb_dev)).unwrap_or(0);
+    let netns = netns_of::<TYPED>(skb, dev);
+    if elsewhere(netns) {
         return;
     }
-    // The event (240 bytes) is built in per-CPU scratch space: with the parsing state it
-    // would not fit the 512-byte BPF stack.
-    let Some(slot) = DROP_SCRATCH.get_ptr_mut(event_kind as u32) else {
+    let trail = if event_kind == kind::DROP {
+        take_trail(skb)
+    } else {
+        0
+    };
+    // Per-CPU scratch, one slot per event kind like DROP_SCRATCH (programs of different
+    // kinds nest on a CPU): on the stack it took the drop program past 512 bytes.
+    let Some(slot) = HEADERS.get_ptr_mut(event_kind as u32) else {
         return;
     };
-    // SAFETY: the per-CPU slot of this event kind belongs to the one program that emits it,
-    // and the kernel never runs a program nested inside itself on a CPU (see DROP_SCRATCH).
-    // Zeroing is a plain byte fill.
-    let ev = unsafe {
+    // SAFETY: this program's own per-CPU slot (see DROP_SCRATCH); zeroing is a byte fill.
+    let h = unsafe {
         core::ptr::write_bytes(slot, 0, 1);
         &mut *slot
     };
-    ev.location = location;
-    ev.reason = reason;
-    ev.netns = netns;
-    ev.kind = event_kind;
-    let extent = match parse(skb, &off, ev) {
+    let extent = match parse::<TYPED>(skb, h) {
         Ok(extent) => extent,
         Err(NotParsed::NotIp) => return,
         Err(NotParsed::Unreadable) => {
@@ -592,47 +670,91 @@ fn observe<const TYPED: bool>(
             return;
         }
     };
-    let port = match matched_port(ev) {
+    let port = match matched_port(h) {
         Some(port) => port,
-        None if cfg.match_all != 0 => ev.dport,
+        None if get!(CONFIG.match_all) != 0 => h.dport,
         None => return,
     };
     if event_kind == kind::DROP {
-        if late_teardown(ev, &cfg) {
+        if late_teardown(h, reason, location) {
             bump(stat::TEARDOWN);
             return;
         }
-        count(reason, port, ev.proto);
-        ev.nf_trail = trail;
-    } else {
-        ev.icmp_type = icmp_type;
-        ev.icmp_code = icmp_code;
+        count(reason, port, h.proto);
     }
+    emit::<TYPED>(skb, dev, h, &extent, event_kind, port, |ev| {
+        ev.location = location;
+        ev.reason = reason;
+        ev.netns = netns;
+        if event_kind == kind::DROP {
+            ev.nf_trail = trail;
+        } else {
+            ev.icmp_type = icmp_type;
+            ev.icmp_code = icmp_code;
+        }
+    });
+}
 
-    read_conntrack(skb, &off, ev);
+/// A watched packet's event: built in per-CPU scratch space (240 bytes: with the parsing
+/// state it would not fit the 512-byte BPF stack), aggregated per flow, sent to the ring.
+#[inline(always)]
+fn emit<const TYPED: bool>(
+    skb: u64,
+    dev: u64,
+    h: &Headers,
+    extent: &Extent,
+    event_kind: u8,
+    port: u16,
+    fill: impl FnOnce(&mut DropEvent),
+) {
+    let Some(slot) = DROP_SCRATCH.get_ptr_mut(event_kind as u32) else {
+        return;
+    };
+    // SAFETY: the per-CPU slot of this event kind belongs to the one program that emits it,
+    // and the kernel never runs a program nested inside itself on a CPU (see DROP_SCRATCH).
+    // Zeroing is a plain byte fill.
+    let ev = unsafe {
+        core::ptr::write_bytes(slot, 0, 1);
+        &mut *slot
+    };
+    ev.kind = event_kind;
+    ev.family = h.family;
+    ev.proto = h.proto;
+    ev.saddr = h.saddr;
+    ev.daddr = h.daddr;
+    ev.sport = h.sport;
+    ev.dport = h.dport;
+    ev.tcp_flags = h.tcp_flags;
+    ev.icmp_type = h.icmp_type;
+    ev.icmp_code = h.icmp_code;
+    fill(ev);
+    read_conntrack::<TYPED>(skb, ev);
     // SAFETY: a helper call without arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
     ev.port = port;
-    if cfg.flow_burst != 0 && !admit(ev, cfg.flow_burst) {
+    let burst = get!(CONFIG.flow_burst);
+    if burst != 0 && !admit(ev, burst) {
         return;
     }
     if dev != 0 {
-        ev.dev_ifindex = read(dev, off.dev_ifindex).unwrap_or(0);
+        ev.dev_ifindex = field::<TYPED, u32>(dev, get!(OFFSETS.dev_ifindex)).unwrap_or(0);
     }
-    let iif: u32 = read(skb, off.skb_iif).unwrap_or(0);
+    let iif: u32 = field::<TYPED, u32>(skb, get!(OFFSETS.skb_iif)).unwrap_or(0);
     ev.ifindex = if iif != 0 { iif } else { ev.dev_ifindex };
-    ev.len = read(skb, off.skb_len).unwrap_or(0);
-    if cfg.capture_headers != 0 && event_kind == kind::DROP {
-        capture(ev, &extent, cfg.snaplen);
-        if TYPED && cfg.snaplen > ev.hdr_len as u32 && ev.len > ev.hdr_len as u32 {
-            send_payload(skb, ev, &off, extent.ip, cfg.snaplen);
+    ev.len = field::<TYPED, u32>(skb, get!(OFFSETS.skb_len)).unwrap_or(0);
+    let headers = get!(CONFIG.capture_headers) != 0;
+    if headers && event_kind == kind::DROP {
+        let snaplen = get!(CONFIG.snaplen);
+        capture(ev, extent, snaplen);
+        if TYPED && snaplen > ev.hdr_len as u32 && ev.len > ev.hdr_len as u32 {
+            send_payload(skb, ev, extent.ip, snaplen);
         }
     }
     // Default wakeup policy: the kernel wakes the reader only when it had caught up with this
     // record, checked at commit, so a storm costs one wakeup per batch and none is lost (a
     // query of pending data before the output, as before, raced the reader and left events
     // waiting for its timer while the ring filled).
-    let sent = if cfg.capture_headers != 0 {
+    let sent = if headers {
         EVENTS.output(ev, 0)
     } else {
         // SAFETY: the event's first EVENT_HEAD bytes, inside its own scratch slot.

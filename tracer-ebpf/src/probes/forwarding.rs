@@ -17,20 +17,28 @@
 //!   records (layout from the format files) name no namespace; see `on_route_record`.
 //! tp_btf net_dev_queue (optional): TP_PROTO(struct sk_buff *skb) -- every packet queued for
 //!   transmission; one that arrived on another device was forwarded (skb.rs `on_transmit`).
+//!
+//! Cost: a routed packet takes several lookups (input, output, the local table first), each
+//! running these programs, so "not ours" is decided first and cheaply: the namespace (a few
+//! direct loads through the typed arguments), then the addresses' bits in ADDRS and the
+//! port's byte in PORTS (array lookups the verifier inlines); the hash maps are consulted
+//! only on a hit.
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
-use tracer_common::{ABSENT, AF_INET, AF_INET6, AddrPort, FibRecord, RouteKey, RouteSample, flow};
+use tracer_common::{
+    ABSENT, AF_INET, AF_INET6, AddrPort, FibRecord, RouteKey, RouteSample, addr_slot, flow, port,
+};
 
 use crate::{
     maps::{
-        CONFIG, FIB_RECORDS, OFFSETS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6,
-        WATCH_IFINDEX, WATCH_IFNAME, WATCH_LOCAL, WATCH_PORT,
+        ADDRS, FIB_RECORDS, PORTS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6,
+        WATCH_IFINDEX, WATCH_IFNAME, WATCH_LOCAL, get,
     },
-    skb::{count_flow, on_transmit, read},
+    skb::{count_flow, field, on_transmit, read},
 };
 
 /// RT_TABLE_LOCAL: a lookup that succeeds there delivers locally.
@@ -88,7 +96,8 @@ pub fn net_dev_queue(ctx: BtfTracePointContext) -> i32 {
 #[inline(always)]
 fn watched(family: u8, daddr: &[u8; 16], dport: u16) -> Option<u16> {
     if dport != 0 {
-        if WATCH_PORT.get_ptr(&dport).is_some() {
+        let bits = PORTS.get(dport as u32).copied().unwrap_or(0);
+        if bits & port::ANY != 0 {
             return Some(dport);
         }
         let key = AddrPort {
@@ -97,16 +106,29 @@ fn watched(family: u8, daddr: &[u8; 16], dport: u16) -> Option<u16> {
             _pad: 0,
             port: dport,
         };
-        if WATCH_ADDR_PORT.get_ptr(&key).is_some() {
+        if bits & port::ADDR != 0 && WATCH_ADDR_PORT.get_ptr(&key).is_some() {
             return Some(dport);
         }
     }
     container_port(family, daddr)
 }
 
+/// Whether `addr`'s bit is set in ADDRS: it may be a container or local address (a clear
+/// bit says it is not one; a set bit needs the exact lookup).
+#[inline(always)]
+fn marked(addr: &[u8; 16]) -> bool {
+    let slot = addr_slot(addr);
+    ADDRS
+        .get(slot / 64)
+        .is_some_and(|word| word & (1u64 << (slot % 64)) != 0)
+}
+
 /// The watched port of a container address (WATCH_DADDR, WATCH_DADDR6), if it is one.
 #[inline(always)]
 fn container_port(family: u8, addr: &[u8; 16]) -> Option<u16> {
+    if !marked(addr) {
+        return None;
+    }
     // SAFETY: plain u16 values the loader wrote before attaching.
     unsafe {
         if family == AF_INET {
@@ -126,24 +148,24 @@ fn unrelated(port: Option<u16>, err: i32, tb_id: u32, family: u8, key: &RouteKey
     port.is_none()
         && err == 0
         && tb_id != TABLE_LOCAL
-        && WATCH_LOCAL.get_ptr(&key.daddr).is_none()
+        && !(marked(&key.daddr) && WATCH_LOCAL.get_ptr(&key.daddr).is_some())
         // A watched container's replies: their decisions are evidence too.
         && container_port(family, &key.saddr).is_none()
 }
 
-/// A device's ifindex and namespace inode (0s when it cannot be read).
+/// A device's ifindex and namespace inode (0s when it cannot be read); `dev` is a typed
+/// pointer (read from a tp_btf argument).
 #[inline(always)]
 fn device(dev: u64) -> (u32, u32) {
-    let off = OFFSETS.load();
     if dev == 0 {
         return (0, 0);
     }
-    let ifindex = read(dev, off.dev_ifindex).unwrap_or(0);
-    let net: u64 = read(dev, off.dev_nd_net).unwrap_or(0);
+    let ifindex = field::<true, u32>(dev, get!(OFFSETS.dev_ifindex)).unwrap_or(0);
+    let net: u64 = field::<true, u64>(dev, get!(OFFSETS.dev_nd_net)).unwrap_or(0);
     let inum = if net == 0 {
         0
     } else {
-        read(net, off.net_ns_inum).unwrap_or(0)
+        field::<true, u32>(net, get!(OFFSETS.net_ns_inum)).unwrap_or(0)
     };
     (ifindex, inum)
 }
@@ -173,34 +195,37 @@ impl Lookup {
 /// device) or, failed and deviceless, about a watched destination.
 #[inline(always)]
 fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
-    let off = OFFSETS.load();
-    if flp == 0 || err == EAGAIN || off.fl4_daddr == ABSENT || off.fl4_saddr == ABSENT {
+    let (daddr_at, saddr_at, dev_at) = (
+        get!(OFFSETS.fl4_daddr),
+        get!(OFFSETS.fl4_saddr),
+        get!(OFFSETS.nhc_dev),
+    );
+    if flp == 0 || err == EAGAIN || daddr_at == ABSENT || saddr_at == ABSENT {
+        return;
+    }
+    // The namespace first: most lookups on a host are other namespaces'.
+    let dev: u64 = if nhc == 0 || dev_at == ABSENT {
+        0
+    } else {
+        field::<true, u64>(nhc, dev_at).unwrap_or(0)
+    };
+    let (oif, inum) = device(dev);
+    let netns = get!(CONFIG.netns);
+    if dev != 0 && netns != 0 && inum != netns {
         return;
     }
     let mut key = RouteKey::default();
-    let v4: [u8; 4] = read(flp, off.fl4_daddr).unwrap_or([0; 4]);
-    key.daddr[..4].copy_from_slice(&v4);
-    let dport = port_at(flp, off.fl4_dport);
+    let v4: u32 = field::<true, u32>(flp, daddr_at).unwrap_or(0);
+    key.daddr[..4].copy_from_slice(&v4.to_ne_bytes());
+    let dport = port_at(flp, get!(OFFSETS.fl4_dport));
     let port = watched(AF_INET, &key.daddr, dport);
-    let s4: [u8; 4] = read(flp, off.fl4_saddr).unwrap_or([0; 4]);
-    key.saddr[..4].copy_from_slice(&s4);
-    // Decided before any device is read: this runs per routed packet.
+    let s4: u32 = field::<true, u32>(flp, saddr_at).unwrap_or(0);
+    key.saddr[..4].copy_from_slice(&s4.to_ne_bytes());
     if unrelated(port, err, tb_id, AF_INET, &key) {
         return;
     }
-    let dev: u64 = if nhc == 0 || off.nhc_dev == ABSENT {
-        0
-    } else {
-        read(nhc, off.nhc_dev).unwrap_or(0)
-    };
-    let (oif, inum) = device(dev);
-    let cfg = CONFIG.load();
-    let ours = if dev != 0 {
-        cfg.netns == 0 || inum == cfg.netns
-    } else {
-        port.is_some()
-    };
-    if !ours {
+    // Without a device, only a failed lookup about a watched destination is ours.
+    if dev == 0 && port.is_none() {
         return;
     }
     let lookup = Lookup {
@@ -212,7 +237,13 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
         oif,
     };
     decided(&lookup, port, |sample| {
-        from_flowi(sample, flp, off.fl4_sport, off.fl4_iif, off.fl4_proto);
+        from_flowi(
+            sample,
+            flp,
+            get!(OFFSETS.fl4_sport),
+            get!(OFFSETS.fl4_iif),
+            get!(OFFSETS.fl4_proto),
+        );
         device_name(sample, dev);
     });
 }
@@ -221,23 +252,24 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
 /// step of every lookup (the main table is next), like IPv4's -EAGAIN: skipped.
 #[inline(always)]
 fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
-    let off = OFFSETS.load();
-    let cfg = CONFIG.load();
     if net == 0 || res == 0 || table == 0 || flp == 0 {
         return;
     }
-    if cfg.netns != 0 && read::<u32>(net, off.net_ns_inum).unwrap_or(0) != cfg.netns {
+    let netns = get!(CONFIG.netns);
+    if netns != 0 && field::<true, u32>(net, get!(OFFSETS.net_ns_inum)).unwrap_or(0) != netns {
         return;
     }
-    if off.fl6_daddr == ABSENT
-        || off.fl6_saddr == ABSENT
-        || off.fib6_res_type == ABSENT
-        || off.fib6_tb_id == ABSENT
-    {
+    let (daddr_at, saddr_at, type_at, tb_at) = (
+        get!(OFFSETS.fl6_daddr),
+        get!(OFFSETS.fl6_saddr),
+        get!(OFFSETS.fib6_res_type),
+        get!(OFFSETS.fib6_tb_id),
+    );
+    if daddr_at == ABSENT || saddr_at == ABSENT || type_at == ABSENT || tb_at == ABSENT {
         return;
     }
-    let tb_id: u32 = read(table, off.fib6_tb_id).unwrap_or(0);
-    let rtn: u8 = read(res, off.fib6_res_type).unwrap_or(0);
+    let tb_id: u32 = field::<true, u32>(table, tb_at).unwrap_or(0);
+    let rtn: u8 = field::<true, u8>(res, type_at).unwrap_or(0);
     let err = match rtn {
         RTN_UNICAST | RTN_LOCAL => 0,
         RTN_UNREACHABLE => -113, // -EHOSTUNREACH, as the tracepoint reports it
@@ -249,24 +281,30 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
     if skipped6(tb_id, err) {
         return;
     }
+    // struct in6_addr is a union of arrays: read as bytes.
     let key = RouteKey {
-        saddr: read(flp, off.fl6_saddr).unwrap_or([0; 16]),
-        daddr: read(flp, off.fl6_daddr).unwrap_or([0; 16]),
+        saddr: read(flp, saddr_at).unwrap_or([0; 16]),
+        daddr: read(flp, daddr_at).unwrap_or([0; 16]),
     };
-    let dport = port_at(flp, off.fl6_dport);
+    let dport = port_at(flp, get!(OFFSETS.fl6_dport));
     let port = watched(AF_INET6, &key.daddr, dport);
     if unrelated(port, err, tb_id, AF_INET6, &key) {
         return;
     }
-    let nh: u64 = if off.fib6_res_nh == ABSENT || off.nhc_dev == ABSENT {
+    let (nh_at, common_at, dev_at) = (
+        get!(OFFSETS.fib6_res_nh),
+        get!(OFFSETS.fib6_nh_common),
+        get!(OFFSETS.nhc_dev),
+    );
+    let nh: u64 = if nh_at == ABSENT || dev_at == ABSENT {
         0
     } else {
-        read(res, off.fib6_res_nh).unwrap_or(0)
+        field::<true, u64>(res, nh_at).unwrap_or(0)
     };
-    let dev: u64 = if nh == 0 || off.fib6_nh_common == ABSENT {
+    let dev: u64 = if nh == 0 || common_at == ABSENT {
         0
     } else {
-        read(nh, off.fib6_nh_common + off.nhc_dev).unwrap_or(0)
+        field::<true, u64>(nh, common_at + dev_at).unwrap_or(0)
     };
     let lookup = Lookup {
         family: AF_INET6,
@@ -277,7 +315,13 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
         oif: device(dev).0,
     };
     decided(&lookup, port, |sample| {
-        from_flowi(sample, flp, off.fl6_sport, off.fl6_iif, off.fl6_proto);
+        from_flowi(
+            sample,
+            flp,
+            get!(OFFSETS.fl6_sport),
+            get!(OFFSETS.fl6_iif),
+            get!(OFFSETS.fl6_proto),
+        );
         device_name(sample, dev);
     });
 }
@@ -323,9 +367,8 @@ fn on_route_record(ctx: &TracePointContext, index: u32, family: u8) {
     // SAFETY: plain values the loader wrote before attaching.
     let oif = unsafe { WATCH_IFNAME.get(&name) }.copied().unwrap_or(0);
     let iif = field(f.iif).unwrap_or(0);
-    let cfg = CONFIG.load();
     let ours = if err == 0 {
-        cfg.netns == 0 || (oif != 0 && WATCH_IFINDEX.get_ptr(&iif).is_some())
+        get!(CONFIG.netns) == 0 || (oif != 0 && WATCH_IFINDEX.get_ptr(&iif).is_some())
     } else {
         port.is_some()
     };
@@ -404,13 +447,13 @@ fn record_port(ctx: &TracePointContext, at: u32) -> u16 {
     unsafe { ctx.read_at::<u16>(at as usize) }.unwrap_or(0)
 }
 
-/// A port of a flowi (host byte order), 0 when this kernel has no such field.
+/// A port of a typed flowi (host byte order), 0 when this kernel has no such field.
 #[inline(always)]
 fn port_at(flp: u64, at: u32) -> u16 {
     if at == ABSENT {
         0
     } else {
-        u16::from_be(read::<u16>(flp, at).unwrap_or(0))
+        u16::from_be(field::<true, u16>(flp, at).unwrap_or(0))
     }
 }
 
@@ -419,18 +462,19 @@ fn port_at(flp: u64, at: u32) -> u16 {
 fn from_flowi(sample: &mut RouteSample, flp: u64, sport_at: u32, iif_at: u32, proto_at: u32) {
     sample.sport = port_at(flp, sport_at);
     if iif_at != ABSENT {
-        sample.iif = read(flp, iif_at).unwrap_or(0);
+        sample.iif = field::<true, u32>(flp, iif_at).unwrap_or(0);
     }
     if proto_at != ABSENT {
-        sample.proto = read(flp, proto_at).unwrap_or(0);
+        sample.proto = field::<true, u8>(flp, proto_at).unwrap_or(0);
     }
 }
 
+/// The chosen device's name (a char array: read as bytes).
 #[inline(always)]
 fn device_name(sample: &mut RouteSample, dev: u64) {
-    let off = OFFSETS.load();
-    if dev != 0 && off.dev_name != ABSENT {
-        sample.dev = read(dev, off.dev_name).unwrap_or([0; 16]);
+    let at = get!(OFFSETS.dev_name);
+    if dev != 0 && at != ABSENT {
+        sample.dev = read(dev, at).unwrap_or([0; 16]);
     }
 }
 

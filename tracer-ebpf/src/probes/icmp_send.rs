@@ -22,7 +22,7 @@ pub fn icmp_send(ctx: BtfTracePointContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let icmp_type: u64 = ctx.arg(1);
     let icmp_code: u64 = ctx.arg(2);
-    on_icmp_send(skb, icmp_type as u8, icmp_code as u8);
+    on_icmp_send::<true>(skb, icmp_type as u8, icmp_code as u8);
     0
 }
 
@@ -31,7 +31,7 @@ pub fn icmp_send_fentry(ctx: FEntryContext) -> i32 {
     let skb: u64 = ctx.arg(0);
     let icmp_type: u64 = ctx.arg(1);
     let icmp_code: u64 = ctx.arg(2);
-    on_icmp_send(skb, icmp_type as u8, icmp_code as u8);
+    on_icmp_send::<true>(skb, icmp_type as u8, icmp_code as u8);
     0
 }
 
@@ -42,6 +42,6 @@ pub fn icmp_send_kprobe(ctx: ProbeContext) -> u32 {
     else {
         return 0;
     };
-    on_icmp_send(skb, icmp_type as u8, icmp_code as u8);
+    on_icmp_send::<false>(skb, icmp_type as u8, icmp_code as u8);
     0
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
 use tracer_common::{NO_FIELD, REASON_UNREPORTED, stat};
 
 use crate::{
-    maps::{OFFSETS, bump},
+    maps::{bump, get},
     skb::on_drop,
 };
 
@@ -41,17 +41,21 @@ pub fn kfree_skb_btf_no_reason(ctx: BtfTracePointContext) -> i32 {
 
 #[tracepoint(category = "skb", name = "kfree_skb")]
 pub fn kfree_skb_tp(ctx: TracePointContext) -> u32 {
-    let off = OFFSETS.load();
+    let (skb_at, location_at, reason_at) = (
+        get!(OFFSETS.tp_skbaddr),
+        get!(OFFSETS.tp_location),
+        get!(OFFSETS.tp_reason),
+    );
     // SAFETY: the offsets come from this tracepoint's own format file and lie inside the
     // record; read_at goes through bpf_probe_read_kernel, which cannot fault.
     let (skb, location, reason) = unsafe {
         (
-            ctx.read_at::<u64>(off.tp_skbaddr as usize),
-            ctx.read_at::<u64>(off.tp_location as usize),
-            if off.tp_reason == NO_FIELD {
+            ctx.read_at::<u64>(skb_at as usize),
+            ctx.read_at::<u64>(location_at as usize),
+            if reason_at == NO_FIELD {
                 Ok(REASON_UNREPORTED)
             } else {
-                ctx.read_at::<u32>(off.tp_reason as usize)
+                ctx.read_at::<u32>(reason_at as usize)
             },
         )
     };

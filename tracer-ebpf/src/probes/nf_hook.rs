@@ -18,8 +18,8 @@ use aya_ebpf::{
 use tracer_common::ABSENT;
 
 use crate::{
-    maps::{CONFIG, NF_TRAIL, OFFSETS},
-    skb::{netns_of, read},
+    maps::{NF_TRAIL, get},
+    skb::{field, netns_of},
 };
 
 /// The trail bits of netfilter hook `hook` (PRE_ROUTING 0, LOCAL_IN 1, FORWARD 2): entered,
@@ -32,16 +32,16 @@ fn bits(hook: u8) -> Option<(u32, u32)> {
 /// The hook `state` describes, for a packet of the watched namespace.
 #[inline(always)]
 fn watched_hook(skb: u64, state: u64) -> Option<u8> {
-    let off = OFFSETS.load();
-    if off.nf_state_hook == ABSENT || skb == 0 || state == 0 {
+    let hook_at = get!(OFFSETS.nf_state_hook);
+    if hook_at == ABSENT || skb == 0 || state == 0 {
         return None;
     }
-    let cfg = CONFIG.load();
-    let dev: u64 = read(skb, off.skb_dev).unwrap_or(0);
-    if cfg.netns != 0 && netns_of(skb, dev, &off) != cfg.netns {
+    let dev: u64 = field::<true, u64>(skb, get!(OFFSETS.skb_dev)).unwrap_or(0);
+    let watched = get!(CONFIG.netns);
+    if watched != 0 && netns_of::<true>(skb, dev) != watched {
         return None;
     }
-    read::<u8>(state, off.nf_state_hook).ok()
+    field::<true, u8>(state, hook_at).ok()
 }
 
 #[fentry(function = "nf_hook_slow")]

@@ -19,6 +19,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use crate::{
     discover::netns::Netns,
     error::Error,
+    load::filter::{self, Filter},
     load::kernel::{inspect::Capabilities, tracefs},
     load::nfprobe::HookProbes,
 };
@@ -536,7 +537,7 @@ impl Tracer {
                 attach_tp_hook(&mut t.ebpf, &NET_DEV_QUEUE, &t.caps)
             });
         }
-        tracer.fill_set("IGNORED_REASONS", &opts.ignored_reasons)?;
+        tracer.fill_ignored(&opts.ignored_reasons)?;
         Ok(tracer)
     }
 
@@ -619,7 +620,6 @@ impl Tracer {
         addr_ports: &[AddrPort],
         local_addrs: &[IpAddr],
     ) -> Result<(), Error> {
-        self.fill_set("WATCH_PORT", ports)?;
         self.fill_set("WATCH_ADDR_PORT", addr_ports)?;
         // A container address stands for the first of its watched ports.
         let mut v4: Vec<([u8; 4], u16)> = Vec::new();
@@ -641,7 +641,42 @@ impl Tracer {
             .map(|ip| tracer_common::addr_bytes(*ip))
             .collect();
         self.fill_set("WATCH_LOCAL", &local)?;
+        let filter = Filter::new(
+            ports,
+            addr_ports,
+            &Filter::route_addrs(addr_ports, local_addrs),
+        );
+        self.fill_array("PORTS", &filter.ports)?;
+        self.fill_array("ADDRS", &filter.addr_words)
+    }
+
+    /// Sets the given entries of the array map `name`.
+    fn fill_array<V: aya::Pod>(
+        &mut self,
+        name: &str,
+        entries: &BTreeMap<u32, V>,
+    ) -> Result<(), Error> {
+        let map_err = |e: aya::maps::MapError| Error::Load(format!("{name}: {e}"));
+        let mut array: aya::maps::Array<_, V> =
+            aya::maps::Array::try_from(self.map_mut(name)?).map_err(map_err)?;
+        for (index, value) in entries {
+            array.set(*index, value, 0).map_err(map_err)?;
+        }
         Ok(())
+    }
+
+    /// The drop reasons the drop program skips (IGNORED). One the array cannot hold (none
+    /// of today's kernels has one) is left reported, and logged.
+    fn fill_ignored(&mut self, reasons: &[u32]) -> Result<(), Error> {
+        let (kept, beyond) = filter::ignored(reasons);
+        for r in beyond {
+            self.notes.push(format!(
+                "drop reason {r} is beyond the kernel filter's table ({}): its drops are reported, not skipped",
+                tracer_common::IGNORED_LEN
+            ));
+        }
+        let entries: BTreeMap<u32, u8> = kept.into_iter().map(|r| (r, 1)).collect();
+        self.fill_array("IGNORED", &entries)
     }
 
     /// The culprit probes: sysctl writes and iptables-legacy replacements (cgroup programs

@@ -5,7 +5,10 @@ use super::{Detail, Facts, Finding, finding};
 use crate::{
     attribute::{self, BRIDGE_NF_IPTABLES, Cause, routes, rules},
     discover::PublishedPort,
-    observe::state::Snapshot,
+    observe::state::{
+        Snapshot,
+        iptables::{Rule, Table},
+    },
     report::words,
 };
 
@@ -144,6 +147,29 @@ pub(super) fn bridge_netfilter_finding(
     })
 }
 
+/// Whether the containers' own connections to the port are masqueraded before its DNAT, so
+/// the replies come back through the host, not across the bridge: netavark's way (a rule
+/// before the DNAT, `-s 10.88.0.0/16 … --dport P -j NETAVARK-HOSTPORT-SETMARK`, a chain
+/// that marks, and a MASQUERADE on that mark). Docker's own hairpin MASQUERADE covers a
+/// container reaching itself only.
+fn masqueraded_hairpin(nat: &Table, before: &[Rule], dport: &str) -> bool {
+    let marks = |chain: &str| {
+        nat.chain(chain)
+            .is_some_and(|c| c.rules.iter().any(|r| r.target.as_deref() == Some("MARK")))
+    };
+    let marked = before.iter().any(|r| {
+        format!("{} ", r.spec).contains(dport)
+            && r.spec.contains("-s ")
+            && r.target.as_deref().is_some_and(marks)
+    });
+    let masq_on_mark = nat
+        .chains
+        .iter()
+        .flat_map(|c| &c.rules)
+        .any(|r| r.target.as_deref() == Some("MASQUERADE") && r.spec.contains("--mark"));
+    marked && masq_on_mark
+}
+
 /// The bridge whose containers a DNAT of `port` also translates: an IPv4 nat rule for the port
 /// with no `! -i` and no `-i BRIDGE -j RETURN` before it in its chain. The bridge is the one
 /// holding the DNAT's destination.
@@ -165,6 +191,9 @@ fn hairpin_bridge(snap: &Snapshot, port: u16) -> Option<String> {
                 let returned = chain.rules[..i]
                     .iter()
                     .any(|r| r.target.as_deref() == Some("RETURN") && r.spec.contains("-i "));
+                if masqueraded_hairpin(nat, &chain.rules[..i], &dport) {
+                    continue;
+                }
                 let to = snap
                     .dnats_for(port)
                     .into_iter()
@@ -177,4 +206,41 @@ fn hairpin_bridge(snap: &Snapshot, port: u16) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::state::{IfAddr, iptables};
+
+    fn snapshot(fixture: &str, bridge: &str, gateway: &str) -> Snapshot {
+        Snapshot {
+            iptables: vec![iptables::parse("iptables-nft", fixture)],
+            addrs: vec![IfAddr {
+                iface: bridge.into(),
+                addr: gateway.parse().unwrap(),
+                prefix: 16,
+            }],
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn netavarks_marked_hairpin_is_not_a_bridge_netfilter_problem() {
+        // Real netavark 1.4 rules (testdata/README.md): its DNAT has no `! -i podman0`, but
+        // the containers' own connections are marked and masqueraded first.
+        let text = include_str!(
+            "../../observe/state/testdata/netavark14-iptables-nft-save-forward-drop.txt"
+        );
+        let snap = snapshot(text, "podman0", "10.88.0.1");
+        assert_eq!(hairpin_bridge(&snap, 5001), None);
+        // The same DNAT without the marking rules is one.
+        let unmarked: String = text
+            .lines()
+            .filter(|l| !l.contains("-j NETAVARK-HOSTPORT-SETMARK"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let snap = snapshot(&unmarked, "podman0", "10.88.0.1");
+        assert_eq!(hairpin_bridge(&snap, 5001).as_deref(), Some("podman0"));
+    }
 }
