@@ -217,7 +217,11 @@ pub struct DropFlowKey {
     pub dnat: u8,
     /// 1 when `port` is the packet's source port (a reply), else its destination port.
     pub port_is_source: u8,
-    pub _pad: [u8; 7],
+    // Padding as three fields, not `[u8; 7]`: an odd-sized array is zeroed by a call to the
+    // BPF object's memset loop, on every watched drop.
+    pub _pad: u8,
+    pub _pad2: u16,
+    pub _pad4: u32,
 }
 
 impl DropFlowKey {
@@ -242,7 +246,9 @@ impl DropFlowKey {
                 _ => 2,
             },
             port_is_source: (ev.port != ev.dport) as u8,
-            _pad: [0; 7],
+            _pad: 0,
+            _pad2: 0,
+            _pad4: 0,
         }
     }
 }
@@ -441,8 +447,8 @@ pub fn addr_slot(addr: &[u8; 16]) -> u32 {
 }
 
 /// Key of the ROUTES map: a lookup's (source, destination), IPv4 in the first four bytes of
-/// each.
-#[repr(C)]
+/// each. 8-aligned so the kernel side zeroes and copies it by words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteKey {
     pub saddr: [u8; 16],
@@ -720,4 +726,9 @@ const _: () = assert!(core::mem::size_of::<PayloadMeta>() == 24);
 const _: () = assert!(core::mem::size_of::<Process>() == 376);
 const _: () = assert!(core::mem::size_of::<DropFlowKey>() == 64);
 const _: () = assert!(core::mem::offset_of!(DropEvent, hdr) == EVENT_HEAD);
+// The kernel side zeroes events by 8-byte words and writes their addresses as two words.
+const _: () = assert!(EVENT_HEAD % 8 == 0 && core::mem::size_of::<DropEvent>() % 8 == 0);
+const _: () = assert!(core::mem::align_of::<DropEvent>() == 8);
+const _: () = assert!(core::mem::offset_of!(DropEvent, saddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(DropEvent, daddr) % 8 == 0);
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 488);

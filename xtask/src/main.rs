@@ -30,8 +30,17 @@ enum Task {
     Lab(LabTask),
     /// Clippy (-D warnings) on the host crates and on tracer-ebpf for the BPF target.
     Clippy,
-    /// Benchmarks in a namespace lab, against the bpftrace one-liner (≈1–2 minutes, root).
-    Bench,
+    /// Benchmarks in a namespace lab, against the bpftrace one-liner (≈6 minutes, root).
+    Bench {
+        /// Only these phases (p1…p8, comma-separated), written to target/bench/partial.json
+        /// beside the full run's bench.json: for measuring one change quickly.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// The droptrace binary to measure instead of this tree's release build (another
+        /// commit's, for a before/after in one run of the same lab).
+        #[arg(long)]
+        droptrace: Option<std::path::PathBuf>,
+    },
     /// The static binary: target/dist/droptrace (x86_64 musl, runs on any x86_64 Linux).
     Dist,
     /// The container image droptrace:latest, built without a registry: a debootstrapped
@@ -78,9 +87,12 @@ fn main() -> Result<()> {
             let _ = std::io::stdin().lock().lines().next();
             drop(lab);
         }
-        Task::Bench => {
-            let bin = bench::release_binary()?;
-            bench::run(&bin, std::path::Path::new("target/bench"))?;
+        Task::Bench { only, droptrace } => {
+            let bin = match droptrace {
+                Some(bin) => bin,
+                None => bench::release_binary()?,
+            };
+            bench::run(&bin, std::path::Path::new("target/bench"), &only)?;
         }
         Task::Clippy => {
             cargo(

@@ -170,6 +170,23 @@ fn device(dev: u64) -> (u32, u32) {
     (ifindex, inum)
 }
 
+/// A ROUTES key from two addresses as words (IPv4 in the low half of the first): written
+/// by words, where `RouteKey::default()` and byte copies become calls to the object's
+/// memset loop on every lookup.
+#[inline(always)]
+fn route_key(saddr: [u64; 2], daddr: [u64; 2]) -> RouteKey {
+    let mut key = core::mem::MaybeUninit::<RouteKey>::uninit();
+    let w = key.as_mut_ptr().cast::<u64>();
+    // SAFETY: RouteKey is two 16-byte arrays, 8-aligned (tracer_common): four words.
+    unsafe {
+        w.write(saddr[0]);
+        w.add(1).write(saddr[1]);
+        w.add(2).write(daddr[0]);
+        w.add(3).write(daddr[1]);
+        key.assume_init()
+    }
+}
+
 /// One routing lookup, as any of the programs above reads it.
 struct Lookup {
     family: u8,
@@ -214,13 +231,11 @@ fn on_route(tb_id: u32, flp: u64, nhc: u64, err: i32) {
     if dev != 0 && netns != 0 && inum != netns {
         return;
     }
-    let mut key = RouteKey::default();
-    let v4: u32 = field::<true, u32>(flp, daddr_at).unwrap_or(0);
-    key.daddr[..4].copy_from_slice(&v4.to_ne_bytes());
+    let d4: u32 = field::<true, u32>(flp, daddr_at).unwrap_or(0);
+    let s4: u32 = field::<true, u32>(flp, saddr_at).unwrap_or(0);
+    let key = route_key([s4 as u64, 0], [d4 as u64, 0]);
     let dport = port_at(flp, get!(OFFSETS.fl4_dport));
     let port = watched(AF_INET, &key.daddr, dport);
-    let s4: u32 = field::<true, u32>(flp, saddr_at).unwrap_or(0);
-    key.saddr[..4].copy_from_slice(&s4.to_ne_bytes());
     if unrelated(port, err, tb_id, AF_INET, &key) {
         return;
     }
@@ -282,10 +297,10 @@ fn on_route6(net: u64, res: u64, table: u64, flp: u64) {
         return;
     }
     // struct in6_addr is a union of arrays: read as bytes.
-    let key = RouteKey {
-        saddr: read(flp, saddr_at).unwrap_or([0; 16]),
-        daddr: read(flp, daddr_at).unwrap_or([0; 16]),
-    };
+    let key = route_key(
+        read::<[u64; 2]>(flp, saddr_at).unwrap_or([0; 2]),
+        read::<[u64; 2]>(flp, daddr_at).unwrap_or([0; 2]),
+    );
     let dport = port_at(flp, get!(OFFSETS.fl6_dport));
     let port = watched(AF_INET6, &key.daddr, dport);
     if unrelated(port, err, tb_id, AF_INET6, &key) {

@@ -116,6 +116,40 @@ fn engine_process(socket: &Path) -> Option<(u32, u32)> {
         .or(peer)
 }
 
+/// The engine's own network namespace: the one most of its threads are in. A Go engine
+/// (Podman 5.4's service) enters a container's namespace on one locked thread to set its
+/// network up, and that thread can be the main one, whose namespace `/proc/PID/ns/net`
+/// shows: measured in the trixie guest, where watch then followed the container's
+/// namespace. A thread of the majority names it instead.
+fn home_netns(pid: u32) -> PathBuf {
+    let main = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let inode = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let threads: Vec<(PathBuf, u64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|t| {
+            let path = t.path().join("ns/net");
+            inode(&path).map(|i| (path, i))
+        })
+        .collect();
+    let count = |i: u64| threads.iter().filter(|(_, j)| *j == i).count();
+    let Some(majority) = threads.iter().map(|(_, i)| *i).max_by_key(|i| count(*i)) else {
+        return main;
+    };
+    if inode(&main) == Some(majority) {
+        return main;
+    }
+    threads
+        .into_iter()
+        .find(|(_, i)| *i == majority)
+        .map_or(main, |(path, _)| path)
+}
+
 /// Whether `pid` has the listening unix socket bound at `socket` among its descriptors.
 fn holds_listener(pid: u32, socket: &Path) -> bool {
     let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/unix")) else {
@@ -372,7 +406,7 @@ pub async fn from_engine(socket: &Path) -> Result<(Engine, Vec<PublishedPort>), 
         name: source.to_string(),
         version: version.version,
         pid,
-        netns_path: pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/net"))),
+        netns_path: pid.map(home_netns),
         uid: peer.map(|(_, uid)| uid),
         rootless: peer.is_some_and(|(_, uid)| uid != 0),
     };

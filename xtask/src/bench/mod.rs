@@ -605,7 +605,13 @@ fn p3_first_verdict(bin: &Path, lab: &Lab) -> Result<serde_json::Value> {
     }))
 }
 
-pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
+pub fn run(bin: &Path, out_dir: &Path, only: &[String]) -> Result<()> {
+    if let Some(bad) = only.iter().find(|p| !PHASES.contains(&p.as_str())) {
+        bail!(
+            "no bench phase {bad:?}: the phases are {}",
+            PHASES.join(", ")
+        );
+    }
     for tool in ["iperf3", "bpftrace", "nstat"] {
         if Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -626,39 +632,86 @@ pub fn run(bin: &Path, out_dir: &Path) -> Result<()> {
         .spawn()
         .context("iperf3 server")?;
     std::thread::sleep(Duration::from_millis(500));
-    let result = (|| -> Result<serde_json::Value> {
-        let p1 = p1_overhead(bin, &lab)?;
-        let (p2, p4) = p2_storm(bin, &lab)?;
-        let p3 = p3_first_verdict(bin, &lab)?;
-        let p5 = programs::p5_kernel_log(bin, &lab)?;
-        let p8 = programs::p8_per_program(bin, &lab)?;
-        let p6 = p6_encoders()?;
-        let p7 = p7_recorder(bin, &lab)?;
-        Ok(json!({
-            "machine": {
-                "kernel": tracer::load::kernel::release(),
-                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            },
-            "p1_overhead": p1,
-            "p2_storm": p2,
-            "p3_time_to_first_verdict_s": p3,
-            "p4_footprint": p4,
-            "p5_kernel_log": p5,
-            "p6_encoders": p6,
-            "p7_recorder": p7,
-            "p8_per_program": p8,
-        }))
-    })();
+    let result = phases(bin, &lab, only);
     let _ = server.kill();
     let _ = server.wait();
     drop(lab);
     let v = result?;
     std::fs::create_dir_all(out_dir)?;
-    let json_path = out_dir.join("bench.json");
+    let json_path = out_dir.join(if only.is_empty() {
+        "bench.json"
+    } else {
+        "partial.json"
+    });
     std::fs::write(&json_path, serde_json::to_string_pretty(&v)?)?;
-    println!("{}", table(&v));
+    if only.is_empty() {
+        println!("{}", table(&v));
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    if !only.is_empty() && !v["p8_per_program"].is_null() {
+        println!("{}", programs::table(&v["p8_per_program"]));
+    }
     eprintln!("written: {}", json_path.display());
     Ok(())
+}
+
+/// The bench's phases, as `--only` names them.
+const PHASES: &[&str] = &["p1", "p2", "p3", "p5", "p6", "p7", "p8"];
+
+/// Runs every phase (or those `only` names) in one lab; a phase left out is null.
+fn phases(bin: &Path, lab: &Lab, only: &[String]) -> Result<serde_json::Value> {
+    let wanted = |p: &str| only.is_empty() || only.iter().any(|o| o == p);
+    let null = serde_json::Value::Null;
+    let p1 = if wanted("p1") {
+        p1_overhead(bin, lab)?
+    } else {
+        null.clone()
+    };
+    let (p2, p4) = if wanted("p2") {
+        p2_storm(bin, lab)?
+    } else {
+        (null.clone(), null.clone())
+    };
+    let p3 = if wanted("p3") {
+        p3_first_verdict(bin, lab)?
+    } else {
+        null.clone()
+    };
+    let p5 = if wanted("p5") {
+        programs::p5_kernel_log(bin, lab)?
+    } else {
+        null.clone()
+    };
+    let p8 = if wanted("p8") {
+        programs::p8_per_program(bin, lab)?
+    } else {
+        null.clone()
+    };
+    let p6 = if wanted("p6") {
+        p6_encoders()?
+    } else {
+        null.clone()
+    };
+    let p7 = if wanted("p7") {
+        p7_recorder(bin, lab)?
+    } else {
+        null
+    };
+    Ok(json!({
+        "machine": {
+            "kernel": tracer::load::kernel::release(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        },
+        "p1_overhead": p1,
+        "p2_storm": p2,
+        "p3_time_to_first_verdict_s": p3,
+        "p4_footprint": p4,
+        "p5_kernel_log": p5,
+        "p6_encoders": p6,
+        "p7_recorder": p7,
+        "p8_per_program": p8,
+    }))
 }
 
 /// The recorder's idle window, and how many sysctl writes its burst makes.
