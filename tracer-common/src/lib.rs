@@ -727,8 +727,9 @@ const _: () = assert!(core::mem::size_of::<Process>() == 376);
 const _: () = assert!(core::mem::size_of::<DropFlowKey>() == 64);
 const _: () = assert!(core::mem::offset_of!(DropEvent, hdr) == EVENT_HEAD);
 // The kernel side zeroes events by 8-byte words and writes their addresses as two words.
-const _: () = assert!(EVENT_HEAD % 8 == 0 && core::mem::size_of::<DropEvent>() % 8 == 0);
+const _: () =
+    assert!(EVENT_HEAD.is_multiple_of(8) && core::mem::size_of::<DropEvent>().is_multiple_of(8));
 const _: () = assert!(core::mem::align_of::<DropEvent>() == 8);
-const _: () = assert!(core::mem::offset_of!(DropEvent, saddr) % 8 == 0);
-const _: () = assert!(core::mem::offset_of!(DropEvent, daddr) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(DropEvent, saddr).is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(DropEvent, daddr).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<ChangeEvent>() == 488);

@@ -10,6 +10,17 @@ use tracer_common::{
     WatchConfig, kind, stat,
 };
 
+/// One decision as LAST_ROUTE keeps it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct LastRoute {
+    pub key: RouteKey,
+    pub table: u32,
+    pub err: i32,
+    pub oif: u32,
+    pub _pad: u32,
+}
+
 /// A load-time constant: a `.rodata` global the loader sets (`override_global`) and aya
 /// freezes, so the verifier knows every field read from it as a constant. That is what lets a
 /// typed program load `*(skb + OFFSETS.skb_dev)` directly (a BTF pointer plus a known
@@ -69,11 +80,19 @@ pub static PAYLOADS: PerfEventByteArray = PerfEventByteArray::new(0);
 #[map]
 pub static PORTS: Array<u8> = Array::with_max_entries(PORTS_LEN, 0);
 
-/// `tracer_common::addr_slot` bits of the addresses the routing hooks keep (WATCH_DADDR,
-/// WATCH_DADDR6, WATCH_LOCAL): a lookup whose addresses have no bit set is left after one
-/// array lookup each.
+/// `tracer_common::addr_slot` bits of the watched containers' addresses (WATCH_DADDR,
+/// WATCH_DADDR6): a lookup whose addresses have no bit set is left after one array lookup
+/// each.
 #[map]
 pub static ADDRS: Array<u64> = Array::with_max_entries(ADDR_WORDS, 0);
+
+/// The same for the namespace's own addresses: routing lookups toward them are kept as
+/// evidence. No exact map behind it: an address that only shares a local address's slot
+/// costs one kept sample, no wrong verdict (a sample is cited only for a verdict's own
+/// pair). Apart from ADDRS so a reply the host sends (from a local address) costs no
+/// container lookup.
+#[map]
+pub static LOCAL_ADDRS: Array<u64> = Array::with_max_entries(ADDR_WORDS, 0);
 
 /// Watched (address, port) pairs, matched against (saddr, sport) or (daddr, dport).
 #[map]
@@ -105,6 +124,12 @@ pub static FLOWS: PerCpuHashMap<FlowKey, u64> = PerCpuHashMap::with_max_entries(
 #[map]
 pub static ROUTES: LruHashMap<RouteKey, RouteSample> = LruHashMap::with_max_entries(4096, 0);
 
+/// The last decision each routing program wrote to ROUTES on this CPU (index 0 IPv4, 1
+/// IPv6: one program each, and the kernel never nests a program inside itself): a storm's
+/// repeats of one decision are recognised with a few loads, before the ROUTES lookup.
+#[map]
+pub static LAST_ROUTE: PerCpuArray<LastRoute> = PerCpuArray::with_max_entries(2, 0);
+
 /// The watched ports' translated IPv4 addresses (the containers) → their port: an inbound
 /// route lookup carries no port, only the destination.
 #[map]
@@ -113,11 +138,6 @@ pub static WATCH_DADDR: HashMap<[u8; 4], u16> = HashMap::with_max_entries(1024, 
 /// The same for IPv6 containers.
 #[map]
 pub static WATCH_DADDR6: HashMap<[u8; 16], u16> = HashMap::with_max_entries(1024, 0);
-
-/// The watched namespace's own addresses (IPv4 in the first four bytes): routing lookups
-/// toward them are kept as evidence.
-#[map]
-pub static WATCH_LOCAL: HashMap<[u8; 16], u8> = HashMap::with_max_entries(256, 0);
 
 /// Where the teardown sites are (see WatchConfig::skip_teardown); zeros until the loader has
 /// read /proc/kallsyms.

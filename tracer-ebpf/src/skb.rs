@@ -373,32 +373,53 @@ fn count(reason: u32, port: u16, proto: u8) {
     }
 }
 
-/// Conntrack facts of the packet: whether it had passed conntrack, its status bits (was it
-/// DNATed?) and its original destination. The nf_conn pointer is bits of an integer
+/// Conntrack facts of the packet that its flow key holds: whether it had passed conntrack,
+/// and its status bits (was it DNATed?). The nf_conn pointer is bits of an integer
 /// (`_nfct`), not a typed pointer: its fields are read with `bpf_probe_read_kernel`.
+/// Returns the nf_conn (0 without one) for `conntrack_origin`.
 #[inline(always)]
-fn read_conntrack<const TYPED: bool>(skb: u64, ev: &mut DropEvent) {
+fn conntrack_status<const TYPED: bool>(skb: u64, ev: &mut DropEvent) -> u64 {
     let (nfct_at, status_at) = (get!(OFFSETS.skb_nfct), get!(OFFSETS.ct_status));
     if nfct_at == ABSENT || status_at == ABSENT {
-        return;
+        return 0;
     }
     let nfct: u64 = field::<TYPED, u64>(skb, nfct_at).unwrap_or(0);
     // The low 3 bits carry ctinfo (NFCT_INFOMASK); the rest is the nf_conn pointer.
     let ct = nfct & !7u64;
     if ct == 0 {
-        return;
+        return 0;
     }
     ev.has_ct = 1;
     ev.ct_status = read::<u64>(ct, status_at).unwrap_or(0) as u32;
+    ct
+}
+
+/// Where the client originally sent the packet, before any DNAT: read only for an event
+/// that goes to the ring (a storm's aggregated drops do not need it). One read where the
+/// port follows the address, as in every kernel's `nf_conntrack_tuple`.
+#[inline(always)]
+fn conntrack_origin(ct: u64, ev: &mut DropEvent) {
     let (daddr_at, dport_at) = (get!(OFFSETS.ct_orig_daddr), get!(OFFSETS.ct_orig_dport));
-    if daddr_at != ABSENT {
-        if ev.family == AF_INET {
-            if let Ok(a) = read::<[u8; 4]>(ct, daddr_at) {
-                ev.orig_daddr[..4].copy_from_slice(&a);
+    if ct == 0 || daddr_at == ABSENT {
+        return;
+    }
+    if dport_at == daddr_at + 16 {
+        if let Ok(dst) = read::<[u8; 18]>(ct, daddr_at) {
+            if ev.family == AF_INET {
+                ev.orig_daddr[..4].copy_from_slice(&dst[..4]);
+            } else {
+                ev.orig_daddr.copy_from_slice(&dst[..16]);
             }
-        } else if let Ok(a) = read::<[u8; 16]>(ct, daddr_at) {
-            ev.orig_daddr = a;
+            ev.orig_dport = u16::from_be_bytes([dst[16], dst[17]]);
         }
+        return;
+    }
+    if ev.family == AF_INET {
+        if let Ok(a) = read::<[u8; 4]>(ct, daddr_at) {
+            ev.orig_daddr[..4].copy_from_slice(&a);
+        }
+    } else if let Ok(a) = read::<[u8; 16]>(ct, daddr_at) {
+        ev.orig_daddr = a;
     }
     if dport_at != ABSENT {
         ev.orig_dport = u16::from_be(read::<u16>(ct, dport_at).unwrap_or(0));
@@ -806,7 +827,7 @@ fn emit<const TYPED: bool>(
     ev.icmp_type = h.icmp_type;
     ev.icmp_code = h.icmp_code;
     fill(ev);
-    read_conntrack::<TYPED>(skb, ev);
+    let ct = conntrack_status::<TYPED>(skb, ev);
     // SAFETY: a helper call without arguments.
     ev.ktime_ns = unsafe { bpf_ktime_get_ns() };
     ev.port = port;
@@ -814,6 +835,7 @@ fn emit<const TYPED: bool>(
     if burst != 0 && !admit(ev, burst) {
         return;
     }
+    conntrack_origin(ct, ev);
     if dev != 0 {
         ev.dev_ifindex = field::<TYPED, u32>(dev, get!(OFFSETS.dev_ifindex)).unwrap_or(0);
     }

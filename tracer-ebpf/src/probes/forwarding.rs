@@ -27,6 +27,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::{btf_tracepoint, tracepoint},
+    maps::Array,
     programs::{BtfTracePointContext, TracePointContext},
 };
 use tracer_common::{
@@ -35,8 +36,8 @@ use tracer_common::{
 
 use crate::{
     maps::{
-        ADDRS, FIB_RECORDS, PORTS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR, WATCH_DADDR6,
-        WATCH_IFINDEX, WATCH_IFNAME, WATCH_LOCAL, get,
+        ADDRS, FIB_RECORDS, LAST_ROUTE, LOCAL_ADDRS, PORTS, ROUTES, WATCH_ADDR_PORT, WATCH_DADDR,
+        WATCH_DADDR6, WATCH_IFINDEX, WATCH_IFNAME, get,
     },
     skb::{count_flow, field, on_transmit, read},
 };
@@ -113,20 +114,19 @@ fn watched(family: u8, daddr: &[u8; 16], dport: u16) -> Option<u16> {
     container_port(family, daddr)
 }
 
-/// Whether `addr`'s bit is set in ADDRS: it may be a container or local address (a clear
-/// bit says it is not one; a set bit needs the exact lookup).
+/// Whether `addr`'s bit is set in `bits` (ADDRS: it may be a watched container; LOCAL_ADDRS:
+/// a local address). A clear bit says it is not one; a set bit needs the exact lookup.
 #[inline(always)]
-fn marked(addr: &[u8; 16]) -> bool {
+fn marked(bits: &Array<u64>, addr: &[u8; 16]) -> bool {
     let slot = addr_slot(addr);
-    ADDRS
-        .get(slot / 64)
+    bits.get(slot / 64)
         .is_some_and(|word| word & (1u64 << (slot % 64)) != 0)
 }
 
 /// The watched port of a container address (WATCH_DADDR, WATCH_DADDR6), if it is one.
 #[inline(always)]
 fn container_port(family: u8, addr: &[u8; 16]) -> Option<u16> {
-    if !marked(addr) {
+    if !marked(&ADDRS, addr) {
         return None;
     }
     // SAFETY: plain u16 values the loader wrote before attaching.
@@ -148,7 +148,7 @@ fn unrelated(port: Option<u16>, err: i32, tb_id: u32, family: u8, key: &RouteKey
     port.is_none()
         && err == 0
         && tb_id != TABLE_LOCAL
-        && !(marked(&key.daddr) && WATCH_LOCAL.get_ptr(&key.daddr).is_some())
+        && !marked(&LOCAL_ADDRS, &key.daddr)
         // A watched container's replies: their decisions are evidence too.
         && container_port(family, &key.saddr).is_none()
 }
@@ -500,14 +500,41 @@ fn decided(l: &Lookup, port: Option<u16>, fill: impl FnOnce(&mut RouteSample)) {
     if let Some(port) = port {
         count_flow(port, l.kind(), 0);
     }
-    // Per routed packet: the same decision as last time for this pair is not written again
-    // (a map lookup instead of an LRU update and the reads `fill` makes).
+    // Per routed packet: the same decision as last time for this pair is not written again.
+    // This CPU's last written decision first (a few loads), then ROUTES (a hash lookup
+    // instead of an LRU update and the reads `fill` makes). A pair ROUTES evicted while it
+    // stayed this CPU's last is not written back until another decision comes between:
+    // only under more than ROUTES' 4096 pairs at once.
+    let last = LAST_ROUTE.get_ptr_mut((l.family == AF_INET6) as u32);
+    if let Some(last) = last {
+        // SAFETY: this program's own per-CPU slot (see LAST_ROUTE).
+        let last = unsafe { &*last };
+        if same_key(&last.key, &l.key)
+            && last.table == l.table
+            && last.err == l.err
+            && last.oif == l.oif
+        {
+            return;
+        }
+    }
+    let remember = || {
+        if let Some(last) = last {
+            // SAFETY: as above.
+            unsafe {
+                (*last).key = l.key;
+                (*last).table = l.table;
+                (*last).err = l.err;
+                (*last).oif = l.oif;
+            }
+        }
+    };
     // SAFETY: a plain-data value the programs write whole.
     if let Some(seen) = unsafe { ROUTES.get(&l.key) }
         && seen.table == l.table
         && seen.err == l.err
         && seen.oif == l.oif
     {
+        remember();
         return;
     }
     let mut sample = RouteSample {
@@ -523,5 +550,23 @@ fn decided(l: &Lookup, port: Option<u16>, fill: impl FnOnce(&mut RouteSample)) {
         ..RouteSample::default()
     };
     fill(&mut sample);
-    let _ = ROUTES.insert(&l.key, &sample, 0);
+    if ROUTES.insert(&l.key, &sample, 0).is_ok() {
+        remember();
+    }
+}
+
+/// Two ROUTES keys compared by words (a byte comparison calls the object's memcmp loop).
+#[inline(always)]
+fn same_key(a: &RouteKey, b: &RouteKey) -> bool {
+    let (a, b) = (
+        (a as *const RouteKey).cast::<u64>(),
+        (b as *const RouteKey).cast::<u64>(),
+    );
+    // SAFETY: RouteKey is four 8-aligned words (tracer_common).
+    unsafe {
+        a.read() == b.read()
+            && a.add(1).read() == b.add(1).read()
+            && a.add(2).read() == b.add(2).read()
+            && a.add(3).read() == b.add(3).read()
+    }
 }

@@ -636,18 +636,10 @@ impl Tracer {
         }
         self.fill_map("WATCH_DADDR", &v4)?;
         self.fill_map("WATCH_DADDR6", &v6)?;
-        let local: Vec<[u8; 16]> = local_addrs
-            .iter()
-            .map(|ip| tracer_common::addr_bytes(*ip))
-            .collect();
-        self.fill_set("WATCH_LOCAL", &local)?;
-        let filter = Filter::new(
-            ports,
-            addr_ports,
-            &Filter::route_addrs(addr_ports, local_addrs),
-        );
+        let filter = Filter::new(ports, addr_ports, local_addrs);
         self.fill_array("PORTS", &filter.ports)?;
-        self.fill_array("ADDRS", &filter.addr_words)
+        self.fill_array("ADDRS", &filter.addr_words)?;
+        self.fill_array("LOCAL_ADDRS", &filter.local_words)
     }
 
     /// Sets the given entries of the array map `name`.

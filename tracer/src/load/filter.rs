@@ -11,13 +11,16 @@ use tracer_common::{ADDR_WORDS, AddrPort, IGNORED_LEN, addr_bytes, addr_slot, po
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Filter {
     pub ports: BTreeMap<u32, u8>,
+    /// ADDRS: the watched containers' addresses.
     pub addr_words: BTreeMap<u32, u64>,
+    /// LOCAL_ADDRS: the namespace's own addresses.
+    pub local_words: BTreeMap<u32, u64>,
 }
 
 impl Filter {
-    /// `ports` watched on every address, `addr_ports` on one address each; `addrs` the
-    /// addresses the routing hooks keep (containers and the namespace's own).
-    pub fn new(ports: &[u16], addr_ports: &[AddrPort], addrs: &[[u8; 16]]) -> Self {
+    /// `ports` watched on every address, `addr_ports` on one address each (the containers'
+    /// among them); `local` the namespace's own addresses.
+    pub fn new(ports: &[u16], addr_ports: &[AddrPort], local: &[IpAddr]) -> Self {
         let mut f = Filter::default();
         for p in ports.iter().filter(|p| **p != 0) {
             *f.ports.entry(*p as u32).or_default() |= port::ANY;
@@ -25,22 +28,21 @@ impl Filter {
         for pair in addr_ports.iter().filter(|p| p.port != 0) {
             *f.ports.entry(pair.port as u32).or_default() |= port::ADDR;
         }
-        for addr in addrs {
-            let slot = addr_slot(addr);
-            debug_assert!(slot / 64 < ADDR_WORDS);
-            *f.addr_words.entry(slot / 64).or_default() |= 1u64 << (slot % 64);
+        for pair in addr_ports {
+            set(&mut f.addr_words, &pair.addr);
+        }
+        for ip in local {
+            set(&mut f.local_words, &addr_bytes(*ip));
         }
         f
     }
+}
 
-    /// The addresses the routing hooks keep: every watched pair's address and `local`.
-    pub fn route_addrs(addr_ports: &[AddrPort], local: &[IpAddr]) -> Vec<[u8; 16]> {
-        let mut out: Vec<[u8; 16]> = addr_ports.iter().map(|p| p.addr).collect();
-        out.extend(local.iter().map(|ip| addr_bytes(*ip)));
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
+/// Sets `addr`'s slot bit in a bitmap of u64 words.
+fn set(words: &mut BTreeMap<u32, u64>, addr: &[u8; 16]) {
+    let slot = addr_slot(addr);
+    debug_assert!(slot / 64 < ADDR_WORDS);
+    *words.entry(slot / 64).or_default() |= 1u64 << (slot % 64);
 }
 
 /// IGNORED's set entries; a reason past IGNORED_LEN cannot be ignored in the kernel (the
@@ -81,26 +83,22 @@ mod tests {
     fn each_kept_address_sets_its_slot_and_nothing_else() {
         let local: Vec<IpAddr> = vec!["198.51.100.1".parse().unwrap()];
         let pairs = [pair("172.17.0.2", 5000), pair("172.17.0.2", 5001)];
-        let addrs = Filter::route_addrs(&pairs, &local);
-        assert_eq!(
-            addrs.len(),
-            2,
-            "one container address, one local: {addrs:?}"
-        );
-        let f = Filter::new(&[], &pairs, &addrs);
-        let bits: u32 = f.addr_words.values().map(|w| w.count_ones()).sum();
-        assert_eq!(bits, 2);
-        for a in &addrs {
+        let f = Filter::new(&[], &pairs, &local);
+        let count = |w: &BTreeMap<u32, u64>| w.values().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(count(&f.addr_words), 1, "one container address: {f:?}");
+        assert_eq!(count(&f.local_words), 1, "one local address: {f:?}");
+        let has = |w: &BTreeMap<u32, u64>, a: &[u8; 16]| {
             let slot = addr_slot(a);
-            assert_ne!(f.addr_words[&(slot / 64)] & (1 << (slot % 64)), 0);
-        }
+            w.get(&(slot / 64)).copied().unwrap_or(0) & (1 << (slot % 64)) != 0
+        };
+        assert!(has(&f.addr_words, &pairs[0].addr));
+        assert!(has(&f.local_words, &addr_bytes(local[0])));
+        assert!(!has(&f.addr_words, &addr_bytes(local[0])));
         // Neighbours in the container subnet land in other slots.
-        let next = addr_bytes("172.17.0.3".parse().unwrap());
-        let slot = addr_slot(&next);
-        assert_eq!(
-            f.addr_words.get(&(slot / 64)).copied().unwrap_or(0) & (1 << (slot % 64)),
-            0
-        );
+        assert!(!has(
+            &f.addr_words,
+            &addr_bytes("172.17.0.3".parse().unwrap())
+        ));
     }
 
     #[test]
