@@ -19,8 +19,8 @@
 //!    terminal's progress line; `report::words` holds every sentence and fix.
 //!
 //! The commands in [`cmd`] wire the stages: `watch` (the loop), `ports` and `check`
-//! (`cmd::preflight`, without eBPF), `report` and `demo` (the incident replayed in [`lab`]'s
-//! namespaces), `record` (the always-on recorder: `load`'s change probes and `observe::changes`
+//! (`cmd::preflight`, without eBPF), `report` and `demo` (the incident replayed in the namespaces of
+//! its lab, `cmd::demo::lab`), `record` (the always-on recorder: `load`'s change probes and `observe::changes`
 //! into the [`journal`]) and `history` (the journal, read); `watch` and `check` ask the journal
 //! for a culprit older than themselves.
 
@@ -34,4 +34,5 @@ pub mod report;
 pub mod cli;
 pub mod cmd;
 pub mod error;
-pub mod lab;
+/// The demo's namespace lab (`cmd::demo::lab`), also the tests' and the bench's.
+pub use cmd::demo::lab;

@@ -17,12 +17,14 @@ use tokio::{
     sync::Notify,
 };
 
+pub mod lab;
+
 use crate::{
     cmd::watch::{self, WatchRequest},
     error::Error,
-    lab::{self, Lab, LabSpec, Outcome},
     load::ebpf::HookChoice,
 };
+use lab::{Lab, LabSpec, Outcome};
 
 /// Namespaces of demo labs start with this.
 pub fn demo_prefix() -> String {
