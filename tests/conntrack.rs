@@ -25,14 +25,31 @@ struct LimitGuard {
 }
 
 impl LimitGuard {
-    fn lower_to(max: u64) -> LimitGuard {
+    fn saved() -> LimitGuard {
         let was = std::fs::read_to_string(MAX_PATH)
             .expect("nf_conntrack loaded (the lab's DNAT loads it)");
-        std::fs::write(MAX_PATH, max.to_string())
-            .expect("write nf_conntrack_max in the initial namespace");
         LimitGuard {
             was: was.trim().to_string(),
         }
+    }
+
+    fn lower_to(max: u64) -> LimitGuard {
+        let guard = LimitGuard::saved();
+        std::fs::write(MAX_PATH, max.to_string())
+            .expect("write nf_conntrack_max in the initial namespace");
+        guard
+    }
+
+    /// As a tuning script would: procps `sysctl -w` in the initial namespace.
+    fn lower_with_sysctl(max: u64) -> LimitGuard {
+        let guard = LimitGuard::saved();
+        let set = format!("net.netfilter.nf_conntrack_max={max}");
+        let out = std::process::Command::new("sysctl")
+            .args(["-w", &set])
+            .output()
+            .expect("run sysctl");
+        assert!(out.status.success(), "sysctl -w {set}: {out:?}");
+        guard
     }
 }
 
@@ -154,6 +171,42 @@ fn a_full_conntrack_table_is_named_and_no_rule_is_blamed() {
             .any(|l| l.contains("\"cause\":\"conntrack_full\"")),
         "{text}"
     );
+}
+
+/// The limit is one for the whole host and written in the initial namespace, while droptrace
+/// watches the lab's: that write is still the one that explains the full table.
+#[test]
+fn the_write_that_lowered_the_limit_while_watched_is_the_culprit() {
+    let _one = HOST_LIMIT.lock().unwrap_or_else(|e| e.into_inner());
+    require_root();
+    let lab = Lab::up(LabSpec::new("ctlower")).unwrap_or_else(|e| panic!("building the lab: {e}"));
+    assert_eq!(
+        lab.client_request(Duration::from_secs(3)),
+        Outcome::Http(200)
+    );
+    lab.exec(&lab.host, &["conntrack", "-F"])
+        .expect("conntrack -F");
+    let watch = Watch::start(&["--port", "5000", "--netns", &lab.host]);
+    let max = count_in_root() + 64;
+    let _limit = LimitGuard::lower_with_sysctl(max);
+    fill_table(&lab, max);
+    let seen = lab.client_request(Duration::from_secs(3));
+    let out = watch.stop();
+    assert_eq!(seen, Outcome::Timeout, "{}", out.dump());
+    let v = common::final_verdicts(&out);
+    assert_eq!(v.len(), 1, "one verdict: {}", out.dump());
+    assert_eq!(v[0]["cause"], "conntrack_full", "{:#}", v[0]);
+    // Where the kernel lets cgroup/sysctl record it (5.10's verifier refuses it).
+    if !common::attached(&out, "sysctl_writes") {
+        assert!(v[0]["culprit"].is_null(), "{:#}", v[0]);
+        let note = v[0]["culprit_note"].as_str().unwrap_or_default();
+        assert!(note.contains("cannot be recorded on this kernel"), "{note}");
+        return;
+    }
+    let culprit = &v[0]["culprit"];
+    assert_eq!(culprit["key"], "net.netfilter.nf_conntrack_max", "{culprit:#}");
+    assert_eq!(culprit["new"], max.to_string(), "{culprit:#}");
+    assert_eq!(culprit["process"]["comm"], "sysctl", "{culprit:#}");
 }
 
 #[test]

@@ -104,10 +104,17 @@ pub unsafe fn fill_current(p: *mut Process, off: &KernelOffsets) {
 /// watched); None otherwise, so change probes return before doing any work.
 #[inline(always)]
 pub fn watched_netns() -> Option<u32> {
+    let (netns, watched) = current_netns();
+    watched.then_some(netns)
+}
+
+/// The current task's network namespace, and whether it is watched.
+#[inline(always)]
+pub fn current_netns() -> (u32, bool) {
     let off = OFFSETS.load();
     let cfg = CONFIG.load();
     let netns = task_netns(current_task(), &off);
-    (cfg.netns == 0 || netns == cfg.netns).then_some(netns)
+    (netns, cfg.netns == 0 || netns == cfg.netns)
 }
 
 /// Reserves a ChangeEvent, writes its header, `name` and the writer's identity, lets `fill`

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use tracer_common::change;
 
-use crate::process::{emit_change, watched_netns};
+use crate::process::{current_netns, emit_change};
 
 const PREFIXES: [&[u8]; 5] = [
     b"net/ipv4/ip_forward",
@@ -48,15 +48,21 @@ pub fn sysctl_write(ctx: SysctlContext) -> i32 {
     1 // allow: droptrace observes, it never refuses a write
 }
 
+/// One limit for every namespace, writable only in the initial one: its write is kept
+/// whichever namespace is watched (a lab's or a container host's table fills up to it too).
+/// NUL-terminated so `nf_conntrack_max_something` would not match.
+const HOST_WIDE: &[u8] = b"net/netfilter/nf_conntrack_max\0";
+
 #[inline(always)]
 fn record(ctx: &SysctlContext) {
-    let Some(netns) = watched_netns() else {
-        return;
-    };
+    let (netns, watched) = current_netns();
     let mut name = [0u8; 64];
     // SAFETY: the buffer is 64 bytes and its length is passed; flags 0 = full name.
     let rc = unsafe { bpf_sysctl_get_name(ctx.sysctl, name.as_mut_ptr().cast(), 64, 0) };
     if rc < 0 || !PREFIXES.iter().any(|p| starts_with(&name, p)) {
+        return;
+    }
+    if !watched && !starts_with(&name, HOST_WIDE) {
         return;
     }
     emit_change(change::SYSCTL, netns, name, |ev| {

@@ -111,7 +111,7 @@ pub fn find_culprit(dir: &Path, netns: u32, why: &Why) -> io::Result<Lookup> {
         let mut changes = Vec::new();
         for entry in lines.iter().filter_map(|l| parse(l)) {
             match entry {
-                Entry::Change(c) if c.netns == netns && c.boot_id.as_deref() == Some(&boot) => {
+                Entry::Change(c) if concerns(&c, netns) && c.boot_id.as_deref() == Some(&boot) => {
                     changes.push(*c)
                 }
                 Entry::Recorder(r) if r.event == "start" && r.boot_id == boot => {
@@ -129,6 +129,16 @@ pub fn find_culprit(dir: &Path, netns: u32, why: &Why) -> io::Result<Lookup> {
         }
     }
     Ok(out)
+}
+
+/// Whether a recorded change concerns namespace `netns`: made in it, or a host-wide sysctl
+/// (written in the initial namespace, one limit for all).
+fn concerns(c: &ChangeRecord, netns: u32) -> bool {
+    c.netns == netns
+        || (c.source == "sysctl"
+            && c.key
+                .as_deref()
+                .is_some_and(crate::observe::changes::host_wide))
 }
 
 /// Seconds since an RFC 3339 time.

@@ -143,6 +143,12 @@ pub fn sysctl_matters(key: &str) -> bool {
         )
 }
 
+/// A sysctl that is one for the whole host (writable only in the initial namespace): its
+/// write matters to every namespace, whichever one it was made in.
+pub fn host_wide(key: &str) -> bool {
+    key == "net.netfilter.nf_conntrack_max"
+}
+
 /// Finds identities: the kernel's exec records first, /proc second; cgroup ids to paths.
 pub struct Resolver {
     cgroup_root: Option<PathBuf>,
